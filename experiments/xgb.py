@@ -1,0 +1,52 @@
+"""XGBoost: one boosting round per reported iteration, so schedulers can stop weak trials early."""
+
+from __future__ import annotations
+
+from orchestrator.families import Family
+from orchestrator.metrics import score
+
+DEFAULT_SPACE = {
+    "n_estimators": 100,
+    "learning_rate": {"loguniform": [0.001, 0.3]},
+    "max_depth": {"randint": [2, 10]},
+    "min_child_weight": {"loguniform": [0.1, 20.0]},
+    "subsample": {"uniform": [0.5, 1.0]},
+    "colsample_bytree": {"uniform": [0.5, 1.0]},
+    "reg_alpha": {"loguniform": [1e-8, 1.0]},
+    "reg_lambda": {"loguniform": [1e-8, 10.0]},
+}
+
+
+def train(config, data, trial):
+    import xgboost as xgb
+
+    params = dict(config)
+    rounds = int(params.pop("n_estimators", 100))
+    if data.task == "regression":
+        params["objective"] = "reg:squarederror"
+    elif data.n_classes > 2:
+        params.update(objective="multi:softprob", num_class=data.n_classes)
+    else:
+        params["objective"] = "binary:logistic"
+    # Threads = the CPUs Ray gave this trial, never more; the GPU Ray gave it, if any.
+    params.update(nthread=trial.cpus, device=trial.device, seed=trial.seed, tree_method="hist", verbosity=0)
+    dtrain = xgb.DMatrix(data.X_train, label=data.y_train, nthread=trial.cpus)
+    dvalid = xgb.DMatrix(data.X_valid, label=data.y_valid, nthread=trial.cpus)
+
+    state = trial.restore()
+    booster = xgb.Booster(model_file=bytearray(state["model"])) if state else None
+    done = state["rounds"] if state else 0
+
+    class Report(xgb.callback.TrainingCallback):
+        def after_iteration(self, model, epoch, evals_log):
+            n = done + epoch + 1
+            pred = model.predict(dvalid, iteration_range=(0, n))
+            ckpt = {"model": bytes(model.save_raw()), "rounds": n} if trial.checkpointing else None
+            trial.report(score(data.task, data.y_valid, pred), state=ckpt)
+            return False
+
+    xgb.train(params, dtrain, rounds - done, xgb_model=booster, callbacks=[Report()], verbose_eval=False)
+
+
+FAMILY = Family(name="xgboost", train=train, default_space=DEFAULT_SPACE, iterations_param="n_estimators",
+                checkpoints=True)

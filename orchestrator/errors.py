@@ -1,0 +1,48 @@
+"""Error types, split by who has to act on them.
+
+`SpecError` is the user's to fix and is raised before anything reaches Ray; the CLI turns it
+into exit code 2 and a list of `path: message` lines. `RunError` is raised once Ray is running
+(a trainable that never reports the metric, a failed experiment); partial results have been
+flushed to disk by the time it propagates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class HpoError(Exception):
+    """Base class for every error this package raises on purpose."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a spec: where (a dotted YAML path) and what to do about it."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class SpecError(HpoError):
+    """The experiment spec is invalid; nothing was submitted."""
+
+    def __init__(self, problems: list[Problem] | Problem | str, source: str | None = None):
+        if isinstance(problems, str):
+            problems = [Problem("", problems)]
+        elif isinstance(problems, Problem):
+            problems = [problems]
+        self.problems = list(problems)
+        self.source = source
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        head = f"invalid spec {self.source}" if self.source else "invalid spec"
+        lines = "\n".join(f"  {p}" for p in self.problems)
+        return f"{head}:\n{lines}"
+
+
+class RunError(HpoError):
+    """The experiment started but could not finish; results written so far are kept."""

@@ -1,0 +1,268 @@
+"""Experiment -> Ray Tune Tuner -> fitted run folder. The driver-side module that imports ray.tune.
+
+`build_tune_config` has no side effects and needs no running Ray, so most tests assert on what
+it builds. `run` owns a run folder end to end: it writes `experiment.json` first, streams results
+while Tune runs, and always flushes what it has, whatever ends the run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from orchestrator import auth
+from orchestrator.errors import Problem, RunError, SpecError
+from orchestrator.families import Family, UserTrainable
+from orchestrator.results import Recorder, tune_callback
+from orchestrator.schedulers import SCHEDULERS, build_scheduler
+from orchestrator.searchers import SearchContext, build_search
+from orchestrator.spec import Experiment
+
+# Ray Tune settings measured to cut per-trial overhead on a small machine (see README, benchmarks/).
+# Ray's own logger callbacks write JSON/CSV/TensorBoard files per trial; our Parquet callback
+# replaces them. Set before ray.tune is imported, and inherited by a local Ray's workers.
+FAST_ENV = {
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_DEDUP_LOGS": "1",
+}
+
+VERSIONED_PACKAGES = ("hpo-orchestrator", "ray", "optuna", "pandas", "pyarrow", "numpy", "scikit-learn",
+                      "xgboost", "lightgbm", "torch", "pydantic")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_dir: Path
+    run_id: str
+    counts: dict[str, int]
+    best: dict[str, Any] | None
+
+
+def spec_hash(exp: Experiment) -> str:
+    return hashlib.sha256(json.dumps(exp.resolved(), sort_keys=True).encode()).hexdigest()[:8]
+
+
+def new_run_dir(exp: Experiment, root: str | Path = "results") -> tuple[Path, str]:
+    """results/<name>/<UTC time>-<spec hash>: sortable by time, and the same spec shares a suffix."""
+    run_id = f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{spec_hash(exp)}"
+    return Path(root) / exp.spec.name / run_id, run_id
+
+
+def build_tune_config(exp: Experiment):
+    """The TuneConfig for an experiment: searcher, scheduler, budget. Needs no running Ray."""
+    from ray import tune
+
+    spec = exp.spec
+    points = [dict(p) for p in spec.searcher.points_to_evaluate]
+    plan = build_search(spec.searcher, SearchContext(exp.params, exp.metric, exp.mode, exp.searcher_seed, points))
+    concurrent = min(spec.budget.concurrent, spec.searcher.max_concurrent or spec.budget.concurrent)
+    config = tune.TuneConfig(
+        metric=exp.metric,
+        mode=exp.mode,
+        search_alg=plan.search_alg,
+        scheduler=build_scheduler(spec.scheduler),
+        num_samples=spec.budget.trials,
+        max_concurrent_trials=concurrent,
+        time_budget_s=spec.budget.time_s,
+        reuse_actors=True,
+        trial_dirname_creator=trial_dirname,
+    )
+    return config, plan.param_space
+
+
+def trial_dirname(trial) -> str:
+    """Ray's default folder name spells out the whole config (and gets truncated); the id is enough."""
+    return trial.trial_id
+
+
+def build_trainable(exp: Experiment, data: Any = None):
+    """The Ray trainable with its resources; `data` goes through the object store once."""
+    from ray import tune
+
+    family = exp.family
+    if isinstance(family, UserTrainable):
+        if family.module_file is not None:
+            # Loaded from a file path, the module is not importable on workers: ship it by value.
+            import ray.cloudpickle
+
+            ray.cloudpickle.register_pickle_by_value(sys.modules[family.fn.__module__])
+        trainable = family.fn
+    else:
+        from orchestrator.trial import run_family_trial
+
+        trainable = tune.with_parameters(
+            run_family_trial, family_ref=exp.spec.family, data=data, seed=exp.spec.seed,
+            checkpointing=needs_checkpoints(exp), base_dir=str(exp.base_dir))
+    res = exp.spec.resources
+    return tune.with_resources(trainable, {"cpu": res.cpu, "gpu": res.gpu})
+
+
+def needs_checkpoints(exp: Experiment) -> bool:
+    return getattr(SCHEDULERS[exp.spec.scheduler.name], "needs_checkpoints", False)
+
+
+def build_tuner(exp: Experiment, run_dir: Path, callbacks: list, data: Any = None):
+    from ray import tune
+
+    tune_config, param_space = build_tune_config(exp)
+    run_config = tune.RunConfig(
+        name="tune",
+        storage_path=str(Path(run_dir).resolve()),
+        callbacks=callbacks,
+        verbose=0,
+        log_to_file=False,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+    )
+    return tune.Tuner(build_trainable(exp, data), param_space=param_space, tune_config=tune_config,
+                      run_config=run_config)
+
+
+def preflight(exp: Experiment) -> None:
+    """Refuses a per-trial request that no alive node can hold: Ray would wait for it forever."""
+    import ray
+
+    need = {"CPU": exp.spec.resources.cpu, "GPU": exp.spec.resources.gpu}
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    fits = [n for n in nodes if all(n["Resources"].get(k, 0) >= v for k, v in need.items() if v)]
+    if not fits:
+        have = "; ".join(f"{n.get('NodeManagerAddress')}: {n['Resources'].get('CPU', 0):g} CPU, "
+                         f"{n['Resources'].get('GPU', 0):g} GPU" for n in nodes)
+        raise SpecError(Problem("resources", f"no node can run a trial needing cpu={need['CPU']:g}, "
+                                             f"gpu={need['GPU']:g} (nodes: {have}); lower resources or "
+                                             f"add a node with enough"), exp.source)
+
+
+def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
+    """Starts an embedded Ray unless one is already up in this process. Returns True if started."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    apply_fast_env()
+    auth.enable_token_auth()
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, logging_level="ERROR",
+             _node_ip_address="127.0.0.1")
+    return True
+
+
+def apply_fast_env() -> None:
+    for k, v in FAST_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+def run(exp: Experiment, output: str | Path | None = None, *, quiet: bool = False) -> RunSummary:
+    """Runs an experiment on the Ray this process is connected to (starting a local one if none)."""
+    apply_fast_env()
+    if output is None:
+        run_dir, run_id = new_run_dir(exp)
+    else:
+        run_dir, run_id = Path(output), f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{spec_hash(exp)}"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise SpecError(Problem("--output", f"{run_dir} already holds results; choose an empty or new folder "
+                                            f"(results are never overwritten)"), exp.source)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    started = start_local_ray()
+    try:
+        preflight(exp)
+        meta = _metadata(exp, run_id)
+        _write_json(run_dir / "experiment.json", meta)
+        return _fit(exp, run_dir, run_id, meta, quiet)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, quiet: bool) -> RunSummary:
+    from orchestrator import data as data_mod
+    from orchestrator.progress import Progress
+
+    recorder = Recorder(run_dir, exp.metric, exp.mode, max_t=exp.max_t)
+    progress = None if quiet else Progress(recorder, exp.spec.budget.trials)
+    family = exp.family
+    dataset = data_mod.load(exp.spec.data, exp.base_dir) if isinstance(family, Family) and family.needs_data else None
+    tuner = build_tuner(exp, run_dir, [tune_callback(recorder, progress.tick if progress else None)], dataset)
+    status, failure = "finished", None
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure ends here; results are flushed below
+        status, failure = "failed", _explain(exc, recorder, exp)
+        raise RunError(failure) from exc
+    finally:
+        recorder.close()
+        if progress:
+            progress.finish()
+        best = recorder.best.row() if recorder.best else None
+        meta.update(status=status, error=failure, ended_at=_now(), counts=recorder.counts(),
+                    best=_jsonable(best))
+        _write_json(run_dir / "experiment.json", meta)
+    return RunSummary(run_dir, run_id, recorder.counts(), best)
+
+
+def _explain(exc: BaseException, recorder: Recorder, exp: Experiment) -> str:
+    if recorder.missing_metric:
+        return recorder.missing_metric
+    text = str(exc)
+    if "did not include the specified metric" in text:  # Ray's own strict metric check
+        return (f"the trainable never reports the spec's metric {exp.metric!r}; change metric.name to "
+                f"one it reports, or report it with ray.tune.report({{'{exp.metric}': ...}})")
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _metadata(exp: Experiment, run_id: str) -> dict[str, Any]:
+    return {
+        "schema_version": 1,
+        "run_id": run_id,
+        "name": exp.spec.name,
+        "source": exp.source,
+        "spec_hash": spec_hash(exp),
+        "spec": exp.resolved(),
+        "seed": exp.spec.seed,
+        "metric": {"name": exp.metric, "mode": exp.mode},
+        "status": "running",
+        "started_at": _now(),
+        "ended_at": None,
+        "python": platform.python_version(),
+        "versions": _versions(),
+    }
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in VERSIONED_PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _jsonable(row: dict | None) -> dict | None:
+    if row is None:
+        return None
+    return json.loads(json.dumps(row, default=str))
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,311 @@
+"""The experiment spec: YAML in, a typed, validated, resolved `Experiment` out.
+
+Two steps, both before Ray starts:
+1. `ExperimentSpec` checks each section on its own (types, ranges, unknown keys), with the
+   searcher and scheduler sections typed per algorithm by their `name`.
+2. `resolve` checks the rules that span sections: the family exists and reports the metric,
+   the space parses and suits the searcher, the scheduler's `max_t` is reachable.
+Every problem found is reported at once, each with its YAML path and a fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping, Union
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from orchestrator.base import StrictModel
+from orchestrator.data import DataSpec
+from orchestrator.errors import Problem, SpecError
+from orchestrator.families import Family, FamilyNotFound, FamilyRef, UserTrainable, resolve as resolve_family
+from orchestrator.schedulers import SCHEDULERS, SchedulerOptions
+from orchestrator.searchers import SEARCHERS, SearcherOptions
+from orchestrator.space import Param, is_conditional, merge_space, parse_space
+
+
+class MetricSpec(StrictModel):
+    name: str = Field(min_length=1)
+    mode: Literal["min", "max"] | None = Field(None, description="inferred for the built-in metric names")
+
+
+class BudgetSpec(StrictModel):
+    trials: int = Field(20, ge=1, description="number of trials (Ray's num_samples)")
+    concurrent: int = Field(1, ge=1, description="trials running at once, at most")
+    time_s: float | None = Field(None, gt=0, description="wall-clock budget for the whole search")
+
+    @model_validator(mode="after")
+    def _concurrent_within_trials(self):
+        if self.concurrent > self.trials:
+            raise ValueError(f"concurrent ({self.concurrent}) must be <= trials ({self.trials}); "
+                             f"lower concurrent or raise trials")
+        return self
+
+
+class ResourcesSpec(StrictModel):
+    cpu: float = Field(1, gt=0, description="CPUs per trial")
+    gpu: float = Field(0, ge=0, description="GPUs per trial; a fraction below 1 shares a GPU")
+
+    @model_validator(mode="after")
+    def _gpu_shape(self):
+        if self.gpu > 1 and not float(self.gpu).is_integer():
+            raise ValueError(f"gpu: above 1 must be a whole number, got {self.gpu}; "
+                             f"Ray cannot split a trial across a fraction of several GPUs")
+        return self
+
+
+SearcherSpec = Annotated[Union[tuple(e.options for e in SEARCHERS.values())], Field(discriminator="name")]
+SchedulerSpec = Annotated[Union[tuple(e.options for e in SCHEDULERS.values())], Field(discriminator="name")]
+
+
+class ExperimentSpec(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    family: str = Field(min_length=1)
+    data: DataSpec = DataSpec(name="digits")
+    metric: MetricSpec
+    space: dict[str, Any] = Field(default_factory=dict)
+    searcher: SearcherSpec = Field(default_factory=lambda: SEARCHERS["random"].options())
+    scheduler: SchedulerSpec = Field(default_factory=lambda: SCHEDULERS["fifo"].options())
+    budget: BudgetSpec = BudgetSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    seed: int = Field(0, description="seeds the searcher (unless it has its own) and every trial")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A spec with everything looked up: what the runner builds from."""
+
+    spec: ExperimentSpec
+    family: FamilyRef
+    params: Mapping[str, Param]
+    mode: Literal["min", "max"]
+    base_dir: Path  # relative paths in the spec are looked up here first
+    source: str = "<spec>"
+
+    @property
+    def metric(self) -> str:
+        return self.spec.metric.name
+
+    @property
+    def searcher_seed(self) -> int:
+        return self.spec.searcher.seed if self.spec.searcher.seed is not None else self.spec.seed
+
+    @property
+    def max_t(self) -> int | None:
+        """The most iterations any trial runs, when the scheduler or family bounds it."""
+        return getattr(self.spec.scheduler, "max_t", None) or _largest(self.params, self.family)
+
+    def resolved(self) -> dict[str, Any]:
+        """The spec as run: defaults filled in, the family's default space merged, mode inferred."""
+        out = self.spec.model_dump(mode="json")
+        out["metric"]["mode"] = self.mode
+        out["space"] = {name: _entry(p) for name, p in self.params.items()}
+        return out
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> Experiment:
+    """Reads, validates and resolves a spec file; raises SpecError listing every problem."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"cannot read spec: {exc.strerror}", source) from None
+    raw = parse_yaml(text, source)
+    for item in overrides or []:
+        apply_override(raw, item, source)
+    return validate(raw, base_dir=path.resolve().parent, source=source)
+
+
+def parse_yaml(text: str, source: str = "<spec>") -> dict[str, Any]:
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise SpecError(f"malformed YAML at {where}: {exc.problem or exc}", source) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"malformed YAML: {exc}", source) from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"the spec must be a YAML mapping (name:, family:, ...), got {type(raw).__name__}", source)
+    return raw
+
+
+def apply_override(raw: dict[str, Any], item: str, source: str = "<spec>") -> None:
+    """`--set budget.trials=5`: the value is parsed as YAML, intermediate mappings are created."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise SpecError(Problem("--set", f"expected key.path=value, got {item!r}"), source)
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SpecError(Problem(f"--set {key}", f"{part!r} is not a mapping"), source)
+    try:
+        node[leaf] = yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise SpecError(Problem(f"--set {key}", f"value is not valid YAML: {exc}"), source) from None
+
+
+def validate(raw: dict[str, Any], base_dir: Path | None = None, source: str = "<spec>") -> Experiment:
+    try:
+        spec = ExperimentSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError([_problem(e) for e in exc.errors()], source) from None
+    return resolve(spec, base_dir or Path.cwd(), source)
+
+
+def resolve(spec: ExperimentSpec, base_dir: Path, source: str = "<spec>") -> Experiment:
+    problems: list[Problem] = []
+    try:
+        family = resolve_family(spec.family, base_dir)
+    except FamilyNotFound as exc:
+        raise SpecError(Problem("family", str(exc)), source) from None
+
+    if isinstance(family, Family):
+        space_raw = merge_space(family.default_space, spec.space)
+    else:
+        space_raw = spec.space
+        if not space_raw:
+            problems.append(Problem("space", "a user trainable has no default space: list its hyperparameters"))
+    params, space_problems = parse_space(space_raw)
+    problems += space_problems
+
+    mode, metric_problems = _check_metric(spec, family)
+    problems += metric_problems
+    problems += _check_searcher(spec, params)
+    problems += _check_scheduler(spec, family, params)
+    if problems:
+        raise SpecError(problems, source)
+    return Experiment(spec, family, params, mode, base_dir, source)
+
+
+def _check_metric(spec: ExperimentSpec, family: FamilyRef) -> tuple[str, list[Problem]]:
+    metric = spec.metric
+    if isinstance(family, UserTrainable):
+        if metric.mode is None:
+            return "min", [Problem("metric.mode", f"say whether {metric.name} is minimised or maximised: "
+                                                  f"mode: min or mode: max")]
+        return metric.mode, []  # what a user trainable reports is checked on its first result
+    known = family.reports(spec.data.resolved_task if family.needs_data else None)
+    if metric.name not in known:
+        close = difflib.get_close_matches(metric.name, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return "min", [Problem("metric.name", f"family {family.name} never reports {metric.name!r}{hint} "
+                                              f"It reports: {', '.join(known)}")]
+    natural = known[metric.name]
+    if metric.mode is not None and metric.mode != natural:
+        return natural, [Problem("metric.mode", f"{metric.name} is better when {'lower' if natural == 'min' else 'higher'}"
+                                                f": use mode: {natural} (or leave mode out), got {metric.mode}")]
+    return natural, []
+
+
+def _check_searcher(spec: ExperimentSpec, params: Mapping[str, Param]) -> list[Problem]:
+    name = spec.searcher.name
+    entry = SEARCHERS[name]
+    problems = []
+    grid = [p.name for p in params.values() if p.kind == "grid"]
+    if grid and entry.model_based:
+        problems.append(Problem(f"space.{grid[0]}", f"grid entries are enumerated, but searcher {name} picks "
+                                                     f"values itself: use choice, or searcher: {{name: grid}}"))
+    if is_conditional(params) and not entry.conditional:
+        cond = next(p.name for p in params.values() if p.when)
+        problems.append(Problem(f"space.{cond}.when", f"searcher {name} cannot honour conditional parameters; "
+                                                       f"use optuna-tpe or random, or drop `when:`"))
+    for i, point in enumerate(spec.searcher.points_to_evaluate):
+        if unknown := sorted(set(point) - set(params)):
+            problems.append(Problem(f"searcher.points_to_evaluate[{i}]",
+                                    f"{unknown} not in the space; parameters: {', '.join(params)}"))
+    return problems
+
+
+def _check_scheduler(spec: ExperimentSpec, family: FamilyRef, params: Mapping[str, Param]) -> list[Problem]:
+    max_t = getattr(spec.scheduler, "max_t", None)
+    most = _largest(params, family)
+    if max_t is not None and most is not None and max_t > most:
+        return [Problem("scheduler.max_t", f"{max_t} is above the most iterations a trial reports "
+                                           f"({family.iterations_param} <= {most}); lower max_t to {most} "
+                                           f"or raise {family.iterations_param}")]
+    return []
+
+
+def _largest(params: Mapping[str, Param], family: FamilyRef) -> int | None:
+    name = getattr(family, "iterations_param", None)
+    p = params.get(name) if name else None
+    if p is None:
+        return None
+    values = p.values if p.kind in ("choice", "grid", "constant") else (p.args[1],)
+    return int(max(values))
+
+
+def _entry(p: Param) -> Any:
+    entry: Any = p.args[0] if p.kind == "constant" else {p.kind: list(p.args)}
+    if p.when:
+        entry = dict(entry, when={k: list(v) for k, v in p.when.items()})
+    return entry
+
+
+# --- pydantic errors -> Problems with YAML paths and fixes ------------------------------------
+
+_UNIONS = {"searcher": SEARCHERS, "scheduler": SCHEDULERS}
+
+
+def _problem(err: Mapping[str, Any]) -> Problem:
+    loc = list(err["loc"])
+    # Discriminated unions put the chosen tag into the path (searcher.asha.max_t): drop it.
+    if len(loc) > 1 and loc[0] in _UNIONS and loc[1] in _UNIONS[loc[0]]:
+        loc.pop(1)
+    path = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        valid = _valid_keys(err["loc"])
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return Problem(path, f"unknown key; {hint}valid keys here: {', '.join(valid)}")
+    if kind == "union_tag_invalid":
+        section = loc[0]
+        return Problem(f"{path}.name", f"unknown {section} {err['input'].get('name')!r}; "
+                                       f"known: {', '.join(_UNIONS[section])}")
+    if kind == "union_tag_not_found":
+        return Problem(f"{path}.name", f"missing; known: {', '.join(_UNIONS[loc[0]])}")
+    if kind == "missing":
+        return Problem(path, "required; add it to the spec")
+    if kind == "literal_error":
+        return Problem(path, f"{msg}, got {err['input']!r}")
+    if kind == "string_pattern_mismatch" and path == "name":
+        return Problem(path, f"use letters, digits, '_', '.', '-' (it names the results folder), got {err['input']!r}")
+    msg = re.sub(r"^Value error, ", "", msg)
+    return Problem(path, f"{msg}, got {err['input']!r}" if "got" not in msg and kind != "model_type" else msg)
+
+
+def _valid_keys(loc: tuple) -> list[str]:
+    model: type[BaseModel] | None = ExperimentSpec
+    parts = list(loc[:-1])
+    while parts and model is not None:
+        part = parts.pop(0)
+        if part in _UNIONS and parts and parts[0] in _UNIONS[part]:
+            model = _UNIONS[part][parts.pop(0)].options
+            continue
+        field = model.model_fields.get(part)
+        ann = field.annotation if field else None
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return list(model.model_fields) if model is not None else []
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys without a word; a spec with one is a mistake."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}: remove one of them", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
