@@ -194,8 +194,8 @@ def _check_metric(spec: ExperimentSpec, family: FamilyRef) -> tuple[str, list[Pr
         return metric.mode, []  # what a user trainable reports is checked on its first result
     known = family.reports(spec.data.resolved_task if family.needs_data else None)
     if metric.name not in known:
-        close = difflib.get_close_matches(metric.name, known, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        close = suggest(metric.name, known)
+        hint = f"; did you mean {close!r}?" if close else ""
         return "min", [Problem("metric.name", f"family {family.name} never reports {metric.name!r}{hint} "
                                               f"It reports: {', '.join(known)}")]
     natural = known[metric.name]
@@ -264,8 +264,8 @@ def _problem(err: Mapping[str, Any]) -> Problem:
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
         valid = _valid_keys(err["loc"])
-        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        close = suggest(str(loc[-1]), valid)
+        hint = f"did you mean {close!r}? " if close else ""
         return Problem(path, f"unknown key; {hint}valid keys here: {', '.join(valid)}")
     if kind == "union_tag_invalid":
         section = loc[0]
@@ -281,6 +281,16 @@ def _problem(err: Mapping[str, Any]) -> Problem:
         return Problem(path, f"use letters, digits, '_', '.', '-' (it names the results folder), got {err['input']!r}")
     msg = re.sub(r"^Value error, ", "", msg)
     return Problem(path, f"{msg}, got {err['input']!r}" if "got" not in msg and kind != "model_type" else msg)
+
+
+def suggest(word: str, options) -> str | None:
+    """The option the user most likely meant: a prefix match first (grace -> grace_period), then spelling."""
+    options = list(options)
+    prefixed = [o for o in options if o.startswith(word) or word.startswith(o)]
+    if prefixed:
+        return prefixed[0]
+    close = difflib.get_close_matches(word, options, n=1)
+    return close[0] if close else None
 
 
 def _valid_keys(loc: tuple) -> list[str]:

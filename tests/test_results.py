@@ -1,0 +1,82 @@
+"""The recorder turns trial events into Parquet without Ray: statuses, best scores, crash safety."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from orchestrator.results import HISTORY, PARTS, TRIALS, Recorder, load
+
+
+def feed(rec: Recorder, trial_id: str, config: dict, values: list[float], stopped_at: int | None = None):
+    rec.start(trial_id, config)
+    for i, v in enumerate(values, start=1):
+        done = stopped_at == i
+        rec.result(trial_id, config, {"training_iteration": i, "loss": v, "acc": 1 - v, "time_total_s": i * 0.1,
+                                      "done": done, "node_ip": "127.0.0.1", "pid": 1})
+        if done:
+            break
+    rec.complete(trial_id)
+
+
+def test_statuses_scores_and_files(tmp_path):
+    rec = Recorder(tmp_path, "loss", "min", max_t=3)
+    feed(rec, "a", {"lr": 0.1, "opt": "adam"}, [0.5, 0.3, 0.2])
+    feed(rec, "b", {"lr": 0.2, "opt": "sgd"}, [0.9, 0.8, 0.7], stopped_at=1)  # early-stopped by the scheduler
+    feed(rec, "c", {"lr": 0.3, "opt": "sgd"}, [0.6, 0.1, 0.4], stopped_at=3)  # stopped at max_t: it finished
+    rec.start("d", {"lr": 0.4, "opt": "sgd"})
+    rec.error("d", "ValueError: boom")
+    rec.close()
+
+    trials, history = load(tmp_path)
+    by_id = trials.set_index("trial_id")
+    assert dict(by_id["status"]) == {"a": "completed", "b": "stopped", "c": "completed", "d": "errored"}
+    assert by_id.loc["c", "score"] == 0.1 and by_id.loc["c", "score_iteration"] == 2
+    assert by_id.loc["a", "metric.loss"] == 0.2  # the last value, beside the best
+    assert by_id.loc["d", "error"] == "ValueError: boom"
+    assert rec.best.trial_id == "c"
+    assert history.groupby("trial_id").size().to_dict() == {"a": 3, "b": 1, "c": 3}
+    assert str(trials["config.lr"].dtype) == "float64"
+    assert set(history.columns) >= {"trial_id", "iteration", "metric.loss", "metric.acc", "config.opt"}
+    assert not (tmp_path / PARTS).exists()
+
+
+def test_max_mode_keeps_the_highest(tmp_path):
+    rec = Recorder(tmp_path, "acc", "max")
+    feed(rec, "a", {"x": 1}, [0.5, 0.1, 0.3])
+    assert rec.trials["a"].score == 0.9 and rec.trials["a"].score_iteration == 2
+
+
+def test_mixed_type_choice_column_is_stored_as_text(tmp_path):
+    rec = Recorder(tmp_path, "loss", "min")
+    feed(rec, "a", {"max_features": 0.5}, [0.1])
+    feed(rec, "b", {"max_features": "sqrt"}, [0.2])
+    rec.close()
+    trials, _ = load(tmp_path)
+    assert sorted(trials["config.max_features"]) == ["0.5", "sqrt"]
+
+
+def test_flushed_parts_survive_a_crash(tmp_path):
+    """No close(): the driver died. What was flushed is still readable by load()."""
+    rec = Recorder(tmp_path, "loss", "min")
+    feed(rec, "a", {"x": 1}, [0.5, 0.4])
+    rec.flush()
+    feed(rec, "b", {"x": 2}, [0.3])
+    rec.flush()
+    assert not (tmp_path / HISTORY).exists()
+    trials, history = load(tmp_path)
+    assert len(trials) == 2 and len(history) == 3
+
+
+def test_close_marks_unfinished_trials_stopped(tmp_path):
+    rec = Recorder(tmp_path, "loss", "min")
+    rec.start("a", {"x": 1})
+    rec.result("a", {"x": 1}, {"training_iteration": 1, "loss": 0.2})
+    rec.close()
+    assert pd.read_parquet(tmp_path / TRIALS)["status"].tolist() == ["stopped"]
+
+
+def test_first_result_without_the_metric_is_flagged(tmp_path):
+    rec = Recorder(tmp_path, "loss", "min")
+    rec.start("a", {"x": 1})
+    rec.result("a", {"x": 1}, {"training_iteration": 1, "los": 0.2})
+    assert "'loss'" in rec.missing_metric and "los" in rec.missing_metric

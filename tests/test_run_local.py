@@ -1,0 +1,111 @@
+"""End to end on the session's real local Ray: YAML -> Tuner -> Parquet."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from orchestrator.errors import RunError, SpecError
+from orchestrator.runner import build_tune_config, run
+from orchestrator.spec import load_spec, validate
+from tests.conftest import EXPERIMENTS, ROOT
+
+SMALL_XGB = """
+name: xgb-small
+family: xgboost
+data: {source: sklearn, name: digits}
+metric: {name: val_error, mode: min}
+space:
+  n_estimators: 20
+  learning_rate: {loguniform: [0.01, 0.3]}
+  max_depth: {randint: [2, 6]}
+  booster: {choice: [gbtree, dart]}
+searcher: {name: optuna-tpe, seed: 1, n_startup_trials: 4}
+scheduler: {name: asha, max_t: 20, grace_period: 2, reduction_factor: 3}
+budget: {trials: 10, concurrent: 2}
+"""
+
+
+def test_build_tune_config_without_ray():
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    exp = validate(__import__("yaml").safe_load(SMALL_XGB))
+    cfg, space = build_tune_config(exp)
+    assert isinstance(cfg.search_alg, OptunaSearch) and space == {}  # define-by-run owns the space
+    assert isinstance(cfg.scheduler, ASHAScheduler) and cfg.scheduler._max_t == 20
+    assert (cfg.metric, cfg.mode, cfg.num_samples, cfg.max_concurrent_trials) == ("val_error", "min", 10, 2)
+    assert cfg.reuse_actors is True
+
+
+@pytest.mark.slow
+def test_xgboost_run_writes_typed_parquet_and_asha_stops_early(ray_local, write_spec, tmp_path):
+    exp = load_spec(write_spec(SMALL_XGB))
+    summary = run(exp, tmp_path / "run", quiet=True)
+
+    trials = pd.read_parquet(summary.run_dir / "trials.parquet")
+    history = pd.read_parquet(summary.run_dir / "history.parquet")
+    meta = json.loads((summary.run_dir / "experiment.json").read_text())
+
+    assert len(trials) == 10 and trials["trial_id"].is_unique
+    assert str(trials["config.max_depth"].dtype) == "int64"
+    assert str(trials["config.learning_rate"].dtype) == "float64"
+    assert set(trials["config.booster"]) <= {"gbtree", "dart"}
+    assert trials["config.n_estimators"].eq(20).all()
+    assert {"metric.val_error", "metric.val_log_loss", "metric.val_accuracy"} <= set(trials.columns)
+    assert trials["status"].isin(["completed", "stopped"]).all()
+    # ASHA really stopped some trials: they have fewer history rows than the full 20 rounds.
+    rows = history.groupby("trial_id").size()
+    stopped = trials.loc[trials.status == "stopped", "trial_id"]
+    assert len(stopped) >= 1 and (rows[stopped] < 20).all()
+    assert (rows[trials.loc[trials.status == "completed", "trial_id"]] == 20).all()
+    assert rows.to_dict() == trials.set_index("trial_id")["iterations"].to_dict()
+    assert trials["score"].min() < 0.2  # digits is easy: a real model was trained
+    assert meta["status"] == "finished" and meta["spec"]["metric"]["mode"] == "min"
+    assert meta["versions"]["ray"].startswith("2.60") and meta["best"]["trial_id"] in set(trials.trial_id)
+
+
+@pytest.mark.slow
+def test_user_trainable_from_a_file_runs_unchanged(ray_local, tmp_path):
+    exp = load_spec(EXPERIMENTS / "user_trainable.yaml", ["budget.trials=4"])
+    summary = run(exp, tmp_path / "run", quiet=True)
+    trials = pd.read_parquet(summary.run_dir / "trials.parquet")
+    history = pd.read_parquet(summary.run_dir / "history.parquet")
+    assert len(trials) == 4 and set(trials.status) <= {"completed", "stopped"}
+    assert {"metric.loss", "metric.x", "config.lr"} <= set(history.columns)
+    assert trials["score"].notna().all()
+
+
+@pytest.mark.slow
+def test_metric_the_trainable_never_reports_fails_clearly_and_keeps_results(ray_local, write_spec, tmp_path):
+    (tmp_path / "bad.py").write_text(
+        "from ray import tune\n\ndef train(config):\n    for i in range(3):\n        tune.report({'los': 1.0})\n")
+    path = write_spec("name: bad\nfamily: bad.py:train\nmetric: {name: loss, mode: min}\nspace: {a: {uniform: [0, 1]}}\n"
+                      "budget: {trials: 2}\n")
+    with pytest.raises(RunError, match="never reports the spec's metric 'loss'"):
+        run(load_spec(path), tmp_path / "run", quiet=True)
+    meta = json.loads((tmp_path / "run" / "experiment.json").read_text())
+    assert meta["status"] == "failed" and "loss" in meta["error"]
+    assert (tmp_path / "run" / "trials.parquet").exists()
+
+
+def test_existing_results_are_never_overwritten(write_spec, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "trials.parquet").write_bytes(b"precious")
+    with pytest.raises(SpecError, match="already holds results"):
+        run(load_spec(write_spec(SMALL_XGB)), out)
+    assert (out / "trials.parquet").read_bytes() == b"precious"
+
+
+def test_cli_validate_exit_codes(write_spec):
+    good = subprocess.run([sys.executable, "-m", "orchestrator.cli", "validate", str(EXPERIMENTS / "xgboost_digits.yaml")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert good.returncode == 0 and "name: xgb-digits" in good.stdout
+    bad = subprocess.run([sys.executable, "-m", "orchestrator.cli", "validate", str(write_spec("name: x\nfamily: nope\n"))],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "metric: required" in bad.stderr
