@@ -22,6 +22,7 @@ from orchestrator.metrics import Mode, reported
 # Name -> module holding `FAMILY`. Adding a family is one module plus one line here.
 BUILTIN_FAMILIES: dict[str, str] = {
     "xgboost": "experiments.xgb",
+    "synthetic": "experiments.synthetic",
 }
 
 

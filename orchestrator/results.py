@@ -243,7 +243,8 @@ def tune_callback(recorder: Recorder, on_step: Callable[[], None] | None = None)
             recorder.start(trial.trial_id, trial.config)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            recorder.result(trial.trial_id, trial.config, result)
+            # The config the result was produced with: PBT may already have changed trial.config.
+            recorder.result(trial.trial_id, result.get("config") or trial.config, result)
             if recorder.missing_metric:
                 raise RunError(recorder.missing_metric)
 

@@ -23,7 +23,7 @@ from orchestrator.errors import Problem, RunError, SpecError
 from orchestrator.families import Family, UserTrainable
 from orchestrator.results import Recorder, tune_callback
 from orchestrator.schedulers import SCHEDULERS, build_scheduler
-from orchestrator.searchers import SearchContext, build_search
+from orchestrator.searchers import SEARCHERS, SearchContext, build_search
 from orchestrator.spec import Experiment
 
 # Ray Tune settings measured to cut per-trial overhead on a small machine (see README, benchmarks/).
@@ -63,14 +63,23 @@ def build_tune_config(exp: Experiment):
     from ray import tune
 
     spec = exp.spec
-    points = [dict(p) for p in spec.searcher.points_to_evaluate]
-    plan = build_search(spec.searcher, SearchContext(exp.params, exp.metric, exp.mode, exp.searcher_seed, points))
+    if exp.warm_points:
+        points = [dict(p) for p in exp.warm_points]
+        rewards = list(exp.warm_scores) if SEARCHERS[spec.searcher.name].uses_rewards else None
+    else:
+        points, rewards = [dict(p) for p in spec.searcher.points_to_evaluate], None
+    plan = build_search(spec.searcher, SearchContext(exp.params, exp.metric, exp.mode, exp.searcher_seed,
+                                                     points, rewards))
     concurrent = min(spec.budget.concurrent, spec.searcher.max_concurrent or spec.budget.concurrent)
+    if isinstance(plan.search_alg, tune.search.BasicVariantGenerator):
+        # Ray ignores max_concurrent_trials for a generator passed in (with a warning): it must be
+        # set on the generator itself.
+        plan.search_alg.max_concurrent, concurrent = concurrent, None
     config = tune.TuneConfig(
         metric=exp.metric,
         mode=exp.mode,
         search_alg=plan.search_alg,
-        scheduler=build_scheduler(spec.scheduler),
+        scheduler=build_scheduler(spec.scheduler, exp.params),
         num_samples=spec.budget.trials,
         max_concurrent_trials=concurrent,
         time_budget_s=spec.budget.time_s,
@@ -102,13 +111,16 @@ def build_trainable(exp: Experiment, data: Any = None):
 
         trainable = tune.with_parameters(
             run_family_trial, family_ref=exp.spec.family, data=data, seed=exp.spec.seed,
-            checkpointing=needs_checkpoints(exp), base_dir=str(exp.base_dir))
+            checkpoint_every=checkpoint_every(exp), base_dir=str(exp.base_dir))
     res = exp.spec.resources
     return tune.with_resources(trainable, {"cpu": res.cpu, "gpu": res.gpu})
 
 
-def needs_checkpoints(exp: Experiment) -> bool:
-    return getattr(SCHEDULERS[exp.spec.scheduler.name], "needs_checkpoints", False)
+def checkpoint_every(exp: Experiment) -> int:
+    """Reports between checkpoints: at each PBT perturbation, otherwise none (0)."""
+    if SCHEDULERS[exp.spec.scheduler.name].needs_checkpoints:
+        return exp.spec.scheduler.perturbation_interval
+    return 0
 
 
 def build_tuner(exp: Experiment, run_dir: Path, callbacks: list, data: Any = None):
@@ -121,7 +133,8 @@ def build_tuner(exp: Experiment, run_dir: Path, callbacks: list, data: Any = Non
         callbacks=callbacks,
         verbose=0,
         log_to_file=False,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        # PBT exploits other trials' checkpoints: keeping only 2 can delete one it is about to load.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if checkpoint_every(exp) else 2),
     )
     return tune.Tuner(build_trainable(exp, data), param_space=param_space, tune_config=tune_config,
                       run_config=run_config)
@@ -151,8 +164,19 @@ def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None) ->
     apply_fast_env()
     auth.enable_token_auth()
     ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, logging_level="ERROR",
+             # Workers log every checkpoint and restore at INFO; users' own prints still come through.
+             logging_config=ray.LoggingConfig(log_level="WARNING"),
              _node_ip_address="127.0.0.1")
+    quiet_driver_logs()
     return True
+
+
+def quiet_driver_logs() -> None:
+    """Keeps the driver's console to our progress line: Ray Tune warns once per trial that its own
+    result files are missing (we write Parquet instead), and hints at settings we chose on purpose."""
+    import logging
+
+    logging.getLogger("ray").setLevel(logging.ERROR)
 
 
 def apply_fast_env() -> None:
@@ -173,6 +197,7 @@ def run(exp: Experiment, output: str | Path | None = None, *, quiet: bool = Fals
     run_dir.mkdir(parents=True, exist_ok=True)
 
     started = start_local_ray()
+    quiet_driver_logs()
     try:
         preflight(exp)
         meta = _metadata(exp, run_id)
@@ -190,7 +215,7 @@ def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, quiet: bool) -
     from orchestrator.progress import Progress
 
     recorder = Recorder(run_dir, exp.metric, exp.mode, max_t=exp.max_t)
-    progress = None if quiet else Progress(recorder, exp.spec.budget.trials)
+    progress = None if quiet else Progress(recorder, exp.total_trials)
     family = exp.family
     dataset = data_mod.load(exp.spec.data, exp.base_dir) if isinstance(family, Family) and family.needs_data else None
     tuner = build_tuner(exp, run_dir, [tune_callback(recorder, progress.tick if progress else None)], dataset)

@@ -11,6 +11,8 @@ Every problem found is reported at once, each with its YAML path and a fix.
 from __future__ import annotations
 
 import difflib
+import importlib.util
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Annotated, Any, Literal, Mapping, Union
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from orchestrator import warmstart
 from orchestrator.base import StrictModel
 from orchestrator.data import DataSpec
 from orchestrator.errors import Problem, SpecError
@@ -37,13 +40,6 @@ class BudgetSpec(StrictModel):
     trials: int = Field(20, ge=1, description="number of trials (Ray's num_samples)")
     concurrent: int = Field(1, ge=1, description="trials running at once, at most")
     time_s: float | None = Field(None, gt=0, description="wall-clock budget for the whole search")
-
-    @model_validator(mode="after")
-    def _concurrent_within_trials(self):
-        if self.concurrent > self.trials:
-            raise ValueError(f"concurrent ({self.concurrent}) must be <= trials ({self.trials}); "
-                             f"lower concurrent or raise trials")
-        return self
 
 
 class ResourcesSpec(StrictModel):
@@ -85,6 +81,12 @@ class Experiment:
     mode: Literal["min", "max"]
     base_dir: Path  # relative paths in the spec are looked up here first
     source: str = "<spec>"
+    warm_points: tuple[dict[str, Any], ...] = ()  # best configs of an earlier run, best first
+    warm_scores: tuple[float, ...] = ()
+
+    @property
+    def total_trials(self) -> int:
+        return self.spec.budget.trials * _grid_size(self.params, self.spec.searcher.name)
 
     @property
     def metric(self) -> str:
@@ -180,9 +182,16 @@ def resolve(spec: ExperimentSpec, base_dir: Path, source: str = "<spec>") -> Exp
     problems += metric_problems
     problems += _check_searcher(spec, params)
     problems += _check_scheduler(spec, family, params)
+    problems += _check_budget(spec, params)
+    warm_points, warm_scores = [], []
+    if spec.searcher.warm_start and not problems:
+        ws = spec.searcher.warm_start
+        warm_points, warm_scores, warm_problems = warmstart.load(ws.from_, ws.top_k, base_dir, spec.metric.name,
+                                                                 mode, params)
+        problems += warm_problems
     if problems:
         raise SpecError(problems, source)
-    return Experiment(spec, family, params, mode, base_dir, source)
+    return Experiment(spec, family, params, mode, base_dir, source, tuple(warm_points), tuple(warm_scores))
 
 
 def _check_metric(spec: ExperimentSpec, family: FamilyRef) -> tuple[str, list[Problem]]:
@@ -209,6 +218,17 @@ def _check_searcher(spec: ExperimentSpec, params: Mapping[str, Param]) -> list[P
     name = spec.searcher.name
     entry = SEARCHERS[name]
     problems = []
+    if missing := [m for m in entry.requires if importlib.util.find_spec(m) is None]:
+        problems.append(Problem("searcher.name", f"searcher {name} needs {', '.join(missing)}: "
+                                                 f"pip install {' '.join(missing)} (pinned in requirements.lock)"))
+    if entry.needs_scheduler and spec.scheduler.name != entry.needs_scheduler:
+        problems.append(Problem("scheduler.name", f"searcher {name} only works with scheduler "
+                                                  f"{entry.needs_scheduler} (it allocates the budgets BOHB models); "
+                                                  f"set scheduler: {{name: {entry.needs_scheduler}}}"))
+    sampled = [p for p in params.values() if p.kind != "constant"]
+    if entry.needs_numeric and sampled and all(p.kind in ("choice", "grid") for p in sampled):
+        problems.append(Problem("space", f"searcher {name} needs at least one numeric range; every parameter "
+                                         f"here is a choice: use optuna-tpe or random"))
     grid = [p.name for p in params.values() if p.kind == "grid"]
     if grid and entry.model_based:
         problems.append(Problem(f"space.{grid[0]}", f"grid entries are enumerated, but searcher {name} picks "
@@ -217,6 +237,8 @@ def _check_searcher(spec: ExperimentSpec, params: Mapping[str, Param]) -> list[P
         cond = next(p.name for p in params.values() if p.when)
         problems.append(Problem(f"space.{cond}.when", f"searcher {name} cannot honour conditional parameters; "
                                                        f"use optuna-tpe or random, or drop `when:`"))
+    if spec.searcher.warm_start and spec.searcher.points_to_evaluate:
+        problems.append(Problem("searcher.warm_start", "give either warm_start or points_to_evaluate, not both"))
     for i, point in enumerate(spec.searcher.points_to_evaluate):
         if unknown := sorted(set(point) - set(params)):
             problems.append(Problem(f"searcher.points_to_evaluate[{i}]",
@@ -225,13 +247,59 @@ def _check_searcher(spec: ExperimentSpec, params: Mapping[str, Param]) -> list[P
 
 
 def _check_scheduler(spec: ExperimentSpec, family: FamilyRef, params: Mapping[str, Param]) -> list[Problem]:
-    max_t = getattr(spec.scheduler, "max_t", None)
+    name, opts = spec.scheduler.name, spec.scheduler
+    entry = SCHEDULERS[name]
+    problems = []
+    max_t = getattr(opts, "max_t", None)
     most = _largest(params, family)
     if max_t is not None and most is not None and max_t > most:
-        return [Problem("scheduler.max_t", f"{max_t} is above the most iterations a trial reports "
-                                           f"({family.iterations_param} <= {most}); lower max_t to {most} "
-                                           f"or raise {family.iterations_param}")]
+        problems.append(Problem("scheduler.max_t", f"{max_t} is above the most iterations a trial reports "
+                                                   f"({family.iterations_param} <= {most}); lower max_t to {most} "
+                                                   f"or raise {family.iterations_param}"))
+    if entry.needs_searcher and spec.searcher.name not in entry.needs_searcher:
+        problems.append(Problem("searcher.name", f"scheduler {name} only works with searcher "
+                                                 f"{' or '.join(entry.needs_searcher)}, got {spec.searcher.name}"))
+    if entry.needs_checkpoints:
+        if isinstance(family, Family) and not family.checkpoints:
+            problems.append(Problem("scheduler.name", f"{name} restores trials from checkpoints, and family "
+                                                      f"{family.name} does not save any; use asha or hyperband"))
+        if is_conditional(params):
+            problems.append(Problem("scheduler.name", f"{name} mutates a flat space; drop `when:` conditions"))
+        problems += _check_mutations(opts, entry, params)
+        if most is not None and opts.perturbation_interval >= most:
+            problems.append(Problem("scheduler.perturbation_interval",
+                                    f"{opts.perturbation_interval} leaves no room to perturb: trials run at most "
+                                    f"{most} iterations; lower it below {most}"))
+    return problems
+
+
+def _check_mutations(opts, entry, params: Mapping[str, Param]) -> list[Problem]:
+    problems = []
+    for i, pname in enumerate(opts.hyperparam_mutations):
+        path = f"scheduler.hyperparam_mutations[{i}]"
+        p = params.get(pname)
+        if p is None:
+            problems.append(Problem(path, f"{pname!r} is not in the space; parameters: {', '.join(params)}"))
+        elif p.kind in ("constant", "grid"):
+            problems.append(Problem(path, f"{pname} is a {p.kind}; mutate a range or a choice"))
+        elif entry.numeric_mutations and not p.is_numeric_range:
+            problems.append(Problem(path, f"{opts.name} explores numeric ranges only; {pname} is a {p.kind}: "
+                                          f"use pbt, or make it a range"))
+    return problems
+
+
+def _check_budget(spec: ExperimentSpec, params: Mapping[str, Param]) -> list[Problem]:
+    total = spec.budget.trials * _grid_size(params, spec.searcher.name)
+    if spec.budget.concurrent > total:
+        return [Problem("budget.concurrent", f"{spec.budget.concurrent} is above the {total} trials this search "
+                                             f"runs; lower concurrent or raise trials")]
     return []
+
+
+def _grid_size(params: Mapping[str, Param], searcher: str) -> int:
+    """Trials one pass of the grid takes: grid entries (and, for the grid searcher, choices) multiply."""
+    enumerated = ("grid", "choice") if searcher == "grid" else ("grid",)
+    return math.prod(len(p.args) for p in params.values() if p.kind in enumerated)
 
 
 def _largest(params: Mapping[str, Param], family: FamilyRef) -> int | None:

@@ -21,21 +21,29 @@ class TrialContext:
     cpus: int
     gpus: float
     gpu_ids: tuple[str, ...] = ()
-    checkpointing: bool = False  # set when the scheduler or resume needs per-iteration state
+    # Save state every this many reports (0: never). PBT needs it at each perturbation only, and a
+    # checkpoint costs ~1 s on a small machine, so it is not taken at every report.
+    checkpoint_every: int = 0
+    _reports: int = 0
+
+    @property
+    def checkpointing(self) -> bool:
+        """Whether a family should build state for `report`; cheap families may always pass it."""
+        return self.checkpoint_every > 0
 
     @classmethod
-    def current(cls, seed: int = 0, checkpointing: bool = False) -> "TrialContext":
+    def current(cls, seed: int = 0, checkpoint_every: int = 0) -> "TrialContext":
         """The context of the Ray trial this code runs in (or a 1-CPU one outside Ray)."""
         import ray
 
         if not ray.is_initialized():
-            return cls(seed, 1, 0.0, (), checkpointing)
+            return cls(seed, 1, 0.0, (), checkpoint_every)
         assigned = ray.get_runtime_context().get_assigned_resources()
         # Fractional CPU requests still get one thread: a thread cannot be split.
         cpus = max(1, int(assigned.get("CPU", 1)))
         gpus = float(assigned.get("GPU", 0.0))
         gpu_ids = tuple(str(i) for i in ray.get_gpu_ids()) if gpus else ()
-        return cls(seed, cpus, gpus, gpu_ids, checkpointing)
+        return cls(seed, cpus, gpus, gpu_ids, checkpoint_every)
 
     @property
     def device(self) -> str:
@@ -46,7 +54,8 @@ class TrialContext:
         """Reports one iteration's metrics; `state` (any picklable object) becomes its checkpoint."""
         from ray import tune
 
-        if state is None or not self.checkpointing:
+        self._reports += 1
+        if state is None or not self.checkpointing or self._reports % self.checkpoint_every:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory(prefix="hpo-ckpt-") as tmp:
@@ -65,7 +74,7 @@ class TrialContext:
             return pickle.load(f)
 
 
-def run_family_trial(config: dict, *, family_ref: str, data=None, seed: int = 0, checkpointing: bool = False,
+def run_family_trial(config: dict, *, family_ref: str, data=None, seed: int = 0, checkpoint_every: int = 0,
                      base_dir: str | None = None) -> None:
     """The Ray trainable for built-in families: looks the family up in the worker, then trains."""
     from pathlib import Path
@@ -73,4 +82,4 @@ def run_family_trial(config: dict, *, family_ref: str, data=None, seed: int = 0,
     from orchestrator.families import resolve
 
     family = resolve(family_ref, Path(base_dir) if base_dir else None)
-    family.train(dict(config), data, TrialContext.current(seed, checkpointing))
+    family.train(dict(config), data, TrialContext.current(seed, checkpoint_every))

@@ -128,7 +128,7 @@ def test_budget_must_be_positive(field, value):
 
 def test_concurrent_above_trials_is_refused():
     (msg,) = problems(spec(budget={"trials": 2, "concurrent": 4}))
-    assert msg.startswith("budget:") and "lower concurrent or raise trials" in msg
+    assert msg.startswith("budget.concurrent: 4 is above the 2 trials") and "lower concurrent or raise trials" in msg
 
 
 def test_unknown_top_level_key_suggests_the_right_one():
