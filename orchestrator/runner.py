@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from orchestrator import auth
+from orchestrator import auth, evaluation
 from orchestrator.errors import Problem, RunError, SpecError
 from orchestrator.families import Family, UserTrainable
 from orchestrator.results import Recorder, tune_callback
@@ -46,6 +46,7 @@ class RunSummary:
     run_id: str
     counts: dict[str, int]
     best: dict[str, Any] | None
+    evaluation: dict[str, Any] | None = None  # refit on train+valid and test score; see orchestrator.evaluation
 
 
 def spec_hash(exp: Experiment) -> str:
@@ -111,14 +112,18 @@ def build_trainable(exp: Experiment, data: Any = None):
 
         trainable = tune.with_parameters(
             run_family_trial, family_ref=exp.spec.family, data=data, seed=exp.spec.seed,
-            checkpoint_every=checkpoint_every(exp), base_dir=str(exp.base_dir))
+            checkpoint_every=checkpoint_every(exp), base_dir=str(exp.base_dir), evaluation=exp.spec.evaluation)
     res = exp.spec.resources
     return tune.with_resources(trainable, {"cpu": res.cpu, "gpu": res.gpu})
 
 
 def checkpoint_every(exp: Experiment) -> int:
-    """Reports between checkpoints: at each PBT perturbation, otherwise none (0)."""
-    if SCHEDULERS[exp.spec.scheduler.name].needs_checkpoints:
+    """Reports between checkpoints: every report for schedulers that pause trials (a paused trial
+    resumes from its last checkpoint), each perturbation for PBT/PB2, otherwise none (0)."""
+    entry = SCHEDULERS[exp.spec.scheduler.name]
+    if entry.pauses:
+        return 1
+    if entry.needs_checkpoints:
         return exp.spec.scheduler.perturbation_interval
     return 0
 
@@ -236,7 +241,22 @@ def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, quiet: bool) -
         meta.update(status=status, error=failure, ended_at=_now(), counts=recorder.counts(),
                     best=_jsonable(best))
         _write_json(run_dir / "experiment.json", meta)
-    return RunSummary(run_dir, run_id, recorder.counts(), best)
+    evaluated = evaluation.conclude(exp, dataset, recorder.best, lambda d, out: _search_on(exp, d, out), run_dir)
+    if evaluated is not None:
+        meta.update(evaluation=_jsonable(evaluated), ended_at=_now())
+        _write_json(run_dir / "experiment.json", meta)
+    return RunSummary(run_dir, run_id, recorder.counts(), best, evaluated)
+
+
+def _search_on(exp: Experiment, data: Any, out_dir: Path):
+    """The spec's search again, on other data (an outer fold of nested evaluation): its best trial."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recorder = Recorder(out_dir, exp.metric, exp.mode, max_t=exp.max_t)
+    try:
+        build_tuner(exp, out_dir, [tune_callback(recorder)], data).fit()
+    finally:
+        recorder.close()
+    return recorder.best
 
 
 def _explain(exc: BaseException, recorder: Recorder, exp: Experiment) -> str:

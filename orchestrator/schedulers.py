@@ -86,6 +86,7 @@ class SchedulerEntry:
     summary: str
     stops_early: bool = False  # needs per-iteration reports to do anything
     needs_checkpoints: bool = False  # restores trials from checkpoints (the family must save them)
+    pauses: bool = False  # pauses trials at rungs and resumes them later: a checkpoint at every report
     needs_searcher: tuple[str, ...] | None = None  # only these searchers work with it
     numeric_mutations: bool = False  # mutated parameters must be numeric ranges
 
@@ -123,10 +124,10 @@ def _build_bohb_hyperband(opts: BOHBHyperBandOptions, params=None):
 
 
 def _build_median(opts: MedianStoppingOptions, params=None):
-    from ray.tune.schedulers import MedianStoppingRule
+    from orchestrator.ray_schedulers import ContinuingMedianStoppingRule
 
-    return MedianStoppingRule(time_attr="training_iteration", grace_period=opts.grace_period,
-                              min_samples_required=opts.min_samples_required)
+    return ContinuingMedianStoppingRule(time_attr="training_iteration", grace_period=opts.grace_period,
+                                        min_samples_required=opts.min_samples_required)
 
 
 def _build_pbt(opts: PBTOptions, params):
@@ -161,10 +162,10 @@ SCHEDULERS: dict[str, SchedulerEntry] = {
     "asha": SchedulerEntry(ASHAOptions, _build_asha, "asynchronous successive halving: stops weak trials early",
                            stops_early=True),
     "hyperband": SchedulerEntry(HyperBandOptions, _build_hyperband, "synchronous HyperBand brackets",
-                                stops_early=True),
+                                stops_early=True, needs_checkpoints=True, pauses=True),
     "bohb-hyperband": SchedulerEntry(BOHBHyperBandOptions, _build_bohb_hyperband,
                                      "HyperBand for BOHB (pairs with searcher bohb)", stops_early=True,
-                                     needs_searcher=("bohb",)),
+                                     needs_searcher=("bohb",), needs_checkpoints=True, pauses=True),
     "median-stopping": SchedulerEntry(MedianStoppingOptions, _build_median,
                                       "stops a trial below the median of others at the same iteration",
                                       stops_early=True),

@@ -25,8 +25,9 @@ from orchestrator import warmstart
 from orchestrator.base import StrictModel
 from orchestrator.data import DataSpec
 from orchestrator.errors import Problem, SpecError
+from orchestrator.evaluation import EvaluationSpec, check as check_evaluation
 from orchestrator.families import Family, FamilyNotFound, FamilyRef, UserTrainable, resolve as resolve_family
-from orchestrator.schedulers import SCHEDULERS, SchedulerOptions
+from orchestrator.schedulers import SCHEDULERS, PBTOptions, SchedulerOptions
 from orchestrator.searchers import SEARCHERS, SearcherOptions
 from orchestrator.space import Param, is_conditional, merge_space, parse_space
 
@@ -69,6 +70,7 @@ class ExperimentSpec(StrictModel):
     budget: BudgetSpec = BudgetSpec()
     resources: ResourcesSpec = ResourcesSpec()
     seed: int = Field(0, description="seeds the searcher (unless it has its own) and every trial")
+    evaluation: EvaluationSpec = EvaluationSpec()
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,7 @@ def resolve(spec: ExperimentSpec, base_dir: Path, source: str = "<spec>") -> Exp
     problems += _check_searcher(spec, params)
     problems += _check_scheduler(spec, family, params)
     problems += _check_budget(spec, params)
+    problems += check_evaluation(spec.evaluation, family)
     warm_points, warm_scores = [], []
     if spec.searcher.warm_start and not problems:
         ws = spec.searcher.warm_start
@@ -259,10 +262,10 @@ def _check_scheduler(spec: ExperimentSpec, family: FamilyRef, params: Mapping[st
     if entry.needs_searcher and spec.searcher.name not in entry.needs_searcher:
         problems.append(Problem("searcher.name", f"scheduler {name} only works with searcher "
                                                  f"{' or '.join(entry.needs_searcher)}, got {spec.searcher.name}"))
-    if entry.needs_checkpoints:
-        if isinstance(family, Family) and not family.checkpoints:
-            problems.append(Problem("scheduler.name", f"{name} restores trials from checkpoints, and family "
-                                                      f"{family.name} does not save any; use asha or hyperband"))
+    if entry.needs_checkpoints and isinstance(family, Family) and not family.checkpoints:
+        problems.append(Problem("scheduler.name", f"{name} resumes trials from checkpoints, and family "
+                                                  f"{family.name} does not save any; use asha or median-stopping"))
+    if isinstance(opts, PBTOptions):  # the population schedulers
         if is_conditional(params):
             problems.append(Problem("scheduler.name", f"{name} mutates a flat space; drop `when:` conditions"))
         problems += _check_mutations(opts, entry, params)
