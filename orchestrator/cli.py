@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a spec value")
     r.add_argument("--quiet", action="store_true", help="no progress line")
     r.set_defaults(func=cmd_run)
+    _cluster_commands(sub)
     return p
 
 
@@ -57,6 +58,138 @@ def cmd_run(args) -> int:
     if summary.best is None:
         print("no trial reported the metric; see the errors in trials.parquet", file=sys.stderr)
         return 1
+    return 0
+
+
+# --- clusters: thin wrappers over orchestrator.cluster / localcluster / jobs -------------------
+
+def _cluster_commands(sub) -> None:
+    import os
+
+    default = os.environ.get("HPO_CLUSTER", "cluster/local.yaml")
+
+    def cluster_arg(p):
+        p.add_argument("--cluster", default=default, metavar="FILE",
+                       help=f"cluster file (default $HPO_CLUSTER or cluster/local.yaml; now {default})")
+
+    s = sub.add_parser("submit", help="submit a spec to a Ray cluster through the Jobs API; prints the job id")
+    s.add_argument("spec")
+    cluster_arg(s)
+    s.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a spec value")
+    s.add_argument("--working-dir", help="folder uploaded with the job; must hold the spec (default: here)")
+    s.set_defaults(func=cmd_submit)
+    for name, func, helptext in (("status", cmd_status, "a job's status and where its results go"),
+                                 ("logs", cmd_logs, "a job's output (--follow: until it ends)"),
+                                 ("stop", cmd_stop, "stop a job; results so far are kept"),
+                                 ("fetch", cmd_fetch, "copy a job's Parquet results here")):
+        j = sub.add_parser(name, help=helptext)
+        j.add_argument("job")
+        cluster_arg(j)
+        if name == "logs":
+            j.add_argument("--follow", "-f", action="store_true", help="stream until the job ends; exit 0 if it succeeded")
+        if name == "fetch":
+            j.add_argument("--output", help="folder (default results/<name>/<job id>/)")
+        j.set_defaults(func=func)
+
+    c = sub.add_parser("cluster", help="validate a cluster file; start/stop a local cluster")
+    csub = c.add_subparsers(dest="action", required=True)
+    for action, helptext in (("up", "start the local cluster's nodes with `ray start`"),
+                             ("down", "stop the nodes `hpo cluster up` started (only those)"),
+                             ("validate", "check a cluster file with Ray's own schema"),
+                             ("token", "create the cluster's token file (mode 0600) if missing; never prints it")):
+        a = csub.add_parser(action, help=helptext)
+        a.add_argument("file", metavar="CLUSTER_FILE")
+        a.set_defaults(func=cmd_cluster)
+
+
+def cmd_submit(args) -> int:
+    from orchestrator import cluster, jobs
+
+    c = cluster.load(args.cluster)
+    _quiet_ray_logs()  # Ray logs every file it leaves out of the upload at INFO
+    sub = jobs.submit(c, args.spec, args.set, args.working_dir, log=lambda m: print(m, file=sys.stderr))
+    print(sub.job_id)  # alone on stdout: JOB=$(hpo submit ...)
+    total = sub.capacity.total
+    fits = "an unknown number of" if total is None else f"at most {total}"
+    flag = f"--cluster {args.cluster}"
+    where = ", ".join(f"{k}: {'?' if v is None else v}" for k, v in sub.capacity.per_type.items())
+    print(f"submitted to {c.name} ({c.hpo.jobs_address}); {fits} trials fit at once ({where})\n"
+          f"results: {sub.results}\n"
+          f"next: hpo logs {sub.job_id} {flag} --follow\n"
+          f"      hpo status {sub.job_id} {flag}\n"
+          f"      hpo fetch {sub.job_id} {flag}", file=sys.stderr)
+    return 0
+
+
+def _quiet_ray_logs() -> None:
+    import logging
+
+    import ray  # noqa: F401 - configures Ray's loggers first
+
+    logging.getLogger("ray").setLevel(logging.ERROR)
+
+
+def cmd_status(args) -> int:
+    from orchestrator import cluster, jobs
+
+    details = jobs.info(cluster.load(args.cluster), args.job)
+    print("\n".join(jobs.describe(details)))
+    return 0
+
+
+def cmd_logs(args) -> int:
+    from orchestrator import cluster, jobs
+
+    c = cluster.load(args.cluster)
+    if not args.follow:
+        print(jobs.logs(c, args.job), end="")
+        return 0
+    status = jobs.follow(c, args.job)
+    print(f"# job {args.job}: {status}", file=sys.stderr)
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def cmd_stop(args) -> int:
+    from orchestrator import cluster, jobs
+
+    status = jobs.stop(cluster.load(args.cluster), args.job)
+    print(f"{args.job}: {status}")
+    return 0
+
+
+def cmd_fetch(args) -> int:
+    from orchestrator import cluster, jobs
+
+    c = cluster.load(args.cluster)
+    dest = jobs.fetch(c, args.job, args.output)
+    status = jobs.info(c, args.job).status
+    print(f"{dest}/ (job {status}{'' if status == 'SUCCEEDED' else ': results so far'})")
+    return 0
+
+
+def cmd_cluster(args) -> int:
+    from orchestrator import auth, cluster, localcluster
+
+    c = cluster.load(args.file)
+    if args.action == "validate":
+        kinds = ", ".join(t.describe() for t in c.node_types.values())
+        print(f"ok: {args.file} is a valid {c.kind} cluster file ({c.name}: {kinds})")
+    elif args.action == "token":
+        path = c.hpo.auth.path()
+        if path is None:
+            raise cluster.ClusterError(f"{args.file} reads its token from ${c.hpo.auth.token_env}, not a file")
+        print(f"token file: {auth.ensure_private_token(path)} (mode 0600)")
+    elif args.action == "up":
+        state = localcluster.up(c)
+        nodes = ", ".join(n.node_type for n in state.nodes)
+        print(f"cluster {c.name} up in {state.started_s:.1f}s: {nodes}\n"
+              f"Jobs API {state.jobs_address} (token in {c.hpo.auth.path()}); GCS {state.gcs_address}\n"
+              f"logs: {c.temp_dir}/<node>/session_latest/logs, {c.state_dir}\n"
+              f"next: hpo submit SPEC --cluster {args.file}")
+    else:
+        state = localcluster.down(c)
+        print(f"cluster {c.name}: " + ("stopped " + ", ".join(f"{n.node_type} (pid {n.pid})" for n in state.nodes)
+                                       if state else "not running (no state in " + str(c.state_dir) + ")"))
     return 0
 
 

@@ -1,0 +1,294 @@
+"""`hpo cluster up/down` for a cluster file with `metadata.hpo.local`: real `ray start` nodes here.
+
+Each node is one `ray start --block` process, started in its own session. With `--block`, Ray
+keeps that process as the parent of the node's processes (GCS, raylet, dashboard, agents,
+workers) and shuts them down itself when it gets SIGTERM (draining first). So `down` signals
+exactly the processes `up` started, found by pid (and start time, against pid reuse) in a state
+file, never by name: `ray stop` would kill every Ray on the machine, a developer's own included.
+
+What binds where (Ray 2.60, measured with `ss -ltnp`): the dashboard/Jobs API binds to
+`local.dashboard_host` (127.0.0.1 unless the file opts in). Ray binds the GCS, raylet, object
+manager, dashboard agent gRPC and metrics ports to all interfaces whatever `--node-ip-address`
+says, and the client server, agents and runtime-env agent to the host's address too; with
+RAY_AUTH_MODE=token (always on here) their RPC/HTTP calls need the token, but the Prometheus
+metrics endpoints answer anyone who can reach the port. Every port except the GCS and dashboard
+ones is picked free at start, so a developer's own Ray (6379, 8265, 10001, 52365) is undisturbed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from orchestrator import auth
+from orchestrator.cluster import Cluster, ClusterError, NodeType, free_port, is_loopback
+
+STATE_FILE = "nodes.json"
+# Variables a node must not inherit: they would point it at another cluster or another token.
+_DROP_ENV = ("RAY_ADDRESS", auth.TOKEN_VAR)
+
+
+@dataclass
+class NodeProcess:
+    node_type: str
+    pid: int
+    create_time: float
+    log: str
+    head: bool
+
+
+@dataclass
+class LocalState:
+    cluster_name: str
+    jobs_address: str
+    gcs_address: str
+    temp_dir: str
+    nodes: list[NodeProcess]
+    started_s: float  # seconds from the first `ray start` to every node registered
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def read(cls, path: Path) -> "LocalState | None":
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        raw["nodes"] = [NodeProcess(**n) for n in raw["nodes"]]
+        return cls(**raw)
+
+
+def _require_local(cluster: Cluster) -> None:
+    if not cluster.is_local:
+        how = "kubectl apply -f" if cluster.kind == "kuberay" else "ray up"
+        raise ClusterError(f"{cluster.source} describes a remote cluster (no metadata.hpo.local); start it with "
+                           f"`{how} {cluster.source}`, then submit to it")
+
+
+def state_path(cluster: Cluster) -> Path:
+    return cluster.state_dir / STATE_FILE
+
+
+def running(cluster: Cluster) -> LocalState | None:
+    """The state of this cluster if its head process is still alive."""
+    state = LocalState.read(state_path(cluster))
+    if state and any(n.head and _alive(n) for n in state.nodes):
+        return state
+    return None
+
+
+def up(cluster: Cluster, *, timeout_s: float = 120.0, log=print) -> LocalState:
+    """Starts the head, then `min_workers` nodes of every other type, and waits for all to register."""
+    _require_local(cluster)
+    if state := running(cluster):
+        log(f"cluster {cluster.name} is already up (Jobs API {state.jobs_address})")
+        return state
+    local = cluster.hpo.local
+    mode = os.environ.get(auth.MODE_VAR, "token").lower()
+    if mode != "token":
+        raise ClusterError(f"{auth.MODE_VAR}={mode}: hpo starts clusters with Ray token authentication only; "
+                           f"unset {auth.MODE_VAR} or set it to 'token'")
+    token_file = cluster.hpo.auth.path()
+    if token_file is None:
+        raise ClusterError(f"{cluster.source}: a local cluster reads its token from a file: set "
+                           f"metadata.hpo.auth.token_file")
+    auth.ensure_private_token(token_file)
+    cluster.state_dir.mkdir(parents=True, exist_ok=True)
+    cluster.state_dir.chmod(0o700)
+    url = urlparse(cluster.hpo.jobs_address)
+    if not is_loopback(local.dashboard_host):
+        log(f"note: the Jobs API binds to {local.dashboard_host} (opted in by metadata.hpo.local.dashboard_host); "
+            f"Ray token authentication guards it")
+    env = _node_env(cluster, token_file)
+    head_type = cluster.node_types[cluster.head_type]
+    gcs = f"127.0.0.1:{local.gcs_port}"
+    started = time.monotonic()
+    nodes: list[NodeProcess] = []
+    try:
+        head_args = ["--head", f"--port={local.gcs_port}", f"--dashboard-host={local.dashboard_host}",
+                     f"--dashboard-port={url.port}", "--include-dashboard=true",
+                     f"--ray-client-server-port={free_port()}"]
+        nodes.append(_start(cluster, head_type, head_args, env, "head"))
+        _wait_head(cluster, nodes[0], started + timeout_s)
+        workers = [t for t in cluster.node_types.values() if not t.head for _ in range(t.min_workers)]
+        for i, t in enumerate(workers):
+            nodes.append(_start(cluster, t, [f"--address={gcs}"], env, f"{t.name}-{i}"))
+        _wait_nodes(cluster, nodes, 1 + len(workers), started + timeout_s)
+    except BaseException:
+        _stop(nodes, grace_s=10)
+        raise
+    state = LocalState(cluster.name, cluster.hpo.jobs_address, gcs, str(cluster.temp_dir), nodes,
+                       round(time.monotonic() - started, 2))
+    path = state_path(cluster)
+    path.write_text(state.to_json())
+    return state
+
+
+def down(cluster: Cluster, *, grace_s: float = 30.0) -> LocalState | None:
+    """Stops the nodes `up` started (workers first, then the head); None if none was running."""
+    _require_local(cluster)
+    state = LocalState.read(state_path(cluster))
+    if state is None:
+        return None
+    _stop(state.nodes, grace_s)
+    state_path(cluster).unlink(missing_ok=True)
+    return state
+
+
+def _node_env(cluster: Cluster, token_file: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _DROP_ENV}
+    env.update({
+        auth.MODE_VAR: "token",
+        auth.TOKEN_PATH_VAR: str(token_file),
+        # Job entrypoints run `python ...`: make it this interpreter (the venv with orchestrator in it).
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    })
+    return env
+
+
+def _ray_command() -> list[str]:
+    exe = Path(sys.executable).with_name("ray")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "ray.scripts.scripts"]
+
+
+def _resource_args(t: NodeType) -> list[str]:
+    args = []
+    if t.cpu is not None:
+        args.append(f"--num-cpus={int(t.cpu)}")
+    if t.gpu is not None:
+        args.append(f"--num-gpus={int(t.gpu)}")
+    if t.custom:
+        args.append(f"--resources={json.dumps(dict(t.custom))}")
+    return args
+
+
+def _psutil():
+    """Ray vendors psutil (ray/thirdparty_files) and puts it on sys.path when imported."""
+    import ray  # noqa: F401
+    import psutil
+
+    return psutil
+
+
+def _start(cluster: Cluster, t: NodeType, args: list[str], env: dict[str, str], label: str) -> NodeProcess:
+    psutil = _psutil()
+
+    ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+             f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
+    # One temp dir per node: nodes sharing one would share `runtime_resources/`, and one node's
+    # runtime-env agent would delete a job's working dir that another node's driver still runs in.
+    temp_dir = cluster.temp_dir / label
+    cmd = [*_ray_command(), "start", "--block", *args, *_resource_args(t), *ports, f"--temp-dir={temp_dir}",
+           "--disable-usage-stats"]
+    log_path = cluster.state_dir / f"{label}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # a Ctrl-C in this terminal must not reach the nodes
+    return NodeProcess(t.name, proc.pid, psutil.Process(proc.pid).create_time(), str(log_path), t.head)
+
+
+def _wait_head(cluster: Cluster, head: NodeProcess, deadline: float) -> None:
+    import requests
+
+    headers = cluster.headers()
+    while True:
+        _check_alive(head)
+        try:
+            r = requests.get(f"{cluster.hpo.jobs_address}/api/version", headers=headers, timeout=2)
+            if r.status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise ClusterError(f"the head did not answer on {cluster.hpo.jobs_address} in time; see {head.log}")
+        time.sleep(0.3)
+
+
+def _wait_nodes(cluster: Cluster, nodes: list[NodeProcess], expected: int, deadline: float) -> None:
+    import requests
+
+    headers = cluster.headers()
+    alive = 0
+    while True:
+        for n in nodes:
+            _check_alive(n)
+        try:
+            r = requests.get(f"{cluster.hpo.jobs_address}/api/v0/nodes", params={"limit": 1000},
+                             headers=headers, timeout=5)
+            if r.status_code == 200:
+                rows = r.json()["data"]["result"]["result"]
+                alive = sum(1 for row in rows if row.get("state") == "ALIVE")
+                if alive >= expected:
+                    return
+        except (requests.RequestException, KeyError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise ClusterError(f"only {alive} of {expected} nodes registered in time; see the logs in "
+                               f"{cluster.state_dir}")
+        time.sleep(0.5)
+
+
+def _alive(n: NodeProcess) -> bool:
+    psutil = _psutil()
+
+    try:
+        p = psutil.Process(n.pid)
+        return abs(p.create_time() - n.create_time) < 1e-3 and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _check_alive(n: NodeProcess) -> None:
+    if not _alive(n):
+        tail = _tail(Path(n.log))
+        raise ClusterError(f"`ray start` for node {n.node_type} exited; last lines of {n.log}:\n{tail}")
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _stop(nodes: list[NodeProcess], grace_s: float) -> None:
+    """SIGTERM each node's `ray start --block` (workers first), then SIGKILL whatever outlived the grace.
+
+    The processes under each node are listed before signalling, so a worker or agent orphaned by
+    a crash is still killed by pid rather than left running.
+    """
+    psutil = _psutil()
+
+    ordered = sorted((n for n in nodes if _alive(n)), key=lambda n: n.head)
+    for n in ordered:
+        try:
+            root = psutil.Process(n.pid)
+            family = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        try:
+            root.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+        _, alive = psutil.wait_procs(family, timeout=grace_s)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+
+
+def remove_temp_dir(cluster: Cluster) -> None:
+    """Ray's session folders and logs (kept by `down` for post-mortems; tests remove them)."""
+    shutil.rmtree(cluster.temp_dir, ignore_errors=True)
