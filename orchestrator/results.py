@@ -7,6 +7,9 @@ Files in a run folder:
 - `trials.parquet`: one row per trial: `trial_id`, `status` (completed | stopped | errored |
   running | pending), `iterations`, `score` (best value of the spec's metric) and
   `score_iteration`, `wall_s`, `started_at`, `ended_at`, `node_ip`, `error`,
+  where it ran: `node_id`, `cpus`, `gpus` (Ray's grant; 0.5 for a half GPU) and `gpu_ids` (its
+  CUDA_VISIBLE_DEVICES, e.g. "1"), recorded in the worker (see orchestrator.placement), so
+  GPU-hours = sum(gpus * wall_s) / 3600,
   `config.<param>`, `metric.<name>` (last reported values).
 
 History rows are flushed every few seconds to numbered part files under `history.parts/`, and
@@ -53,6 +56,10 @@ class TrialRecord:
     started_at: float | None = None
     ended_at: float | None = None
     node_ip: str | None = None
+    node_id: str | None = None
+    cpus: float | None = None
+    gpus: float | None = None
+    gpu_ids: str | None = None
     error: str | None = None
     stop_requested: bool = False  # the scheduler (or a stopper) ended it at its last result
 
@@ -68,6 +75,10 @@ class TrialRecord:
             "started_at": _ts(self.started_at),
             "ended_at": _ts(self.ended_at),
             "node_ip": self.node_ip,
+            "node_id": self.node_id,
+            "cpus": self.cpus,
+            "gpus": self.gpus,
+            "gpu_ids": self.gpu_ids,
             "error": self.error,
             **{f"config.{k}": v for k, v in self.config.items()},
             **{f"metric.{k}": v for k, v in self.last.items()},
@@ -149,6 +160,15 @@ class Recorder:
             **{f"metric.{k}": v for k, v in metrics.items()},
             **{f"config.{k}": v for k, v in rec.config.items()},
         })
+
+    def placement(self, trial_id: str, info: Mapping[str, Any]) -> None:
+        """Where the trial runs (node, CPUs, GPUs, GPU ids), as its worker recorded it."""
+        rec = self.trials.get(trial_id)
+        if rec is None:
+            return
+        rec.node_ip = rec.node_ip or info.get("node_ip")
+        rec.node_id, rec.cpus, rec.gpus, rec.gpu_ids = (info.get("node_id"), info.get("cpus"), info.get("gpus"),
+                                                        info.get("gpu_ids"))
 
     def complete(self, trial_id: str) -> None:
         rec = self.trials[trial_id]
@@ -234,9 +254,22 @@ def load(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return trials, history
 
 
-def tune_callback(recorder: Recorder, on_step: Callable[[], None] | None = None):
-    """A Ray Tune Callback feeding `recorder`; built here so Ray is imported only when running."""
+def tune_callback(recorder: Recorder, on_step: Callable[[], None] | None = None, placement_key: str | None = None):
+    """A Ray Tune Callback feeding `recorder`; built here so Ray is imported only when running.
+
+    With `placement_key`, each trial's placement record (orchestrator.placement) is read at its
+    first result and again when it ends, and the run's records are deleted when the run ends.
+    """
     from ray.tune import Callback
+
+    def place(trial_id: str, again: bool = False) -> None:
+        rec = recorder.trials.get(trial_id)
+        if placement_key is None or rec is None or (rec.node_id is not None and not again):
+            return
+        from orchestrator import placement
+
+        if info := placement.read(placement_key, trial_id):
+            recorder.placement(trial_id, info)
 
     class RecorderCallback(Callback):
         def on_trial_start(self, iteration, trials, trial, **info):
@@ -245,14 +278,25 @@ def tune_callback(recorder: Recorder, on_step: Callable[[], None] | None = None)
         def on_trial_result(self, iteration, trials, trial, result, **info):
             # The config the result was produced with: PBT may already have changed trial.config.
             recorder.result(trial.trial_id, result.get("config") or trial.config, result)
+            place(trial.trial_id)
             if recorder.missing_metric:
                 raise RunError(recorder.missing_metric)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
+            place(trial.trial_id, again=True)
             recorder.complete(trial.trial_id)
 
         def on_trial_error(self, iteration, trials, trial, **info):
+            place(trial.trial_id, again=True)
             recorder.error(trial.trial_id, _error_text(trial))
+
+        def on_experiment_end(self, trials, **info):
+            if placement_key is not None:
+                for trial in trials:
+                    place(trial.trial_id)
+                from orchestrator import placement
+
+                placement.forget(placement_key)
 
         def on_step_end(self, iteration, trials, **info):
             recorder.maybe_flush()

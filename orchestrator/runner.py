@@ -95,8 +95,11 @@ def trial_dirname(trial) -> str:
     return trial.trial_id
 
 
-def build_trainable(exp: Experiment, data: Any = None):
-    """The Ray trainable with its resources; `data` goes through the object store once."""
+def build_trainable(exp: Experiment, data: Any = None, placement_key: str | None = None):
+    """The Ray trainable with its resources; `data` goes through the object store once.
+
+    With `placement_key`, every trial records where it ran (orchestrator.placement).
+    """
     from ray import tune
 
     family = exp.family
@@ -113,6 +116,10 @@ def build_trainable(exp: Experiment, data: Any = None):
         trainable = tune.with_parameters(
             run_family_trial, family_ref=exp.spec.family, data=data, seed=exp.spec.seed,
             checkpoint_every=checkpoint_every(exp), base_dir=str(exp.base_dir), evaluation=exp.spec.evaluation)
+    if placement_key is not None:
+        from orchestrator.placement import recording
+
+        trainable = recording(trainable, placement_key)
     res = exp.spec.resources
     return tune.with_resources(trainable, {"cpu": res.cpu, "gpu": res.gpu})
 
@@ -128,7 +135,7 @@ def checkpoint_every(exp: Experiment) -> int:
     return 0
 
 
-def build_tuner(exp: Experiment, run_dir: Path, callbacks: list, data: Any = None):
+def build_tuner(exp: Experiment, run_dir: Path, callbacks: list, data: Any = None, placement_key: str | None = None):
     from ray import tune
 
     tune_config, param_space = build_tune_config(exp)
@@ -141,7 +148,7 @@ def build_tuner(exp: Experiment, run_dir: Path, callbacks: list, data: Any = Non
         # PBT exploits other trials' checkpoints: keeping only 2 can delete one it is about to load.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if checkpoint_every(exp) else 2),
     )
-    return tune.Tuner(build_trainable(exp, data), param_space=param_space, tune_config=tune_config,
+    return tune.Tuner(build_trainable(exp, data, placement_key), param_space=param_space, tune_config=tune_config,
                       run_config=run_config)
 
 
@@ -149,6 +156,10 @@ def preflight(exp: Experiment) -> None:
     """Refuses a per-trial request that no alive node can hold: Ray would wait for it forever."""
     import ray
 
+    if os.environ.get("RAY_ADDRESS"):
+        # Joined to a cluster (a Ray job): an autoscaler may still add nodes, so the check is by node
+        # type, made at submit time against the cluster file (orchestrator.cluster.check_capacity).
+        return
     need = {"CPU": exp.spec.resources.cpu, "GPU": exp.spec.resources.gpu}
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     fits = [n for n in nodes if all(n["Resources"].get(k, 0) >= v for k, v in need.items() if v)]
@@ -161,13 +172,21 @@ def preflight(exp: Experiment) -> None:
 
 
 def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
-    """Starts an embedded Ray unless one is already up in this process. Returns True if started."""
+    """Starts an embedded Ray unless one is already up in this process. Returns True if started.
+
+    With RAY_ADDRESS set (as Ray sets it inside a job submitted to a cluster) it joins that
+    cluster instead: connected, not started, but still shut down (disconnected) after the run.
+    """
     import ray
 
     if ray.is_initialized():
         return False
     apply_fast_env()
     auth.enable_token_auth()
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(logging_level="ERROR", logging_config=ray.LoggingConfig(log_level="WARNING"))
+        quiet_driver_logs()
+        return True
     ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, logging_level="ERROR",
              # Workers log every checkpoint and restore at INFO; users' own prints still come through.
              logging_config=ray.LoggingConfig(log_level="WARNING"),
@@ -219,15 +238,18 @@ def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, quiet: bool) -
     from orchestrator import data as data_mod
     from orchestrator.progress import Progress
 
+    from orchestrator.placement import new_key
+
     recorder = Recorder(run_dir, exp.metric, exp.mode, max_t=exp.max_t)
     progress = None if quiet else Progress(recorder, exp.total_trials)
     family = exp.family
     dataset = data_mod.load(exp.spec.data, exp.base_dir) if isinstance(family, Family) and family.needs_data else None
-    tuner = build_tuner(exp, run_dir, [tune_callback(recorder, progress.tick if progress else None)], dataset)
+    key = new_key(run_id)  # each trial's node, CPUs and GPU ids travel under it (orchestrator.placement)
+    tuner = build_tuner(exp, run_dir, [tune_callback(recorder, progress.tick if progress else None, key)], dataset, key)
     status, failure = "finished", None
     try:
         tuner.fit()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C; SIGTERM (`hpo stop`), which ray.init turns into SystemExit
         status = "interrupted"
         raise
     except Exception as exc:  # noqa: BLE001 - every failure ends here; results are flushed below
