@@ -1,0 +1,345 @@
+"""Cluster files, submission and the cluster path end to end on a real 2-node Ray cluster here.
+
+Unit tests (no Ray started): the shipped cluster files pass Ray's own checks, broken ones are
+refused with their path, the pre-flight names node types and capacities, packaging leaves the
+right things out and sends no environment.
+
+`local_cluster` (module scope) starts cluster/local.yaml's head and GPU worker (2 logical GPUs)
+as real `ray start` processes on free ports, with its own temp dir, token file and results
+folder, and always stops them by pid: a developer's own Ray and the session's `ray_local` are
+never touched (no `ray stop`). The Jobs API is only reached over HTTP, as a user would.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from orchestrator import cluster as cl
+from orchestrator import jobs, localcluster
+from orchestrator.errors import SpecError
+from tests.conftest import EXPERIMENTS, ROOT
+
+CLUSTERS = ROOT / "cluster"
+CANARY = f"hpo-canary-{secrets.token_hex(8)}"  # a "secret" in the environment that must land nowhere
+
+
+def _cluster_file(tmp: Path, edit=None, source: str = "local.yaml") -> Path:
+    raw = yaml.safe_load((CLUSTERS / source).read_text())
+    if edit:
+        edit(raw)
+    path = tmp / "cluster.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def _hpo(raw: dict) -> dict:
+    return raw["metadata"]["hpo"]
+
+
+def _cli(*args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=300)
+
+
+# --- cluster files -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, kind, gpus", [("local.yaml", "launcher", {"gpu_worker": 2}),
+                                              ("aws-gpu.yaml", "launcher", {"gpu_worker": 1}),
+                                              ("kuberay.yaml", "kuberay", {"gpu-workers": 1})])
+def test_shipped_cluster_files_pass_rays_own_checks(name, kind, gpus):
+    c = cl.load(CLUSTERS / name)
+    assert c.kind == kind and c.head_type in c.node_types
+    assert {n: t.gpu for n, t in c.node_types.items() if t.gpu} == gpus
+    assert c.hpo.jobs_address.startswith("http://127.0.0.1:")  # reached over loopback or a tunnel
+    assert c.is_local == (name == "local.yaml")
+
+
+@pytest.mark.parametrize("edit, where, says", [
+    (lambda r: r.update(bogus=1), "", "Additional properties are not allowed ('bogus'"),
+    (lambda r: r["available_node_types"]["gpu_worker"]["resources"].update(GPU=-1),
+     "available_node_types.gpu_worker.resources.GPU", "-1 is less than the minimum of 0"),
+    (lambda r: r.update(head_node_type="nope"), "", "`head_node_type` must be one of `available_node_types`"),
+    (lambda r: r.pop("metadata"), "metadata.hpo", "missing: add jobs_address, auth and storage"),
+    (lambda r: _hpo(r)["local"].update(gcs_prot=1), "metadata.hpo.local.gcs_prot", "unknown key"),
+    (lambda r: _hpo(r).update(storage="results"), "metadata.hpo.storage", "must be an absolute path"),
+    (lambda r: _hpo(r)["auth"].update(token_env="T"), "metadata.hpo.auth", "exactly one of token_file or token_env"),
+    (lambda r: _hpo(r)["local"].update(dashboard_host="127.0.0.1") or _hpo(r).update(jobs_address="http://10.0.0.5:8266"),
+     "metadata.hpo", "jobs_address must name 127.0.0.1 too"),
+])
+def test_broken_cluster_files_are_refused_with_their_path(tmp_path, edit, where, says):
+    with pytest.raises(cl.ClusterConfigError) as err:
+        cl.load(_cluster_file(tmp_path, edit))
+    problem = str(err.value)
+    assert says in problem
+    if where:
+        assert f"  {where}: " in problem
+
+
+def test_kuberay_file_needs_the_annotation(tmp_path):
+    raw = yaml.safe_load((CLUSTERS / "kuberay.yaml").read_text())
+    del raw["metadata"]["annotations"]
+    path = tmp_path / "rc.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(cl.ClusterConfigError, match="metadata.annotations.hpo-orchestrator/config"):
+        cl.load(path)
+
+
+# --- pre-flight and packaging ------------------------------------------------------------------
+
+def test_preflight_refuses_a_trial_no_node_type_can_hold_and_names_them():
+    result = _cli("submit", EXPERIMENTS / "user_trainable.yaml", "--cluster", CLUSTERS / "local.yaml",
+                  "--set", "resources.gpu=3")
+    assert result.returncode == 2, result.stderr
+    assert "resources: no node type of cluster hpo-local" in result.stderr
+    assert "head (CPU 1, GPU 0; head); gpu_worker (CPU 2, GPU 2; 1-1 nodes)" in result.stderr
+    assert "pending forever" in result.stderr
+
+
+def test_capacity_counts_whole_and_fractional_gpus():
+    c = cl.load(CLUSTERS / "local.yaml")
+    assert cl.check_capacity(c, 0.5, 1).per_type == {"gpu_worker": 2}
+    assert cl.check_capacity(c, 0.5, 0.5).per_type == {"gpu_worker": 4}
+    assert cl.check_capacity(c, 1, 0).per_type == {"head": 1, "gpu_worker": 2}  # CPU trials use both nodes
+    aws = cl.load(CLUSTERS / "aws-gpu.yaml")
+    assert cl.check_capacity(aws, 4, 0.5).per_type == {"gpu_worker": 4 * 2}  # 2 per node, up to 4 nodes
+
+
+def test_package_sends_code_and_spec_but_no_environment(monkeypatch):
+    monkeypatch.setenv("HPO_TEST_SECRET", CANARY)
+    c = cl.load(CLUSTERS / "aws-gpu.yaml")
+    sub = jobs.package(c, EXPERIMENTS / "user_trainable.yaml", ["budget.trials=3"], ROOT)
+    env = sub.runtime_env
+    assert env["working_dir"] == str(ROOT)
+    assert {".venv", ".git", "results", "__pycache__", ".ipynb_checkpoints"} <= set(env["excludes"])
+    assert [Path(p).name for p in env["py_modules"]] == ["orchestrator", "experiments"]
+    pins = env["pip"]["packages"]
+    assert any(p.startswith("optuna==") for p in pins) and not any(p.startswith("ray==") for p in pins)
+    assert sub.entrypoint == (f"python -m orchestrator.jobs experiments/user_trainable.yaml --output "
+                              f"s3://YOUR-BUCKET/hpo-results/user-trainable/{sub.job_id} --set budget.trials=3")
+    assert sub.metadata["hpo_results"] == sub.results
+    assert CANARY not in json.dumps([sub.entrypoint, env, sub.metadata])
+
+
+def test_spec_outside_the_working_dir_is_refused(tmp_path):
+    c = cl.load(CLUSTERS / "local.yaml")
+    with pytest.raises(SpecError, match="outside the working dir"):
+        jobs.package(c, EXPERIMENTS / "user_trainable.yaml", [], tmp_path)
+
+
+# --- a real 2-node cluster on loopback ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def local_cluster(tmp_path_factory):
+    """cluster/local.yaml on free ports; started with real `ray start`, always stopped by pid."""
+    tmp = tmp_path_factory.mktemp("cluster")
+
+    def edit(raw):
+        hpo = _hpo(raw)
+        hpo["jobs_address"] = f"http://127.0.0.1:{cl.free_port()}"
+        hpo["auth"] = {"token_file": str(tmp / "state" / "auth_token")}
+        hpo["storage"] = str(tmp / "storage")
+        hpo["local"].update(gcs_port=cl.free_port(), state_dir=str(tmp / "state"),
+                            temp_dir=f"/tmp/hpo-test-{secrets.token_hex(3)}")  # short: socket paths
+
+    c = cl.load(_cluster_file(tmp, edit))
+    old = os.environ.get("HPO_TEST_SECRET")
+    os.environ["HPO_TEST_SECRET"] = CANARY  # the nodes, hence every job, inherit it
+    try:
+        t0 = time.monotonic()
+        state = localcluster.up(c, log=lambda m: None)
+        print(f"\nlocal 2-node cluster up in {time.monotonic() - t0:.1f}s")
+        yield c, state
+    finally:
+        if old is None:
+            os.environ.pop("HPO_TEST_SECRET", None)
+        else:
+            os.environ["HPO_TEST_SECRET"] = old
+        t0 = time.monotonic()
+        localcluster.down(c, grace_s=20)
+        print(f"local cluster down in {time.monotonic() - t0:.1f}s")
+        localcluster.remove_temp_dir(c)
+
+
+def _run(c: cl.Cluster, spec: Path, wd: Path, overrides=()) -> tuple[jobs.Submission, str, str, Path]:
+    """Submits, follows the logs to the end, fetches: (submission, final status, logs, fetched dir)."""
+    sub = jobs.submit(c, spec, list(overrides), wd)
+    out = io.StringIO()
+    status = jobs.follow(c, sub.job_id, out)
+    return sub, status, out.getvalue(), jobs.fetch(c, sub.job_id, spec.parent / "fetched" / sub.job_id)
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_cluster_nodes_and_token_auth_on_the_jobs_api(local_cluster):
+    import requests
+
+    c, state = local_cluster
+    token_file = c.hpo.auth.path()
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    url = f"{c.hpo.jobs_address}/api/jobs/"
+    assert requests.get(url, timeout=10).status_code == 401  # no token: refused
+    assert requests.get(url, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 403
+    assert requests.get(url, headers=c.headers(), timeout=10).status_code == 200
+    assert [n.node_type for n in state.nodes] == ["head", "gpu_worker"]
+    nodes = requests.get(f"{c.hpo.jobs_address}/api/v0/nodes", headers=c.headers(), timeout=10).json()
+    totals = sorted((r["resources_total"].get("CPU"), r["resources_total"].get("GPU", 0))
+                    for r in nodes["data"]["result"]["result"] if r["state"] == "ALIVE")
+    assert totals == [(1.0, 0), (2.0, 2.0)]
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_cli_submits_the_unchanged_spec_follows_it_and_fetches_parquet(local_cluster, tmp_path):
+    import requests
+
+    c, _ = local_cluster
+    flag = ["--cluster", c.source]
+    env = dict(os.environ, HPO_TEST_SECRET=CANARY)
+    sub = _cli("submit", "experiments/user_trainable.yaml", *flag, "--set", "budget.trials=4", env=env)
+    assert sub.returncode == 0, sub.stderr
+    job = sub.stdout.strip()
+    assert job.startswith("hpo-user-trainable-") and f"hpo logs {job}" in sub.stderr
+    logs = _cli("logs", job, *flag, "--follow", env=env)
+    assert logs.returncode == 0, logs.stdout + logs.stderr  # exit 0: the job SUCCEEDED
+    assert "trials 4/4 finished" in logs.stdout
+    status = _cli("status", job, *flag, env=env)
+    assert f"{job}: SUCCEEDED" in status.stdout and f"results: {c.hpo.storage}/user-trainable/{job}" in status.stdout
+    fetched = _cli("fetch", job, *flag, "--output", tmp_path / "fetched", env=env)
+    assert fetched.returncode == 0, fetched.stderr
+
+    trials = pd.read_parquet(tmp_path / "fetched" / "trials.parquet")
+    history = pd.read_parquet(tmp_path / "fetched" / "history.parquet")
+    meta = json.loads((tmp_path / "fetched" / "experiment.json").read_text())
+    assert len(trials) == 4 and trials["status"].isin(["completed", "stopped"]).all()
+    assert trials["node_id"].notna().all() and (trials["cpus"] == 1).all() and (trials["gpus"] == 0).all()
+    assert trials["gpu_ids"].isna().all() and (trials["wall_s"] > 0).all()
+    nodes = requests.get(f"{c.hpo.jobs_address}/api/v0/nodes", headers=c.headers(), timeout=10).json()
+    assert set(trials["node_id"]) <= {r["node_id"] for r in nodes["data"]["result"]["result"]}
+    assert {"metric.loss", "config.lr"} <= set(history.columns)
+    assert meta["status"] == "finished" and meta["spec"]["budget"]["trials"] == 4
+
+    # No secret from the environment (nor the token) in results, metadata or logs.
+    token = c.token()
+    texts = [p.read_bytes() for p in (tmp_path / "fetched").iterdir()]
+    texts += [r.encode() for r in (sub.stdout, sub.stderr, logs.stdout, logs.stderr, status.stdout)]
+    assert not any(CANARY.encode() in t or token.encode() in t for t in texts)
+
+
+RENDEZVOUS = '''
+import os, time
+from ray import tune
+
+
+def _held(d):
+    out = {}
+    for name in os.listdir(d):
+        if not name.startswith("."):
+            with open(os.path.join(d, name)) as f:
+                out[name] = f.read()
+    return out
+
+
+def train(config):
+    """Holds its resources until `wait_for` trials hold theirs at once (or 60 s pass), noting
+    how many trials ever held at once and whether another one held the same GPU id meanwhile."""
+    d, gpu = config["rendezvous"], os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    me = f"{os.getpid()}-{time.monotonic_ns()}"
+    with open(os.path.join(d, "." + me), "w") as f:
+        f.write(gpu)
+    os.rename(os.path.join(d, "." + me), os.path.join(d, me))
+    peak = clash = 0
+    start, met = time.monotonic(), None
+    try:
+        while time.monotonic() - start < 60:  # a broken scheduler fails the test, it cannot hang it
+            held = _held(d)
+            peak = max(peak, len(held))
+            clash = max(clash, sum(1 for k, v in held.items() if k != me and v == gpu))
+            if peak >= config["wait_for"]:
+                met = met or time.monotonic()
+                if time.monotonic() - met > 0.5:  # long enough for the others to see us too
+                    break
+            time.sleep(0.05)
+    finally:
+        os.remove(os.path.join(d, me))
+    tune.report({"peak": peak, "clash": clash, "gpu": float(gpu) if gpu.isdigit() else -1.0})
+'''
+
+
+def _gpu_spec(tmp_path: Path, name: str, cpu: float, gpu: float, wait_for: int) -> Path:
+    (tmp_path / "rendezvous").mkdir()
+    (tmp_path / "rendezvous_train.py").write_text(RENDEZVOUS)
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": name, "family": "rendezvous_train.py:train", "metric": {"name": "peak", "mode": "max"},
+        "space": {"rendezvous": str(tmp_path / "rendezvous"), "wait_for": wait_for, "x": {"uniform": [0, 1]}},
+        "searcher": {"name": "random", "seed": 0}, "budget": {"trials": 4, "concurrent": 4},
+        "resources": {"cpu": cpu, "gpu": gpu}}))
+    return spec
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_whole_gpu_trials_get_disjoint_ids_and_never_exceed_capacity(local_cluster, tmp_path):
+    c, _ = local_cluster
+    sub, status, logs, fetched = _run(c, _gpu_spec(tmp_path, "gpu-whole", 0.5, 1, wait_for=2), tmp_path)
+    assert status == "SUCCEEDED", logs
+    assert sub.capacity.total == 2  # 2 logical GPUs: the CPUs would allow 4
+    t = pd.read_parquet(fetched / "trials.parquet")
+    assert len(t) == 4 and (t["status"] == "completed").all()
+    assert (t["metric.peak"] == 2).all()  # pairs met, and never 3 held GPUs at once
+    assert (t["metric.clash"] == 0).all()  # no trial saw another one on its GPU
+    assert (t["gpus"] == 1).all() and set(t["gpu_ids"]) == {"0", "1"}
+    assert (t["gpu_ids"].astype(float) == t["metric.gpu"]).all()  # our column is what the trial saw
+    assert t["node_id"].nunique() == 1  # only the worker has GPUs
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_fractional_gpu_trials_share_and_gpu_hours_add_up(local_cluster, tmp_path):
+    c, _ = local_cluster
+    sub, status, logs, fetched = _run(c, _gpu_spec(tmp_path, "gpu-half", 0.5, 0.5, wait_for=4), tmp_path)
+    assert status == "SUCCEEDED", logs
+    assert sub.capacity.total == 4
+    t = pd.read_parquet(fetched / "trials.parquet")
+    assert (t["metric.peak"] == 4).all()  # all four held half a GPU each at the same time
+    assert (t["gpus"] == 0.5).all() and sorted(t["gpu_ids"]) == ["0", "0", "1", "1"]
+    assert (t["metric.clash"] == 1).all()  # each shared its GPU with exactly one other trial
+    gpu_hours = (t["gpus"] * t["wall_s"]).sum() / 3600
+    assert 0 < gpu_hours < (t["wall_s"].sum() / 3600)
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_stop_ends_a_running_job_and_keeps_its_results(local_cluster, tmp_path):
+    c, _ = local_cluster
+    (tmp_path / "slow.py").write_text(
+        "import time\nfrom ray import tune\n\ndef train(config):\n"
+        "    for i in range(600):\n        time.sleep(0.2)\n        tune.report({'loss': 1.0 / (i + 1)})\n")
+    spec = tmp_path / "slow.yaml"
+    spec.write_text("name: slow\nfamily: slow.py:train\nmetric: {name: loss, mode: min}\n"
+                    "space: {x: {uniform: [0, 1]}}\nbudget: {trials: 2, concurrent: 2}\n")
+    sub = jobs.submit(c, spec, [], tmp_path)
+    results = Path(sub.results)
+    deadline = time.monotonic() + 120
+    while not (results / "trials.parquet").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)  # the first flush: trials are running and reporting
+    assert (results / "trials.parquet").exists(), jobs.logs(c, sub.job_id)
+    assert jobs.stop(c, sub.job_id) == "STOPPED"
+    fetched = jobs.fetch(c, sub.job_id, tmp_path / "fetched")
+    meta = json.loads((fetched / "experiment.json").read_text())
+    trials = pd.read_parquet(fetched / "trials.parquet")
+    assert meta["status"] == "interrupted"
+    assert len(trials) == 2 and (trials["iterations"] > 0).all()
+    assert (trials["iterations"] < 600).all()
