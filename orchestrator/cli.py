@@ -42,6 +42,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from orchestrator import evaluation
     from orchestrator.runner import run
     from orchestrator.spec import load_spec
 
@@ -54,6 +55,8 @@ def cmd_run(args) -> int:
         print(f"best trial {summary.best['trial_id']}: {exp.metric}={summary.best['score']:.6g} "
               f"at iteration {summary.best['score_iteration']}")
         print(f"  config: {json.dumps(cfg, default=str)}")
+    for line in evaluation.describe(summary.evaluation):
+        print(line)
     print(f"results: {summary.run_dir}/ (trials.parquet, history.parquet, experiment.json)")
     if summary.best is None:
         print("no trial reported the metric; see the errors in trials.parquet", file=sys.stderr)

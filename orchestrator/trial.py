@@ -75,11 +75,13 @@ class TrialContext:
 
 
 def run_family_trial(config: dict, *, family_ref: str, data=None, seed: int = 0, checkpoint_every: int = 0,
-                     base_dir: str | None = None) -> None:
+                     base_dir: str | None = None, evaluation=None) -> None:
     """The Ray trainable for built-in families: looks the family up in the worker, then trains."""
     from pathlib import Path
 
+    from orchestrator.evaluation import run_trial
     from orchestrator.families import resolve
 
     family = resolve(family_ref, Path(base_dir) if base_dir else None)
-    family.train(dict(config), data, TrialContext.current(seed, checkpoint_every))
+    # The evaluation protocol (holdout, k-fold) decides what data each `train` call sees.
+    run_trial(family, dict(config), data, TrialContext.current(seed, checkpoint_every), evaluation)
