@@ -1,4 +1,9 @@
-"""XGBoost: one boosting round per reported iteration, so schedulers can stop weak trials early."""
+"""XGBoost: one boosting round per reported iteration, so schedulers can stop weak trials early.
+
+Restoring a checkpoint rebuilds the exact model; a config that samples rows or columns
+(`subsample`, `colsample_*` < 1) then draws a fresh random stream for later rounds, because
+XGBoost does not expose its sampler's state. Deterministic configs resume exactly.
+"""
 
 from __future__ import annotations
 

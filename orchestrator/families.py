@@ -19,10 +19,17 @@ from typing import Any, Callable, Mapping
 
 from orchestrator.metrics import Mode, reported
 
-# Name -> module holding `FAMILY`. Adding a family is one module plus one line here.
+# Name -> module holding `FAMILY` (or `module:ATTR` where one module holds several families).
+# Adding a family is one module plus one line here.
 BUILTIN_FAMILIES: dict[str, str] = {
     "xgboost": "experiments.xgb",
     "synthetic": "experiments.synthetic",
+    "lightgbm": "experiments.lgbm",
+    "torch_mlp": "experiments.torch_nets:MLP",
+    "torch_cnn": "experiments.torch_nets:CNN",
+    "random_forest": "experiments.sklearn_models:RANDOM_FOREST",
+    "svm": "experiments.sklearn_models:SVM",
+    "sklearn": "experiments.sklearn_models:ESTIMATOR",
 }
 
 
@@ -81,9 +88,10 @@ def resolve(ref: str, base_dir: Path | None = None) -> FamilyRef:
     Relative file paths are looked up next to the spec first, then in the working directory.
     """
     if ref in BUILTIN_FAMILIES:
-        family = importlib.import_module(BUILTIN_FAMILIES[ref]).FAMILY
+        module, _, attr = BUILTIN_FAMILIES[ref].partition(":")
+        family = getattr(importlib.import_module(module), attr or "FAMILY", None)
         if not isinstance(family, Family):
-            raise FamilyNotFound(f"{BUILTIN_FAMILIES[ref]}.FAMILY is not a Family")
+            raise FamilyNotFound(f"{module}.{attr or 'FAMILY'} is not a Family")
         return family
     if ":" not in ref:
         raise FamilyNotFound(f"unknown family {ref!r}; built-in families: {', '.join(BUILTIN_FAMILIES)}; "
