@@ -109,7 +109,7 @@ def cmd_submit(args) -> int:
     from orchestrator import cluster, jobs
 
     c = cluster.load(args.cluster)
-    _quiet_ray_logs()  # Ray logs every file it leaves out of the upload at INFO
+    _quiet_ray_logs()  # Ray logs each package it uploads and each file it leaves out
     sub = jobs.submit(c, args.spec, args.set, args.working_dir, log=lambda m: print(m, file=sys.stderr))
     print(sub.job_id)  # alone on stdout: JOB=$(hpo submit ...)
     total = sub.capacity.total
@@ -125,11 +125,10 @@ def cmd_submit(args) -> int:
 
 
 def _quiet_ray_logs() -> None:
+    """This process logs nothing itself; Ray's client-side INFO/WARNING lines are noise here."""
     import logging
 
-    import ray  # noqa: F401 - configures Ray's loggers first
-
-    logging.getLogger("ray").setLevel(logging.ERROR)
+    logging.disable(logging.WARNING)
 
 
 def cmd_status(args) -> int:
@@ -144,6 +143,7 @@ def cmd_logs(args) -> int:
     from orchestrator import cluster, jobs
 
     c = cluster.load(args.cluster)
+    _quiet_ray_logs()
     if not args.follow:
         print(jobs.logs(c, args.job), end="")
         return 0
@@ -183,6 +183,10 @@ def cmd_cluster(args) -> int:
             raise cluster.ClusterError(f"{args.file} reads its token from ${c.hpo.auth.token_env}, not a file")
         print(f"token file: {auth.ensure_private_token(path)} (mode 0600)")
     elif args.action == "up":
+        if state := localcluster.running(c):
+            print(f"cluster {c.name} is already up (Jobs API {state.jobs_address}); stop it with "
+                  f"`hpo cluster down {args.file}`")
+            return 0
         state = localcluster.up(c)
         nodes = ", ".join(n.node_type for n in state.nodes)
         print(f"cluster {c.name} up in {state.started_s:.1f}s: {nodes}\n"

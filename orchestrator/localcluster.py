@@ -12,7 +12,9 @@ manager, dashboard agent gRPC and metrics ports to all interfaces whatever `--no
 says, and the client server, agents and runtime-env agent to the host's address too; with
 RAY_AUTH_MODE=token (always on here) their RPC/HTTP calls need the token, but the Prometheus
 metrics endpoints answer anyone who can reach the port. Every port except the GCS and dashboard
-ones is picked free at start, so a developer's own Ray (6379, 8265, 10001, 52365) is undisturbed.
+ones is picked free at start (the head's metrics ports too, through AUTOSCALER_METRIC_PORT and
+DASHBOARD_METRIC_PORT), so a developer's own Ray (6379, 8265, 10001, 52365, 44217, 44227) is
+undisturbed.
 """
 
 from __future__ import annotations
@@ -117,7 +119,9 @@ def up(cluster: Cluster, *, timeout_s: float = 120.0, log=print) -> LocalState:
         head_args = ["--head", f"--port={local.gcs_port}", f"--dashboard-host={local.dashboard_host}",
                      f"--dashboard-port={url.port}", "--include-dashboard=true",
                      f"--ray-client-server-port={free_port()}"]
-        nodes.append(_start(cluster, head_type, head_args, env, "head"))
+        # The autoscaler's and dashboard's own Prometheus ports are fixed by default (44217, 44227).
+        head_env = dict(env, AUTOSCALER_METRIC_PORT=str(free_port()), DASHBOARD_METRIC_PORT=str(free_port()))
+        nodes.append(_start(cluster, head_type, head_args, head_env, "head"))
         _wait_head(cluster, nodes[0], started + timeout_s)
         workers = [t for t in cluster.node_types.values() if not t.head for _ in range(t.min_workers)]
         for i, t in enumerate(workers):

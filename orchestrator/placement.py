@@ -10,7 +10,7 @@ in the user's results, and it works the same on one node or many. The driver-sid
 scoped by run, and deleted when the run ends.
 
 With `reuse_actors`, one worker process runs several trials in turn: the wrapper runs again at
-each trial's start, so each record names the trial it belongs to.
+each trial's start (for a class, in `reset_config`), so each record names its own trial.
 """
 
 from __future__ import annotations
@@ -51,13 +51,16 @@ def current() -> dict[str, Any]:
     }
 
 
-def record(key: str) -> None:
-    """Writes this trial's placement; never lets bookkeeping fail a user's trial."""
+def record(key: str, trial_id: str | None = None) -> None:
+    """Writes this trial's placement; never lets bookkeeping fail a user's trial.
+
+    A function trainable finds its trial id in Tune's session; a class passes `self.trial_id`.
+    """
     try:
         from ray import tune
         from ray.experimental.internal_kv import _internal_kv_put
 
-        trial_id = tune.get_context().get_trial_id()
+        trial_id = trial_id or tune.get_context().get_trial_id()
         if trial_id:
             _internal_kv_put(f"{key}/{trial_id}", json.dumps(current()), overwrite=True, namespace=NAMESPACE)
     except Exception:  # noqa: BLE001 - a missing record leaves empty columns, nothing worse
@@ -86,15 +89,22 @@ def recording(trainable: Any, key: str) -> Any:
     """`trainable`, recording its placement at each trial's start; same name, same behaviour.
 
     A function keeps the plain `(config)` signature Ray Tune requires of function trainables;
-    a `tune.Trainable` class is subclassed, recording in `setup` before the user's own.
+    a `tune.Trainable` class is subclassed, recording in `setup` before the user's own and in
+    `reset_config` when an actor is reused for the next trial.
     """
     if inspect.isclass(trainable):
         base: type = trainable
 
         class Recorded(base):  # type: ignore[misc, valid-type]
             def setup(self, config, **kwargs):
-                record(key)
+                record(key, self.trial_id)
                 return super().setup(config, **kwargs)
+
+            def reset_config(self, new_config):  # a reused actor starts its next trial here
+                reused = super().reset_config(new_config)
+                if reused:
+                    record(key, self.trial_id)
+                return reused
 
         Recorded.__name__ = Recorded.__qualname__ = base.__name__
         return Recorded

@@ -343,3 +343,25 @@ def test_stop_ends_a_running_job_and_keeps_its_results(local_cluster, tmp_path):
     assert meta["status"] == "interrupted"
     assert len(trials) == 2 and (trials["iterations"] > 0).all()
     assert (trials["iterations"] < 600).all()
+
+
+@pytest.mark.slow
+def test_placement_columns_for_a_trainable_class_too(ray_local, tmp_path):
+    """Function trainables are covered above; a `tune.Trainable` class is recorded from `setup`,
+    and from `reset_config` when Tune reuses its actor for the next trial."""
+    from orchestrator.runner import run
+    from orchestrator.spec import load_spec
+
+    (tmp_path / "quad.py").write_text(
+        "from ray import tune\n\nclass Quad(tune.Trainable):\n    def setup(self, config):\n"
+        "        self.x = config['x']\n\n    def step(self):\n        return {'loss': (self.x - 1) ** 2, 'done': True}\n\n"
+        "    def save_checkpoint(self, d):\n        return {'x': self.x}\n\n"
+        "    def load_checkpoint(self, state):\n        self.x = state['x']\n\n"
+        "    def reset_config(self, new_config):\n        self.x = new_config['x']\n        return True\n")
+    spec = tmp_path / "quad.yaml"
+    spec.write_text("name: quad\nfamily: quad.py:Quad\nmetric: {name: loss, mode: min}\n"
+                    "space: {x: {uniform: [0, 2]}}\nbudget: {trials: 2}\n")
+    summary = run(load_spec(spec), tmp_path / "run", quiet=True)
+    trials = pd.read_parquet(summary.run_dir / "trials.parquet")
+    assert len(trials) == 2 and trials["node_id"].notna().all()
+    assert (trials["cpus"] == 1).all() and (trials["gpus"] == 0).all() and trials["gpu_ids"].isna().all()
