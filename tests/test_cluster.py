@@ -246,8 +246,11 @@ def _held(d):
     out = {}
     for name in os.listdir(d):
         if not name.startswith("."):
-            with open(os.path.join(d, name)) as f:
-                out[name] = f.read()
+            try:
+                with open(os.path.join(d, name)) as f:
+                    out[name] = f.read()
+            except FileNotFoundError:  # that trial just finished
+                pass
     return out
 
 
