@@ -88,8 +88,12 @@ def running(cluster: Cluster) -> LocalState | None:
     return None
 
 
-def up(cluster: Cluster, *, timeout_s: float = 120.0, log=print) -> LocalState:
-    """Starts the head, then `min_workers` nodes of every other type, and waits for all to register."""
+def up(cluster: Cluster, *, timeout_s: float = 120.0, log=print, die_with_parent: bool = False) -> LocalState:
+    """Starts the head, then `min_workers` nodes of every other type, and waits for all to register.
+
+    `die_with_parent` (Linux, for test fixtures): each node gets SIGTERM when this process dies,
+    even by SIGKILL, so a killed test run cannot leave a cluster behind.
+    """
     _require_local(cluster)
     if state := running(cluster):
         log(f"cluster {cluster.name} is already up (Jobs API {state.jobs_address})")
@@ -121,11 +125,11 @@ def up(cluster: Cluster, *, timeout_s: float = 120.0, log=print) -> LocalState:
                      f"--ray-client-server-port={free_port()}"]
         # The autoscaler's and dashboard's own Prometheus ports are fixed by default (44217, 44227).
         head_env = dict(env, AUTOSCALER_METRIC_PORT=str(free_port()), DASHBOARD_METRIC_PORT=str(free_port()))
-        nodes.append(_start(cluster, head_type, head_args, head_env, "head"))
+        nodes.append(_start(cluster, head_type, head_args, head_env, "head", die_with_parent))
         _wait_head(cluster, nodes[0], started + timeout_s)
         workers = [t for t in cluster.node_types.values() if not t.head for _ in range(t.min_workers)]
         for i, t in enumerate(workers):
-            nodes.append(_start(cluster, t, [f"--address={gcs}"], env, f"{t.name}-{i}"))
+            nodes.append(_start(cluster, t, [f"--address={gcs}"], env, f"{t.name}-{i}", die_with_parent))
         _wait_nodes(cluster, nodes, 1 + len(workers), started + timeout_s)
     except BaseException:
         _stop(nodes, grace_s=10)
@@ -184,7 +188,8 @@ def _psutil():
     return psutil
 
 
-def _start(cluster: Cluster, t: NodeType, args: list[str], env: dict[str, str], label: str) -> NodeProcess:
+def _start(cluster: Cluster, t: NodeType, args: list[str], env: dict[str, str], label: str,
+           die_with_parent: bool = False) -> NodeProcess:
     psutil = _psutil()
 
     ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
@@ -197,8 +202,19 @@ def _start(cluster: Cluster, t: NodeType, args: list[str], env: dict[str, str], 
     log_path = cluster.state_dir / f"{label}.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # a Ctrl-C in this terminal must not reach the nodes
+                                start_new_session=True,  # a Ctrl-C in this terminal must not reach the nodes
+                                preexec_fn=_sigterm_on_parent_death if die_with_parent else None)
     return NodeProcess(t.name, proc.pid, psutil.Process(proc.pid).create_time(), str(log_path), t.head)
+
+
+def _sigterm_on_parent_death() -> None:
+    """In the child before exec: prctl(PR_SET_PDEATHSIG, SIGTERM). Linux only; elsewhere a no-op."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except OSError:
+        pass
 
 
 def _wait_head(cluster: Cluster, head: NodeProcess, deadline: float) -> None:

@@ -142,7 +142,8 @@ def test_spec_outside_the_working_dir_is_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def local_cluster(tmp_path_factory):
-    """cluster/local.yaml on free ports; started with real `ray start`, always stopped by pid."""
+    """cluster/local.yaml on free ports; started with real `ray start`, always stopped by pid
+    (and, should this test process be killed outright, by the kernel's parent-death signal)."""
     tmp = tmp_path_factory.mktemp("cluster")
 
     def edit(raw):
@@ -158,7 +159,7 @@ def local_cluster(tmp_path_factory):
     os.environ["HPO_TEST_SECRET"] = CANARY  # the nodes, hence every job, inherit it
     try:
         t0 = time.monotonic()
-        state = localcluster.up(c, log=lambda m: None)
+        state = localcluster.up(c, log=lambda m: None, die_with_parent=True)
         print(f"\nlocal 2-node cluster up in {time.monotonic() - t0:.1f}s")
         yield c, state
     finally:
