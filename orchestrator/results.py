@@ -215,7 +215,7 @@ class Recorder:
                 rec.status, rec.ended_at = "stopped", rec.ended_at or time.time()
         self.flush()
         parts = sorted((self.run_dir / PARTS).glob("part-*.parquet"))
-        history = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else frame([])
+        history = _merge(parts)
         _write(history, self.run_dir / HISTORY)
         for p in parts:
             p.unlink()
@@ -226,8 +226,15 @@ class Recorder:
 
 
 def frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Rows -> a frame Parquet can store: a column mixing types (choice of 1 and 'auto') becomes text."""
-    df = pd.DataFrame(rows)
+    return tidy(pd.DataFrame(rows))
+
+
+def tidy(df: pd.DataFrame) -> pd.DataFrame:
+    """A frame Parquet can store: a column mixing types (a choice of 0.5 and 'sqrt') becomes text.
+
+    Applied to each part file and again after merging them, since one part may hold only the
+    floats of such a column and another only its strings.
+    """
     for col in df.columns:
         if df[col].dtype == object:
             kinds = {type(v) for v in df[col].dropna()}
@@ -242,6 +249,10 @@ def _write(df: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _merge(parts: list[Path]) -> pd.DataFrame:
+    return tidy(pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)) if parts else frame([])
+
+
 def load(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials, history) of a finished run, or of a crashed one from its flushed parts."""
     run_dir = Path(run_dir)
@@ -250,7 +261,7 @@ def load(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         history = pd.read_parquet(run_dir / HISTORY)
     else:
         parts = sorted((run_dir / PARTS).glob("part-*.parquet"))
-        history = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else frame([])
+        history = _merge(parts)
     return trials, history
 
 

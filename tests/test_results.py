@@ -80,3 +80,14 @@ def test_first_result_without_the_metric_is_flagged(tmp_path):
     rec.start("a", {"x": 1})
     rec.result("a", {"x": 1}, {"training_iteration": 1, "los": 0.2})
     assert "'loss'" in rec.missing_metric and "los" in rec.missing_metric
+
+
+def test_a_choice_of_floats_and_strings_split_across_parts_still_merges(tmp_path):
+    """One flush sees only 0.5, the next only 'sqrt': the parts disagree on the column's type."""
+    rec = Recorder(tmp_path, "loss", "min")
+    feed(rec, "a", {"max_features": 0.5}, [0.1])
+    rec.flush()
+    feed(rec, "b", {"max_features": "sqrt"}, [0.2])
+    rec.close()
+    _, history = load(tmp_path)
+    assert sorted(history["config.max_features"]) == ["0.5", "sqrt"]

@@ -109,3 +109,16 @@ def test_cli_validate_exit_codes(write_spec):
     bad = subprocess.run([sys.executable, "-m", "orchestrator.cli", "validate", str(write_spec("name: x\nfamily: nope\n"))],
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "metric: required" in bad.stderr
+
+
+@pytest.mark.parametrize("reset, reuse", [(False, False), (True, True)])
+def test_actor_reuse_only_for_classes_that_can_reset(write_spec, tmp_path, reset, reuse):
+    """Tune loops forever trying to reuse a Trainable class without reset_config."""
+    method = "    def reset_config(self, new_config):\n        return True\n" if reset else ""
+    (tmp_path / "cls.py").write_text(
+        "from ray import tune\n\nclass Quad(tune.Trainable):\n    def setup(self, config):\n        self.x = config['x']\n"
+        "    def step(self):\n        return {'loss': self.x}\n" + method)
+    exp = load_spec(write_spec("name: q\nfamily: cls.py:Quad\nmetric: {name: loss, mode: min}\n"
+                               "space: {x: {uniform: [0, 1]}}\n"))
+    cfg, _ = build_tune_config(exp)
+    assert cfg.reuse_actors is reuse
