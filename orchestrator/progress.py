@@ -22,6 +22,7 @@ class Progress:
         self.every = tty_every_s if self.tty else log_every_s
         self.started = time.monotonic()
         self._last = 0.0
+        self._printed = ""
 
     def line(self) -> str:
         c = self.recorder.counts()
@@ -39,10 +40,12 @@ class Progress:
         if not force and now - self._last < self.every:
             return
         self._last = now
+        text = self.line()
         if self.tty:
-            self.stream.write("\r\033[K" + self.line())
-        else:
-            self.stream.write(self.line() + "\n")
+            self.stream.write("\r\033[K" + text)
+        elif text.partition("] ")[2] != self._printed.partition("] ")[2]:  # in a log, only what changed
+            self.stream.write(text + "\n")
+        self._printed = text
         self.stream.flush()
 
     def finish(self) -> None:

@@ -91,3 +91,20 @@ def test_a_choice_of_floats_and_strings_split_across_parts_still_merges(tmp_path
     rec.close()
     _, history = load(tmp_path)
     assert sorted(history["config.max_features"]) == ["0.5", "sqrt"]
+
+
+def test_progress_line_in_a_log_prints_only_changes_and_the_best(tmp_path):
+    import io
+
+    from orchestrator.progress import Progress
+
+    rec = Recorder(tmp_path, "loss", "min")
+    out = io.StringIO()
+    progress = Progress(rec, total=2, stream=out)
+    progress.tick(force=True)
+    progress.tick(force=True)  # nothing changed: no new line in a log
+    feed(rec, "a", {"x": 1}, [0.5, 0.25])
+    progress.finish()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert "trials 1/2 finished: 1 completed" in lines[1] and "best loss=0.25 (a)" in lines[1]
