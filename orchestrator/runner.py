@@ -248,9 +248,8 @@ def run(exp: Experiment, output: str | Path | None = None, *, quiet: bool = Fals
 
 def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, quiet: bool) -> RunSummary:
     from orchestrator import data as data_mod
-    from orchestrator.progress import Progress
-
     from orchestrator.placement import new_key
+    from orchestrator.progress import Progress
 
     recorder = Recorder(run_dir, exp.metric, exp.mode, max_t=exp.max_t)
     progress = None if quiet else Progress(recorder, exp.total_trials)
