@@ -17,18 +17,22 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("validate", help="check a spec and print it resolved (defaults, family space, mode)")
-    v.add_argument("spec")
-    v.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a spec value")
+    spec_args(v)
     v.set_defaults(func=cmd_validate)
 
     r = sub.add_parser("run", help="run a spec on an embedded local Ray and write Parquet results")
-    r.add_argument("spec")
+    spec_args(r)
     r.add_argument("--output", help="run folder (default results/<name>/<run-id>/)")
-    r.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a spec value")
     r.add_argument("--quiet", action="store_true", help="no progress line")
     r.set_defaults(func=cmd_run)
     _cluster_commands(sub)
     return p
+
+
+def spec_args(p: argparse.ArgumentParser) -> None:
+    """The spec file and its `--set` overrides, the same for every command that takes a spec."""
+    p.add_argument("spec")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a spec value")
 
 
 def cmd_validate(args) -> int:
@@ -76,9 +80,8 @@ def _cluster_commands(sub) -> None:
                        help=f"cluster file (default $HPO_CLUSTER or cluster/local.yaml; now {default})")
 
     s = sub.add_parser("submit", help="submit a spec to a Ray cluster through the Jobs API; prints the job id")
-    s.add_argument("spec")
+    spec_args(s)
     cluster_arg(s)
-    s.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a spec value")
     s.add_argument("--working-dir", help="folder uploaded with the job; must hold the spec (default: here)")
     s.set_defaults(func=cmd_submit)
     for name, func, helptext in (("status", cmd_status, "a job's status and where its results go"),

@@ -113,19 +113,21 @@ def _build_random(opts: RandomOptions, ctx: SearchContext) -> SearchPlan:
         import optuna
 
         return _optuna_plan(optuna.samplers.RandomSampler(seed=ctx.seed), ctx)
+    return _ray_generator(ctx, ctx.params)
+
+
+def _ray_generator(ctx: SearchContext, params: Mapping[str, Param]) -> SearchPlan:
+    """Ray's own variant generator over Ray domains, seeded, with the points to try first."""
     from ray.tune.search import BasicVariantGenerator
 
     return SearchPlan(BasicVariantGenerator(points_to_evaluate=ctx.points or None, random_state=ctx.seed),
-                      to_tune(ctx.params))
+                      to_tune(params))
 
 
 def _build_grid(opts: GridOptions, ctx: SearchContext) -> SearchPlan:
     """Every `grid:` and `choice:` entry is enumerated (cartesian product); ranges are sampled per point."""
-    from ray.tune.search import BasicVariantGenerator
-
     params = {n: Param(p.name, "grid", p.args, p.when) if p.kind == "choice" else p for n, p in ctx.params.items()}
-    return SearchPlan(BasicVariantGenerator(points_to_evaluate=ctx.points or None, random_state=ctx.seed),
-                      to_tune(params))
+    return _ray_generator(ctx, params)
 
 
 # --- Optuna samplers, define-by-run -----------------------------------------------------------
