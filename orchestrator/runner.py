@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from orchestrator import auth, evaluation
+from orchestrator import auth, checkpoints, evaluation
 from orchestrator.errors import Problem, RunError, SpecError
 from orchestrator.families import Family, UserTrainable
 from orchestrator.results import Recorder, tune_callback
@@ -151,14 +151,15 @@ def build_tuner(exp: Experiment, run_dir: Path, callbacks: list, data: Any = Non
     from ray import tune
 
     tune_config, param_space = build_tune_config(exp)
+    if checkpoint_every(exp):
+        # Not Ray's num_to_keep, which deletes checkpoints still in use: see orchestrator.checkpoints.
+        callbacks = [*callbacks, checkpoints.pruner(SCHEDULERS[exp.spec.scheduler.name].clones_trials)]
     run_config = tune.RunConfig(
         name="tune",
         storage_path=str(Path(run_dir).resolve()),
         callbacks=callbacks,
         verbose=0,
         log_to_file=False,
-        # PBT exploits other trials' checkpoints: keeping only 2 can delete one it is about to load.
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if checkpoint_every(exp) else 2),
     )
     return tune.Tuner(build_trainable(exp, data, placement_key), param_space=param_space, tune_config=tune_config,
                       run_config=run_config)

@@ -87,6 +87,7 @@ class SchedulerEntry:
     stops_early: bool = False  # needs per-iteration reports to do anything
     needs_checkpoints: bool = False  # restores trials from checkpoints (the family must save them)
     pauses: bool = False  # pauses trials at rungs and resumes them later: a checkpoint at every report
+    clones_trials: bool = False  # a trial may load another trial's checkpoint (population based)
     needs_searcher: tuple[str, ...] | None = None  # only these searchers work with it
     numeric_mutations: bool = False  # mutated parameters must be numeric ranges
 
@@ -170,9 +171,10 @@ SCHEDULERS: dict[str, SchedulerEntry] = {
                                       "stops a trial below the median of others at the same iteration",
                                       stops_early=True),
     "pbt": SchedulerEntry(PBTOptions, _build_pbt, "population based training: exploit + explore",
-                          needs_checkpoints=True, needs_searcher=_POPULATION),
+                          needs_checkpoints=True, clones_trials=True, needs_searcher=_POPULATION),
     "pb2": SchedulerEntry(PB2Options, _build_pb2, "PBT with a GP-bandit explore step (numeric parameters)",
-                          needs_checkpoints=True, needs_searcher=_POPULATION, numeric_mutations=True),
+                          needs_checkpoints=True, clones_trials=True, needs_searcher=_POPULATION,
+                          numeric_mutations=True),
 }
 
 

@@ -228,9 +228,25 @@ def test_pbt_exploits_and_history_shows_it(ray_local, tmp_path):
     raw = synthetic("random", "pbt", trials=4)
     raw["space"]["iterations"] = 8
     raw["scheduler"]["quantile_fraction"] = 0.5
-    history = pd.read_parquet(run(validate(raw), tmp_path / "run", quiet=True).run_dir / "history.parquet")
+    summary = run(validate(raw), tmp_path / "run", quiet=True)
+    history = pd.read_parquet(summary.run_dir / "history.parquet")
     per_trial = history.groupby("trial_id")[["config.x1", "config.x2"]].nunique()
     assert (per_trial.max(axis=1) > 1).any(), "no trial's config changed: PBT never exploited"
+    # Trials load each other's checkpoints: none may go missing (Ray's num_to_keep lost them).
+    assert summary.counts.get("errored", 0) == 0, pd.read_parquet(summary.run_dir / "trials.parquet")["error"]
+    assert _checkpoints_per_trial(summary.run_dir) == {1}, "the latest checkpoint of each trial, no more"
+
+
+def test_paused_trials_keep_only_their_latest_checkpoint(ray_local, tmp_path):
+    summary = run(validate(synthetic("random", "hyperband", trials=4)), tmp_path / "run", quiet=True)
+    assert summary.counts.get("errored", 0) == 0
+    assert _checkpoints_per_trial(summary.run_dir) == {1}
+
+
+def _checkpoints_per_trial(run_dir) -> set[int]:
+    trial_dirs = [d for d in (run_dir / "tune").iterdir() if d.is_dir() and any(d.glob("checkpoint_*"))]
+    assert trial_dirs, "no trial saved a checkpoint"
+    return {len(list(d.glob("checkpoint_*"))) for d in trial_dirs}
 
 
 # --- seeding and warm start -------------------------------------------------------------------

@@ -1,0 +1,69 @@
+"""Which trial checkpoints stay on disk while a run goes on, and after it.
+
+Ray's `CheckpointConfig(num_to_keep=N)` cannot be used with the schedulers that need checkpoints.
+A function trainable's `save()` hands back the checkpoint it last reported, so when a scheduler
+pauses a trial (HyperBand) or clones one (PBT), the same directory is registered twice and later
+deleted twice: a FileNotFoundError, and the trial's checkpoint bookkeeping stops half-way. Under PBT
+it can also delete a checkpoint another trial is about to load, and that trial fails (seen in CI).
+
+So Ray keeps every checkpoint and `pruner` deletes those nothing can read any more: a trial's older
+checkpoints as soon as it reports a newer one, except under PBT/PB2, whose trials load each other's
+checkpoints, where only the latest of each trial survives the end of the run. (A PBT trial's
+latest may lie in the folder of the trial it cloned; its own folder then keeps none.)
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+_CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)$")
+
+
+def _index(path: Path) -> int | None:
+    match = _CHECKPOINT_DIR.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+def prune_older(latest: str | Path) -> int:
+    """Deletes the checkpoints beside `latest` with a lower index; returns how many.
+
+    Only lower indexes: the trial may already be writing its next checkpoint beside this one.
+    """
+    latest = Path(latest)
+    newest = _index(latest)
+    if newest is None or not latest.parent.is_dir():  # not a local Ray checkpoint directory
+        return 0
+    older = [p for p in latest.parent.iterdir() if (i := _index(p)) is not None and i < newest]
+    for path in older:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(older)
+
+
+def keep_only(trial_dirs: list[Path], latest: set[Path]) -> int:
+    """Deletes every checkpoint in `trial_dirs` that is not in `latest`; returns how many."""
+    doomed = [p for d in trial_dirs if d.is_dir() for p in d.iterdir() if _index(p) is not None and p not in latest]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(doomed)
+
+
+def pruner(clones_trials: bool):
+    """A Tune callback applying the policy above; `clones_trials`: trials load each other's checkpoints."""
+    from ray.tune import Callback
+
+    def local_path(checkpoint) -> str | None:
+        return checkpoint.path if checkpoint is not None and checkpoint.filesystem.type_name == "local" else None
+
+    class CheckpointPruner(Callback):
+        def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+            if not clones_trials and (path := local_path(checkpoint)):
+                prune_older(path)
+
+        def on_experiment_end(self, trials, **info):
+            latest = {Path(p) for t in trials if (p := local_path(t.checkpoint))}
+            if latest:  # else the storage is not local, or no trial saved one
+                keep_only([Path(t.path) for t in trials if t.path], latest)
+
+    return CheckpointPruner()
