@@ -111,16 +111,16 @@ def _build_asha(opts: ASHAOptions, params=None):
 
 
 def _build_hyperband(opts: HyperBandOptions, params=None):
-    from ray.tune.schedulers import HyperBandScheduler
+    from orchestrator.ray_schedulers import FinishingHyperBand
 
-    return HyperBandScheduler(time_attr="training_iteration", max_t=opts.max_t,
+    return FinishingHyperBand(time_attr="training_iteration", max_t=opts.max_t,
                               reduction_factor=opts.reduction_factor, stop_last_trials=opts.stop_last_trials)
 
 
 def _build_bohb_hyperband(opts: BOHBHyperBandOptions, params=None):
-    from ray.tune.schedulers import HyperBandForBOHB
+    from orchestrator.ray_schedulers import FinishingHyperBandForBOHB
 
-    return HyperBandForBOHB(time_attr="training_iteration", max_t=opts.max_t,
+    return FinishingHyperBandForBOHB(time_attr="training_iteration", max_t=opts.max_t,
                             reduction_factor=opts.reduction_factor, stop_last_trials=opts.stop_last_trials)
 
 

@@ -67,8 +67,8 @@ EXPECTED_CLASSES = {
     "hyperopt-tpe": ("HyperOptSearch", None),
     "bohb": ("TuneBOHB", None),
 }
-EXPECTED_SCHEDULERS = {"fifo": "FIFOScheduler", "asha": "AsyncHyperBandScheduler", "hyperband": "HyperBandScheduler",
-                       "bohb-hyperband": "HyperBandForBOHB",
+EXPECTED_SCHEDULERS = {"fifo": "FIFOScheduler", "asha": "AsyncHyperBandScheduler", "hyperband": "FinishingHyperBand",
+                       "bohb-hyperband": "FinishingHyperBandForBOHB",
                        "pbt": "PopulationBasedTraining", "pb2": "PB2", "median-stopping": "ContinuingMedianStoppingRule"}
 
 
@@ -241,6 +241,19 @@ def test_paused_trials_keep_only_their_latest_checkpoint(ray_local, tmp_path):
     summary = run(validate(synthetic("random", "hyperband", trials=4)), tmp_path / "run", quiet=True)
     assert summary.counts.get("errored", 0) == 0
     assert _checkpoints_per_trial(summary.run_dir) == {1}
+
+
+def test_hyperband_stops_a_paused_trial_when_its_bracket_ends(ray_local, tmp_path):
+    """One bracket (max_t 6). The fast trial reaches 6 while the slow one is still below it, so it is
+    paused; the slow one then ends at iteration 3. Ray's own HyperBand left the paused trial waiting
+    forever here (the run hung)."""
+    raw = synthetic("random", "hyperband", trials=2)
+    raw["space"] = {"iterations": {"choice": [3, 6]}, "sleep_s": {"choice": [0.0, 0.5]}}
+    raw["searcher"]["points_to_evaluate"] = [{"iterations": 6, "sleep_s": 0.0}, {"iterations": 3, "sleep_s": 0.5}]
+    summary = run(validate(raw), tmp_path / "run", quiet=True)
+    trials = pd.read_parquet(summary.run_dir / "trials.parquet").set_index("config.iterations")
+    assert trials.loc[6, "iterations"] == 6 and trials.loc[3, "iterations"] == 3
+    assert summary.counts["errored"] == 0 and summary.counts["running"] == 0
 
 
 def _checkpoints_per_trial(run_dir) -> set[int]:
