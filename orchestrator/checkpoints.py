@@ -35,18 +35,19 @@ def prune_older(latest: str | Path) -> int:
     newest = _index(latest)
     if newest is None or not latest.parent.is_dir():  # not a local Ray checkpoint directory
         return 0
-    older = [p for p in latest.parent.iterdir() if (i := _index(p)) is not None and i < newest]
-    for path in older:
-        shutil.rmtree(path, ignore_errors=True)
-    return len(older)
+    return _delete([p for p in latest.parent.iterdir() if (i := _index(p)) is not None and i < newest])
 
 
 def keep_only(trial_dirs: list[Path], latest: set[Path]) -> int:
     """Deletes every checkpoint in `trial_dirs` that is not in `latest`; returns how many."""
-    doomed = [p for d in trial_dirs if d.is_dir() for p in d.iterdir() if _index(p) is not None and p not in latest]
-    for path in doomed:
+    found = [p for d in trial_dirs if d.is_dir() for p in d.iterdir() if _index(p) is not None]
+    return _delete([p for p in found if p not in latest])
+
+
+def _delete(checkpoints: list[Path]) -> int:
+    for path in checkpoints:
         shutil.rmtree(path, ignore_errors=True)
-    return len(doomed)
+    return len(checkpoints)
 
 
 def pruner(clones_trials: bool):
