@@ -13,6 +13,9 @@ import secrets
 import stat
 from pathlib import Path
 
+from orchestrator import ray_api
+from orchestrator.errors import InputError
+
 MODE_VAR = "RAY_AUTH_MODE"
 TOKEN_VAR = "RAY_AUTH_TOKEN"
 TOKEN_PATH_VAR = "RAY_AUTH_TOKEN_PATH"
@@ -42,22 +45,12 @@ def enable_token_auth() -> None:
     """Token auth on for this process and the Ray processes it starts. Refuses to turn it off."""
     mode = os.environ.get(MODE_VAR, "token").lower()
     if mode != "token":
-        raise RuntimeError(f"{MODE_VAR}={mode}: hpo-orchestrator keeps Ray token authentication on; "
-                           f"unset {MODE_VAR} or set it to 'token'")
+        raise InputError(f"{MODE_VAR}={mode}: hpo-orchestrator keeps Ray token authentication on; "
+                         f"unset {MODE_VAR} or set it to 'token'")
     os.environ[MODE_VAR] = "token"
     if not os.environ.get(TOKEN_VAR):
         ensure_private_token()
-    _refresh_ray_config()
-
-
-def _refresh_ray_config() -> None:
-    """Ray caches its config (auth mode included) when first imported; re-read it, as Ray itself does."""
-    import sys
-
-    if "ray" in sys.modules:
-        from ray._raylet import Config
-
-        Config.initialize("")
+    ray_api.reload_config()
 
 
 def read_token() -> str:

@@ -6,7 +6,8 @@ pauses a trial (HyperBand) or clones one (PBT), the same directory is registered
 deleted twice: a FileNotFoundError, and the trial's checkpoint bookkeeping stops half-way. Under PBT
 it can also delete a checkpoint another trial is about to load, and that trial fails (seen in CI).
 
-So Ray keeps every checkpoint and `pruner` deletes those nothing can read any more: a trial's older
+So Ray keeps every checkpoint and a Tune callback (orchestrator.callbacks) deletes, with the
+functions here, those nothing can read any more: a trial's older
 checkpoints as soon as it reports a newer one, except under PBT/PB2, whose trials load each other's
 checkpoints, where only the latest of each trial survives the end of the run. (A PBT trial's
 latest may lie in the folder of the trial it cloned; its own folder then keeps none.)
@@ -48,23 +49,3 @@ def _delete(checkpoints: list[Path]) -> int:
     for path in checkpoints:
         shutil.rmtree(path, ignore_errors=True)
     return len(checkpoints)
-
-
-def pruner(clones_trials: bool):
-    """A Tune callback applying the policy above; `clones_trials`: trials load each other's checkpoints."""
-    from ray.tune import Callback
-
-    def local_path(checkpoint) -> str | None:
-        return checkpoint.path if checkpoint is not None and checkpoint.filesystem.type_name == "local" else None
-
-    class CheckpointPruner(Callback):
-        def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-            if not clones_trials and (path := local_path(checkpoint)):
-                prune_older(path)
-
-        def on_experiment_end(self, trials, **info):
-            latest = {Path(p) for t in trials if (p := local_path(t.checkpoint))}
-            if latest:  # else the storage is not local, or no trial saved one
-                keep_only([Path(t.path) for t in trials if t.path], latest)
-
-    return CheckpointPruner()

@@ -6,7 +6,6 @@ Exit codes: 0 success, 1 the run failed (results so far are kept), 2 invalid inp
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from orchestrator.errors import HpoError, RunError, SpecError
@@ -46,24 +45,15 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from orchestrator import evaluation
+    from orchestrator import summary
     from orchestrator.runner import run
     from orchestrator.spec import load_spec
 
     exp = load_spec(args.spec, args.set)
-    summary = run(exp, args.output, quiet=args.quiet)
-    c = summary.counts
-    print(f"run {summary.run_id}: {c['completed']} completed, {c['stopped']} stopped early, {c['errored']} errored")
-    if summary.best:
-        cfg = {k.removeprefix("config."): v for k, v in summary.best.items() if k.startswith("config.")}
-        print(f"best trial {summary.best['trial_id']}: {exp.metric}={summary.best['score']:.6g} "
-              f"at iteration {summary.best['score_iteration']}")
-        print(f"  config: {json.dumps(cfg, default=str)}")
-    for line in evaluation.describe(summary.evaluation):
-        print(line)
-    print(f"results: {summary.run_dir}/ (trials.parquet, history.parquet, experiment.json)")
-    if summary.best is None:
-        print("no trial reported the metric; see the errors in trials.parquet", file=sys.stderr)
+    result = run(exp, args.output, quiet=args.quiet)
+    print("\n".join(summary.lines(result)))
+    if why := summary.failure(result):
+        print(why, file=sys.stderr)
         return 1
     return 0
 
@@ -211,12 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         print(f"(see `hpo {args.command} --help`)", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except RunError as exc:
         print(f"error: run failed: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except HpoError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:  # a full or read-only disk, a file that vanished: the machine's, not a bug
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}; results written so far are kept", file=sys.stderr)
         return 1
 
 

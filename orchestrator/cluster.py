@@ -259,14 +259,14 @@ def _dig(raw: Mapping, *keys: str) -> Any:
 def _from_launcher(raw: dict, source: str) -> dict:
     """Ray's own checks, in `ray up`'s order: fill provider defaults, then schema + cross-field rules."""
     import jsonschema
-    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    from orchestrator.ray_api import validate_launcher_config
 
     if "available_node_types" not in raw or "head_node_type" not in raw:
         raise ClusterConfigError(Problem("available_node_types", "name the node types and their resources "
                                                                  "(available_node_types + head_node_type)"), source)
     try:
-        prepared = prepare_config(copy.deepcopy(raw))
-        validate_config(prepared)
+        prepared = validate_launcher_config(copy.deepcopy(raw))
     except jsonschema.ValidationError as exc:
         where = ".".join(str(p) for p in exc.absolute_path)
         raise ClusterConfigError(Problem(where, f"{exc.message} (Ray's cluster schema)"), source) from None
@@ -278,8 +278,9 @@ def _from_launcher(raw: dict, source: str) -> dict:
 
 
 def _from_kuberay(raw: dict, source: str) -> tuple[dict, Any, str]:
-    from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
     import jsonschema
+
+    from orchestrator.ray_api import kuberay_autoscaling_config
 
     if not str(raw.get("apiVersion", "")).startswith("ray.io/"):
         raise ClusterConfigError(Problem("apiVersion", f"a RayCluster is apiVersion ray.io/v1, got "
@@ -294,7 +295,7 @@ def _from_kuberay(raw: dict, source: str) -> tuple[dict, Any, str]:
     except yaml.YAMLError as exc:
         raise ClusterConfigError(Problem(path, f"not valid YAML: {exc}"), source) from None
     try:
-        autoscaler = _derive_autoscaling_config_from_ray_cr(copy.deepcopy(raw))
+        autoscaler = kuberay_autoscaling_config(copy.deepcopy(raw))
     except jsonschema.ValidationError as exc:
         where = ".".join(str(p) for p in exc.absolute_path)
         raise ClusterConfigError(Problem(where, f"{exc.message} (Ray's cluster schema, via KubeRay's "

@@ -62,6 +62,14 @@ class DataSpec(StrictModel):
         return self.task or SKLEARN_DATASETS[self.name]
 
 
+class DataError(ValueError):
+    """The data named by the spec cannot be used; `field` is the spec path to fix."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 @dataclass(frozen=True)
 class Dataset:
     """Arrays after the split; `test` is held out from the search entirely."""
@@ -106,15 +114,28 @@ def _read(spec: DataSpec, base_dir: Path | None) -> tuple[np.ndarray, np.ndarray
     return _read_file(spec, base_dir)
 
 
-def _read_file(spec: DataSpec, base_dir: Path | None):
-    import pandas as pd
-
+def find_file(spec: DataSpec, base_dir: Path | None) -> Path:
+    """`data.path`, looked up next to the spec first, then in the working directory."""
     path = Path(spec.path)
     if not path.is_absolute() and base_dir is not None and (base_dir / path).exists():
         path = base_dir / path
-    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    if not path.is_file():
+        raise DataError("data.path", f"no file {spec.path} (looked in {base_dir or '.'} and the working "
+                                     f"directory); give a .csv or .parquet path relative to the spec")
+    return path
+
+
+def _read_file(spec: DataSpec, base_dir: Path | None):
+    import pandas as pd
+
+    path = find_file(spec, base_dir)
+    try:
+        frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise DataError("data.path", f"cannot read {path} as {'Parquet' if path.suffix == '.parquet' else 'CSV'}: "
+                                     f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     if spec.target not in frame.columns:
-        raise ValueError(f"data.target: column {spec.target!r} not in {path}; columns: {list(frame.columns)}")
+        raise DataError("data.target", f"column {spec.target!r} not in {path}; columns: {list(frame.columns)}")
     y = frame.pop(spec.target).to_numpy()
     if spec.task == "classification":
         _, y = np.unique(y, return_inverse=True)  # labels -> 0..k-1, as every family expects

@@ -1,9 +1,10 @@
-"""Error types, split by who has to act on them.
+"""Error types, split by who has to act on them, each with the exit code the CLI gives it.
 
-`SpecError` is the user's to fix and is raised before anything reaches Ray; the CLI turns it
-into exit code 2 and a list of `path: message` lines. `RunError` is raised once Ray is running
-(a trainable that never reports the metric, a failed experiment); partial results have been
-flushed to disk by the time it propagates.
+`SpecError` and `InputError` are the user's to fix and are raised before anything reaches Ray
+(exit 2): a spec problem lists `path: message` lines; an input problem (the environment, a data
+file, an output folder) is one line naming the thing and the fix. `RunError` is raised once Ray
+is running (a trainable that never reports the metric, a failed experiment); partial results
+have been flushed to disk by the time it propagates (exit 1).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 
 class HpoError(Exception):
     """Base class for every error this package raises on purpose."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,8 @@ class Problem:
 class SpecError(HpoError):
     """The experiment spec is invalid; nothing was submitted."""
 
+    exit_code = 2
+
     def __init__(self, problems: list[Problem] | Problem | str, source: str | None = None):
         if isinstance(problems, str):
             problems = [Problem("", problems)]
@@ -42,6 +47,12 @@ class SpecError(HpoError):
         head = f"invalid spec {self.source}" if self.source else "invalid spec"
         lines = "\n".join(f"  {p}" for p in self.problems)
         return f"{head}:\n{lines}"
+
+
+class InputError(HpoError):
+    """Input other than the spec is unusable (environment, files, folders); nothing was started."""
+
+    exit_code = 2
 
 
 class RunError(HpoError):

@@ -11,20 +11,17 @@
   runs the same code whatever the working dir holds.
 - `pip` (optional, for remote clusters): the pinned lock file, without its `ray` pin.
 
-The job's entrypoint is `python -m orchestrator.jobs SPEC --output STORAGE/<name>/<job id>`:
-the job id is chosen here, so the results folder is known before the job starts and rides in
-the job's metadata for `fetch`. Nothing from this machine's environment is sent: no variables,
-no token (the Jobs API request carries it in its Authorization header only).
-
-Run as a module, this file is that entrypoint (the job side).
+The job's entrypoint is `python -m orchestrator.job_entry SPEC --output STORAGE/<name>/<job id>`
+(the job side, which calls the library as `hpo run` does): the job id is chosen here, so the
+results folder is known before the job starts and rides in the job's metadata for `fetch`.
+Nothing from this machine's environment is sent: no variables, no token (the Jobs API request
+carries it in its Authorization header only).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime as dt
-import os
 import re
 import secrets
 import shlex
@@ -33,17 +30,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from orchestrator import storage
 from orchestrator.cluster import Capacity, Cluster, ClusterError, check_capacity
 from orchestrator.errors import Problem, SpecError
+from orchestrator.rundir import PARTS, RESULT_FILES, new_run_id
+from orchestrator.spec import load_spec
 
 EXCLUDES = [
     ".venv", "venv", ".git", "results", "__pycache__", "*.pyc", ".pytest_cache", "*.egg-info", "build",
     ".ipynb_checkpoints", "notebooks/**/*.parquet", "notebooks/**/*.png", "notebooks/**/*.html",
 ]
-RESULT_FILES = ("trials.parquet", "history.parquet", "experiment.json")
-PARTS = "history.parts"
 META_RESULTS, META_NAME, META_SPEC = "hpo_results", "hpo_name", "hpo_spec"
-_URI = re.compile(r"^[a-z][a-z0-9+.-]*://")
+ENTRYPOINT_MODULE = "orchestrator.job_entry"
 
 
 @dataclass(frozen=True)
@@ -61,9 +59,6 @@ class Submission:
 def package(cluster: Cluster, spec_path: str | Path, overrides: list[str] | None = None,
             working_dir: str | Path | None = None) -> Submission:
     """Validates the spec and the trial's request, and builds the job (entrypoint, runtime env, id)."""
-    from orchestrator.runner import spec_hash
-    from orchestrator.spec import load_spec
-
     overrides = list(overrides or [])
     exp = load_spec(spec_path, overrides)
     wd = Path(working_dir or Path.cwd()).resolve()
@@ -72,14 +67,14 @@ def package(cluster: Cluster, spec_path: str | Path, overrides: list[str] | None
     if module_file is not None:
         _inside(Path(module_file), wd, "family", exp.source)
     data_path = getattr(exp.spec.data, "path", None)
-    if data_path and not _URI.match(data_path):
+    if data_path and not storage.is_uri(data_path):
         _inside((exp.base_dir / data_path).resolve(), wd, "data.path", exp.source)
     res = exp.spec.resources
     capacity = check_capacity(cluster, res.cpu, res.gpu, exp.source)
 
-    job_id = f"hpo-{exp.spec.name}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{spec_hash(exp)}-{secrets.token_hex(2)}"
+    job_id = f"hpo-{exp.spec.name}-{new_run_id(exp.spec_hash)}-{secrets.token_hex(2)}"
     results = f"{cluster.hpo.storage}/{exp.spec.name}/{job_id}"
-    args = [cluster.hpo.python, "-m", "orchestrator.jobs", spec_rel.as_posix(), "--output", results]
+    args = [cluster.hpo.python, "-m", ENTRYPOINT_MODULE, spec_rel.as_posix(), "--output", results]
     for item in overrides:
         args += ["--set", item]
     runtime_env: dict[str, Any] = {
@@ -240,7 +235,7 @@ def fetch(cluster: Cluster, job_id: str, dest: str | Path | None = None) -> Path
     meta = details.metadata or {}
     if META_RESULTS not in meta:
         raise ClusterError(f"job {job_id} was not submitted by hpo (its metadata names no results folder)")
-    fs, root = _filesystem(meta[META_RESULTS])
+    fs, root = storage.filesystem(meta[META_RESULTS])
     dest = Path(dest) if dest else Path("results") / meta.get(META_NAME, "cluster") / job_id
     found = [f for f in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
              if f.base_name in RESULT_FILES and f.type == pafs.FileType.File]
@@ -252,68 +247,7 @@ def fetch(cluster: Cluster, job_id: str, dest: str | Path | None = None) -> Path
                            f"Storage must be reachable from this machine to fetch (an object store, or the "
                            f"shared path mounted here)")
     for f in found:
-        _copy(fs, f.path, dest / f.base_name)
+        storage.download(fs, f.path, dest / f.base_name)
     for f in parts:
-        _copy(fs, f.path, dest / PARTS / f.base_name)
+        storage.download(fs, f.path, dest / PARTS / f.base_name)
     return dest
-
-
-def _filesystem(uri: str):
-    import pyarrow.fs as pafs
-
-    if _URI.match(uri):
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), uri
-
-
-def _copy(fs, src: str, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    with fs.open_input_stream(src) as fin, open(tmp, "wb") as fout:
-        while chunk := fin.read(1 << 20):
-            fout.write(chunk)
-    os.replace(tmp, dest)
-
-
-# --- the job side ---------------------------------------------------------------------------
-
-def _upload(local_dir: Path, uri: str) -> None:
-    """Results written locally on the head go to an object store: the top-level files only
-    (Tune's own trial folders stay behind)."""
-    import pyarrow.fs as pafs
-
-    fs, root = _filesystem(uri)
-    fs.create_dir(root, recursive=True)
-    for path in sorted(local_dir.glob("*")):
-        if path.is_file():
-            pafs.copy_files(str(path), f"{root}/{path.name}", destination_filesystem=fs)
-
-
-def job_main(argv: list[str] | None = None) -> int:
-    """Runs inside the Ray job: `hpo run` into the cluster's storage, joined to the cluster."""
-    import tempfile
-
-    from orchestrator import cli
-
-    p = argparse.ArgumentParser(prog="python -m orchestrator.jobs")
-    p.add_argument("spec")
-    p.add_argument("--output", required=True)
-    p.add_argument("--set", action="append", default=[])
-    args = p.parse_args(argv)
-    # `hpo stop` makes Ray send SIGTERM; ray.init turns it into SystemExit, which the runner
-    # handles by flushing what it has and marking the run interrupted (Ray waits 3 s, then SIGKILL).
-    sets = [x for item in args.set for x in ("--set", item)]
-    if not _URI.match(args.output) or args.output.startswith("file://"):
-        out = args.output.removeprefix("file://")
-        return cli.main(["run", args.spec, "--output", out, *sets])
-    with tempfile.TemporaryDirectory(prefix="hpo-job-") as tmp:
-        local = Path(tmp) / "run"
-        try:
-            return cli.main(["run", args.spec, "--output", str(local), *sets])
-        finally:
-            if local.exists():
-                _upload(local, args.output)
-
-
-if __name__ == "__main__":
-    sys.exit(job_main())

@@ -23,6 +23,8 @@ import time
 import uuid
 from typing import Any, Callable
 
+from orchestrator import ray_api
+
 NAMESPACE = "hpo"
 
 
@@ -57,32 +59,22 @@ def record(key: str, trial_id: str | None = None) -> None:
     A function trainable finds its trial id in Tune's session; a class passes `self.trial_id`.
     """
     try:
-        from ray import tune
-        from ray.experimental.internal_kv import _internal_kv_put
-
-        trial_id = trial_id or tune.get_context().get_trial_id()
+        trial_id = trial_id or ray_api.trial_id()
         if trial_id:
-            _internal_kv_put(f"{key}/{trial_id}", json.dumps(current()), overwrite=True, namespace=NAMESPACE)
+            ray_api.kv_put(f"{key}/{trial_id}", json.dumps(current()), NAMESPACE)
     except Exception:  # noqa: BLE001 - a missing record leaves empty columns, nothing worse
         pass
 
 
 def read(key: str, trial_id: str) -> dict[str, Any] | None:
     """The record of one trial (driver side), or None if the trial has not started yet."""
-    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
-
-    if not _internal_kv_initialized():
-        return None
-    raw = _internal_kv_get(f"{key}/{trial_id}", namespace=NAMESPACE)
+    raw = ray_api.kv_get(f"{key}/{trial_id}", NAMESPACE)
     return json.loads(raw) if raw else None
 
 
 def forget(key: str) -> None:
     """Deletes a run's records from the GCS."""
-    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_initialized
-
-    if _internal_kv_initialized():
-        _internal_kv_del(f"{key}/", del_by_prefix=True, namespace=NAMESPACE)
+    ray_api.kv_delete_prefix(f"{key}/", NAMESPACE)
 
 
 def recording(trainable: Any, key: str) -> Any:

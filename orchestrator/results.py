@@ -15,13 +15,13 @@ Files in a run folder:
 History rows are flushed every few seconds to numbered part files under `history.parts/`, and
 `trials.parquet` is rewritten at each flush, so a crash loses at most one flush interval. At the
 end the parts are merged into `history.parquet` and removed. Ray's own per-trial JSON/CSV logger
-files are not used.
+files are not used. This module knows nothing of Ray: a Tune callback (orchestrator.callbacks)
+feeds the `Recorder`, and analysis reads the files with `load` alone.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +29,7 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
-from orchestrator.errors import RunError
-
-HISTORY = "history.parquet"
-TRIALS = "trials.parquet"
-PARTS = "history.parts"
+from orchestrator.rundir import HISTORY, PARTS, TRIALS, atomic_write
 
 # Keys Ray adds to every result: kept out of `metric.*` (the useful ones get their own column).
 RAY_RESULT_KEYS = frozenset({
@@ -244,9 +240,7 @@ def tidy(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _write(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
 def _merge(parts: list[Path]) -> pd.DataFrame:
@@ -263,66 +257,3 @@ def load(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         parts = sorted((run_dir / PARTS).glob("part-*.parquet"))
         history = _merge(parts)
     return trials, history
-
-
-def tune_callback(recorder: Recorder, on_step: Callable[[], None] | None = None, placement_key: str | None = None):
-    """A Ray Tune Callback feeding `recorder`; built here so Ray is imported only when running.
-
-    With `placement_key`, each trial's placement record (orchestrator.placement) is read at its
-    first result and again when it ends, and the run's records are deleted when the run ends.
-    """
-    from ray.tune import Callback
-
-    def place(trial_id: str, again: bool = False) -> None:
-        rec = recorder.trials.get(trial_id)
-        if placement_key is None or rec is None or (rec.node_id is not None and not again):
-            return
-        from orchestrator import placement
-
-        if info := placement.read(placement_key, trial_id):
-            recorder.placement(trial_id, info)
-
-    class RecorderCallback(Callback):
-        def on_trial_start(self, iteration, trials, trial, **info):
-            recorder.start(trial.trial_id, trial.config)
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            # The config the result was produced with: PBT may already have changed trial.config.
-            recorder.result(trial.trial_id, result.get("config") or trial.config, result)
-            place(trial.trial_id)
-            if recorder.missing_metric:
-                raise RunError(recorder.missing_metric)
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            place(trial.trial_id, again=True)
-            recorder.complete(trial.trial_id)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            place(trial.trial_id, again=True)
-            recorder.error(trial.trial_id, _error_text(trial))
-
-        def on_experiment_end(self, trials, **info):
-            if placement_key is not None:
-                for trial in trials:
-                    place(trial.trial_id)
-                from orchestrator import placement
-
-                placement.forget(placement_key)
-
-        def on_step_end(self, iteration, trials, **info):
-            recorder.maybe_flush()
-            if on_step:
-                on_step()
-
-    return RecorderCallback()
-
-
-def _error_text(trial) -> str:
-    """The last line of the trial's traceback (the exception), which Ray keeps in a file."""
-    path = getattr(trial, "error_file", None) or ""
-    try:
-        text = Path(path).read_text().strip() if path else ""
-    except OSError:
-        text = ""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    return lines[-1][:2000] if lines else "trial failed (no error text recorded)"

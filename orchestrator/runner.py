@@ -1,31 +1,30 @@
-"""Experiment -> Ray Tune Tuner -> fitted run folder. The driver-side module that imports ray.tune.
+"""Experiment -> Ray Tune Tuner -> fitted run folder: the driver, and the only module that fits a Tuner.
 
 `build_tune_config` has no side effects and needs no running Ray, so most tests assert on what
-it builds. `run` owns a run folder end to end: it writes `experiment.json` first, streams results
-while Tune runs, and always flushes what it has, whatever ends the run.
+it builds. `run` owns a run folder end to end: it loads the data and checks the output before
+Ray starts, writes `experiment.json` first, streams results while Tune runs, and always flushes
+what it has, whatever ends the run.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import inspect
 import json
 import os
 import platform
 import sys
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from orchestrator import auth, checkpoints, evaluation
-from orchestrator.errors import Problem, RunError, SpecError
+from orchestrator import auth, data as data_mod, refit, rundir
+from orchestrator.errors import InputError, Problem, RunError, SpecError
 from orchestrator.families import Family, UserTrainable
-from orchestrator.results import Recorder, tune_callback
+from orchestrator.results import Recorder
 from orchestrator.schedulers import SCHEDULERS, build_scheduler
-from orchestrator.searchers import SEARCHERS, SearchContext, build_search
+from orchestrator.searchers import SearchContext, build_search
 from orchestrator.spec import Experiment
+from orchestrator.summary import RunSummary
 
 # Ray Tune settings measured to cut per-trial overhead on a small machine (see README, benchmarks/).
 # Ray's own logger callbacks write JSON/CSV/TensorBoard files per trial; our Parquet callback
@@ -41,22 +40,9 @@ VERSIONED_PACKAGES = ("hpo-orchestrator", "ray", "optuna", "pandas", "pyarrow", 
                       "xgboost", "lightgbm", "torch", "pydantic")
 
 
-@dataclass(frozen=True)
-class RunSummary:
-    run_dir: Path
-    run_id: str
-    counts: dict[str, int]
-    best: dict[str, Any] | None
-    evaluation: dict[str, Any] | None = None  # refit on train+valid and test score; see orchestrator.evaluation
-
-
-def spec_hash(exp: Experiment) -> str:
-    return hashlib.sha256(json.dumps(exp.resolved(), sort_keys=True).encode()).hexdigest()[:8]
-
-
 def new_run_dir(exp: Experiment, root: str | Path = "results") -> tuple[Path, str]:
-    """results/<name>/<UTC time>-<spec hash>: sortable by time, and the same spec shares a suffix."""
-    run_id = f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{spec_hash(exp)}"
+    """results/<name>/<run id>: sortable by time, and the same spec shares a suffix."""
+    run_id = rundir.new_run_id(exp.spec_hash)
     return Path(root) / exp.spec.name / run_id, run_id
 
 
@@ -65,9 +51,8 @@ def build_tune_config(exp: Experiment):
     from ray import tune
 
     spec = exp.spec
-    if exp.warm_points:
-        points = [dict(p) for p in exp.warm_points]
-        rewards = list(exp.warm_scores) if SEARCHERS[spec.searcher.name].uses_rewards else None
+    if exp.warm_points:  # searchers that learn from scores take them; the others try the configs first
+        points, rewards = [dict(p) for p in exp.warm_points], list(exp.warm_scores)
     else:
         points, rewards = [dict(p) for p in spec.searcher.points_to_evaluate], None
     plan = build_search(spec.searcher, SearchContext(exp.params, exp.metric, exp.mode, exp.searcher_seed,
@@ -123,11 +108,12 @@ def build_trainable(exp: Experiment, data: Any = None, placement_key: str | None
             ray.cloudpickle.register_pickle_by_value(sys.modules[family.fn.__module__])
         trainable = family.fn
     else:
-        from orchestrator.trial import run_family_trial
+        from orchestrator.trainable import run_family_trial
 
         trainable = tune.with_parameters(
             run_family_trial, family_ref=exp.spec.family, data=data, seed=exp.spec.seed,
-            checkpoint_every=checkpoint_every(exp), base_dir=str(exp.base_dir), evaluation=exp.spec.evaluation)
+            checkpoint_every=checkpoint_policy(exp).every, base_dir=str(exp.base_dir),
+            evaluation=exp.spec.evaluation, metric=exp.metric)
     if placement_key is not None:
         from orchestrator.placement import recording
 
@@ -136,24 +122,21 @@ def build_trainable(exp: Experiment, data: Any = None, placement_key: str | None
     return tune.with_resources(trainable, {"cpu": res.cpu, "gpu": res.gpu})
 
 
-def checkpoint_every(exp: Experiment) -> int:
-    """Reports between checkpoints: every report for schedulers that pause trials (a paused trial
-    resumes from its last checkpoint), each perturbation for PBT/PB2, otherwise none (0)."""
-    entry = SCHEDULERS[exp.spec.scheduler.name]
-    if entry.pauses:
-        return 1
-    if entry.needs_checkpoints:
-        return exp.spec.scheduler.perturbation_interval
-    return 0
+def checkpoint_policy(exp: Experiment):
+    """How often trials checkpoint, and whether they share checkpoints: the scheduler's to say."""
+    return SCHEDULERS[exp.spec.scheduler.name].checkpoints(exp.spec.scheduler)
 
 
 def build_tuner(exp: Experiment, run_dir: Path, callbacks: list, data: Any = None, placement_key: str | None = None):
     from ray import tune
 
     tune_config, param_space = build_tune_config(exp)
-    if checkpoint_every(exp):
+    policy = checkpoint_policy(exp)
+    if policy.every:
+        from orchestrator.callbacks import CheckpointPruner
+
         # Not Ray's num_to_keep, which deletes checkpoints still in use: see orchestrator.checkpoints.
-        callbacks = [*callbacks, checkpoints.pruner(SCHEDULERS[exp.spec.scheduler.name].clones_trials)]
+        callbacks = [*callbacks, CheckpointPruner(policy.shared)]
     run_config = tune.RunConfig(
         name="tune",
         storage_path=str(Path(run_dir).resolve()),
@@ -227,19 +210,24 @@ def run(exp: Experiment, output: str | Path | None = None, *, quiet: bool = Fals
     if output is None:
         run_dir, run_id = new_run_dir(exp)
     else:
-        run_dir, run_id = Path(output), f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{spec_hash(exp)}"
+        run_dir, run_id = Path(output), rundir.new_run_id(exp.spec_hash)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise SpecError(Problem("--output", f"{run_dir} already holds results; choose an empty or new folder "
                                             f"(results are never overwritten)"), exp.source)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # Everything the user can get wrong is checked before Ray starts (it takes seconds).
+    dataset = load_data(exp)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the run folder {run_dir}: {exc.strerror}; choose another --output") from None
 
     started = start_local_ray()
     quiet_driver_logs()
     try:
         preflight(exp)
         meta = _metadata(exp, run_id)
-        _write_json(run_dir / "experiment.json", meta)
-        return _fit(exp, run_dir, run_id, meta, quiet)
+        rundir.write_json(run_dir / rundir.EXPERIMENT, meta)
+        return _fit(exp, run_dir, run_id, meta, dataset, quiet)
     finally:
         if started:
             import ray
@@ -247,17 +235,26 @@ def run(exp: Experiment, output: str | Path | None = None, *, quiet: bool = Fals
             ray.shutdown()
 
 
-def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, quiet: bool) -> RunSummary:
-    from orchestrator import data as data_mod
+def load_data(exp: Experiment):
+    """The experiment's dataset, or None for a family without data; a bad file is the user's to fix."""
+    if not (isinstance(exp.family, Family) and exp.family.needs_data):
+        return None
+    try:
+        return data_mod.load(exp.spec.data, exp.base_dir)
+    except data_mod.DataError as exc:
+        raise SpecError(Problem(exc.field, str(exc)), exp.source) from None
+
+
+def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, dataset: Any, quiet: bool) -> RunSummary:
+    from orchestrator.callbacks import RecorderCallback
     from orchestrator.placement import new_key
     from orchestrator.progress import Progress
 
     recorder = Recorder(run_dir, exp.metric, exp.mode, max_t=exp.max_t)
     progress = None if quiet else Progress(recorder, exp.total_trials)
-    family = exp.family
-    dataset = data_mod.load(exp.spec.data, exp.base_dir) if isinstance(family, Family) and family.needs_data else None
     key = new_key(run_id)  # each trial's node, CPUs and GPU ids travel under it (orchestrator.placement)
-    tuner = build_tuner(exp, run_dir, [tune_callback(recorder, progress.tick if progress else None, key)], dataset, key)
+    callback = RecorderCallback(recorder, progress.tick if progress else None, key)
+    tuner = build_tuner(exp, run_dir, [callback], dataset, key)
     status, failure = "finished", None
     try:
         tuner.fit()
@@ -272,22 +269,24 @@ def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, quiet: bool) -
         if progress:
             progress.finish()
         best = recorder.best.row() if recorder.best else None
-        meta.update(status=status, error=failure, ended_at=_now(), counts=recorder.counts(),
+        meta.update(status=status, error=failure, ended_at=rundir.now(), counts=recorder.counts(),
                     best=_jsonable(best))
-        _write_json(run_dir / "experiment.json", meta)
-    evaluated = evaluation.conclude(exp, dataset, recorder.best, lambda d, out: _search_on(exp, d, out), run_dir)
+        rundir.write_json(run_dir / rundir.EXPERIMENT, meta)
+    evaluated = refit.conclude(exp, dataset, recorder.best, lambda d, out: _search_on(exp, d, out), run_dir)
     if evaluated is not None:
-        meta.update(evaluation=_jsonable(evaluated), ended_at=_now())
-        _write_json(run_dir / "experiment.json", meta)
-    return RunSummary(run_dir, run_id, recorder.counts(), best, evaluated)
+        meta.update(evaluation=_jsonable(evaluated), ended_at=rundir.now())
+        rundir.write_json(run_dir / rundir.EXPERIMENT, meta)
+    return RunSummary(run_dir, run_id, exp.metric, recorder.counts(), best, evaluated)
 
 
 def _search_on(exp: Experiment, data: Any, out_dir: Path):
     """The spec's search again, on other data (an outer fold of nested evaluation): its best trial."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    from orchestrator.callbacks import RecorderCallback
+
     recorder = Recorder(out_dir, exp.metric, exp.mode, max_t=exp.max_t)
     try:
-        build_tuner(exp, out_dir, [tune_callback(recorder)], data).fit()
+        build_tuner(exp, out_dir, [RecorderCallback(recorder)], data).fit()
     finally:
         recorder.close()
     return recorder.best
@@ -309,12 +308,12 @@ def _metadata(exp: Experiment, run_id: str) -> dict[str, Any]:
         "run_id": run_id,
         "name": exp.spec.name,
         "source": exp.source,
-        "spec_hash": spec_hash(exp),
+        "spec_hash": exp.spec_hash,
         "spec": exp.resolved(),
         "seed": exp.spec.seed,
         "metric": {"name": exp.metric, "mode": exp.mode},
         "status": "running",
-        "started_at": _now(),
+        "started_at": rundir.now(),
         "ended_at": None,
         "python": platform.python_version(),
         "versions": _versions(),
@@ -331,17 +330,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
 def _jsonable(row: dict | None) -> dict | None:
     if row is None:
         return None
     return json.loads(json.dumps(row, default=str))
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)

@@ -3,20 +3,27 @@
 Schedulers never get `metric`/`mode`: those are owned by `TuneConfig` (Ray refuses them in both
 places). Every scheduler measures time in reported iterations (`training_iteration`), the unit
 families report in, so `max_t` and `grace_period` count reports.
+
+Every entry owns its rules (which searchers it pairs with, whether the family must checkpoint,
+PBT's mutations) and its checkpoint policy: how often a trial saves state for it, and whether
+trials load each other's checkpoints (orchestrator.checkpoints prunes accordingly).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from orchestrator.base import StrictModel
+from orchestrator.errors import Problem
+from orchestrator.families import Family
+from orchestrator.rules import Rule, Strategy, flat_space
 
 
 class SchedulerOptions(StrictModel):
-    pass
+    section: ClassVar[str] = "scheduler"
 
 
 class FIFOOptions(SchedulerOptions):
@@ -80,16 +87,86 @@ class PB2Options(PBTOptions):
 
 
 @dataclass(frozen=True)
+class CheckpointPolicy:
+    """How a scheduler needs trials to checkpoint."""
+
+    every: int = 0  # save state every this many reports; 0: never
+    shared: bool = False  # trials load each other's checkpoints (population based)
+
+
+NEVER = CheckpointPolicy()
+
+
+@dataclass(frozen=True)
 class SchedulerEntry:
     options: type[SchedulerOptions]
     build: Callable[..., Any]
-    summary: str
-    stops_early: bool = False  # needs per-iteration reports to do anything
-    needs_checkpoints: bool = False  # restores trials from checkpoints (the family must save them)
-    pauses: bool = False  # pauses trials at rungs and resumes them later: a checkpoint at every report
-    clones_trials: bool = False  # a trial may load another trial's checkpoint (population based)
-    needs_searcher: tuple[str, ...] | None = None  # only these searchers work with it
-    numeric_mutations: bool = False  # mutated parameters must be numeric ranges
+    rules: tuple[Rule, ...] = ()
+    checkpoints: Callable[[Any], CheckpointPolicy] = lambda opts: NEVER
+
+    def check(self, strategy: Strategy) -> list[Problem]:
+        problems = _max_t_reachable(strategy.scheduler, strategy)
+        for rule in self.rules:
+            problems += rule(strategy.scheduler, strategy)
+        return problems
+
+
+def _max_t_reachable(opts: SchedulerOptions, strategy: Strategy) -> list[Problem]:
+    max_t, most = getattr(opts, "max_t", None), strategy.most_iterations
+    if max_t is None or most is None or max_t <= most:
+        return []
+    return [Problem("scheduler.max_t", f"{max_t} is above the most iterations a trial reports "
+                                       f"({strategy.iterations_param} <= {most}); lower max_t to {most} "
+                                       f"or raise {strategy.iterations_param}")]
+
+
+def with_searchers(*names: str) -> Rule:
+    def rule(opts: SchedulerOptions, strategy: Strategy) -> list[Problem]:
+        if strategy.searcher.name in names:
+            return []
+        return [Problem("searcher.name", f"scheduler {opts.name} only works with searcher "
+                                         f"{' or '.join(names)}, got {strategy.searcher.name}")]
+
+    return rule
+
+
+def checkpointing_family(opts: SchedulerOptions, strategy: Strategy) -> list[Problem]:
+    """The scheduler resumes trials from checkpoints, so the family must save them."""
+    family = strategy.family
+    if isinstance(family, Family) and not family.checkpoints:
+        return [Problem("scheduler.name", f"{opts.name} resumes trials from checkpoints, and family "
+                                          f"{family.name} does not save any; use asha or median-stopping")]
+    return []
+
+
+def mutations(opts: PBTOptions, strategy: Strategy) -> list[Problem]:
+    """PBT/PB2 mutate parameters of the space, and need room to perturb before a trial ends."""
+    problems, params = [], strategy.params
+    for i, pname in enumerate(opts.hyperparam_mutations):
+        path = f"scheduler.hyperparam_mutations[{i}]"
+        p = params.get(pname)
+        if p is None:
+            problems.append(Problem(path, f"{pname!r} is not in the space; parameters: {', '.join(params)}"))
+        elif p.kind in ("constant", "grid"):
+            problems.append(Problem(path, f"{pname} is a {p.kind}; mutate a range or a choice"))
+    most = strategy.most_iterations
+    if most is not None and opts.perturbation_interval >= most:
+        problems.append(Problem("scheduler.perturbation_interval",
+                                f"{opts.perturbation_interval} leaves no room to perturb: trials run at most "
+                                f"{most} iterations; lower it below {most}"))
+    return problems
+
+
+def numeric_mutations(opts: PBTOptions, strategy: Strategy) -> list[Problem]:
+    """PB2's GP bandit explores numeric ranges only."""
+    out = []
+    for i, pname in enumerate(opts.hyperparam_mutations):
+        p = strategy.params.get(pname)
+        if p is not None and p.kind not in ("constant", "grid") and not p.is_numeric_range:
+            out.append(Problem(f"scheduler.hyperparam_mutations[{i}]", f"{opts.name} explores numeric ranges "
+                                                                       f"only; {pname} is a {p.kind}: use pbt, "
+                                                                       f"or make it a range"))
+    return out
 
 
 def _build_fifo(opts: FIFOOptions, params=None):
@@ -156,25 +233,27 @@ def _build_pb2(opts: PB2Options, params):
                hyperparam_bounds=bounds, quantile_fraction=opts.quantile_fraction)
 
 
-_POPULATION = ("random", "grid")  # Ray refuses any SearchGenerator beside PBT/PB2
+_POPULATION = (with_searchers("random", "grid"),  # Ray refuses any SearchGenerator beside PBT/PB2
+               checkpointing_family, flat_space, mutations)
+_EVERY_REPORT = CheckpointPolicy(every=1)  # a paused trial resumes from its last report
+
+
+def _perturbations(opts: PBTOptions) -> CheckpointPolicy:
+    return CheckpointPolicy(every=opts.perturbation_interval, shared=True)
+
 
 SCHEDULERS: dict[str, SchedulerEntry] = {
-    "fifo": SchedulerEntry(FIFOOptions, _build_fifo, "run every trial to completion"),
-    "asha": SchedulerEntry(ASHAOptions, _build_asha, "asynchronous successive halving: stops weak trials early",
-                           stops_early=True),
-    "hyperband": SchedulerEntry(HyperBandOptions, _build_hyperband, "synchronous HyperBand brackets",
-                                stops_early=True, needs_checkpoints=True, pauses=True),
+    "fifo": SchedulerEntry(FIFOOptions, _build_fifo),
+    "asha": SchedulerEntry(ASHAOptions, _build_asha),
+    "hyperband": SchedulerEntry(HyperBandOptions, _build_hyperband, rules=(checkpointing_family,),
+                                checkpoints=lambda opts: _EVERY_REPORT),
     "bohb-hyperband": SchedulerEntry(BOHBHyperBandOptions, _build_bohb_hyperband,
-                                     "HyperBand for BOHB (pairs with searcher bohb)", stops_early=True,
-                                     needs_searcher=("bohb",), needs_checkpoints=True, pauses=True),
-    "median-stopping": SchedulerEntry(MedianStoppingOptions, _build_median,
-                                      "stops a trial below the median of others at the same iteration",
-                                      stops_early=True),
-    "pbt": SchedulerEntry(PBTOptions, _build_pbt, "population based training: exploit + explore",
-                          needs_checkpoints=True, clones_trials=True, needs_searcher=_POPULATION),
-    "pb2": SchedulerEntry(PB2Options, _build_pb2, "PBT with a GP-bandit explore step (numeric parameters)",
-                          needs_checkpoints=True, clones_trials=True, needs_searcher=_POPULATION,
-                          numeric_mutations=True),
+                                     rules=(with_searchers("bohb"), checkpointing_family),
+                                     checkpoints=lambda opts: _EVERY_REPORT),
+    "median-stopping": SchedulerEntry(MedianStoppingOptions, _build_median),
+    "pbt": SchedulerEntry(PBTOptions, _build_pbt, rules=_POPULATION, checkpoints=_perturbations),
+    "pb2": SchedulerEntry(PB2Options, _build_pb2, rules=(*_POPULATION, numeric_mutations),
+                          checkpoints=_perturbations),
 }
 
 

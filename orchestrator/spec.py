@@ -11,8 +11,8 @@ Every problem found is reported at once, each with its YAML path and a fix.
 from __future__ import annotations
 
 import difflib
-import importlib.util
-import math
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +23,14 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from orchestrator import warmstart
 from orchestrator.base import StrictModel
-from orchestrator.data import DataSpec
+from orchestrator.data import DataError, DataSpec, find_file
 from orchestrator.errors import Problem, SpecError
-from orchestrator.evaluation import EvaluationSpec, check as check_evaluation
 from orchestrator.families import Family, FamilyNotFound, FamilyRef, UserTrainable, resolve as resolve_family
-from orchestrator.schedulers import SCHEDULERS, PBTOptions, SchedulerOptions
-from orchestrator.searchers import SEARCHERS, SearcherOptions
-from orchestrator.space import Param, is_conditional, merge_space, parse_space
+from orchestrator.protocol import EvaluationSpec, check as check_evaluation
+from orchestrator.rules import Strategy, most_iterations
+from orchestrator.schedulers import SCHEDULERS
+from orchestrator.searchers import SEARCHERS
+from orchestrator.space import Param, merge_space, parse_space
 
 
 class MetricSpec(StrictModel):
@@ -88,7 +89,7 @@ class Experiment:
 
     @property
     def total_trials(self) -> int:
-        return self.spec.budget.trials * _grid_size(self.params, self.spec.searcher.name)
+        return self.spec.budget.trials * SEARCHERS[self.spec.searcher.name].grid_size(self.params)
 
     @property
     def metric(self) -> str:
@@ -101,7 +102,12 @@ class Experiment:
     @property
     def max_t(self) -> int | None:
         """The most iterations any trial runs, when the scheduler or family bounds it."""
-        return getattr(self.spec.scheduler, "max_t", None) or _largest(self.params, self.family)
+        return getattr(self.spec.scheduler, "max_t", None) or most_iterations(self.params, self.family)
+
+    @property
+    def spec_hash(self) -> str:
+        """Eight hex digits of the resolved spec: runs of the same spec share it."""
+        return hashlib.sha256(json.dumps(self.resolved(), sort_keys=True).encode()).hexdigest()[:8]
 
     def resolved(self) -> dict[str, Any]:
         """The spec as run: defaults filled in, the family's default space merged, mode inferred."""
@@ -116,9 +122,11 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Experimen
     path = Path(path)
     source = str(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError(f"cannot read spec: {exc.strerror}", source) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"not a UTF-8 text file (byte {exc.start}); a spec is YAML text", source) from None
     raw = parse_yaml(text, source)
     for item in overrides or []:
         apply_override(raw, item, source)
@@ -180,10 +188,16 @@ def resolve(spec: ExperimentSpec, base_dir: Path, source: str = "<spec>") -> Exp
     params, space_problems = parse_space(space_raw)
     problems += space_problems
 
+    if isinstance(family, Family) and family.needs_data and spec.data.source == "file":
+        try:
+            find_file(spec.data, base_dir)
+        except DataError as exc:
+            problems.append(Problem(exc.field, str(exc)))
     mode, metric_problems = _check_metric(spec, family)
     problems += metric_problems
-    problems += _check_searcher(spec, params)
-    problems += _check_scheduler(spec, family, params)
+    strategy = Strategy(spec.searcher, spec.scheduler, params, family)
+    problems += SEARCHERS[spec.searcher.name].check(strategy)
+    problems += SCHEDULERS[spec.scheduler.name].check(strategy)
     problems += _check_budget(spec, params)
     problems += check_evaluation(spec.evaluation, family)
     warm_points, warm_scores = [], []
@@ -217,101 +231,12 @@ def _check_metric(spec: ExperimentSpec, family: FamilyRef) -> tuple[str, list[Pr
     return natural, []
 
 
-def _check_searcher(spec: ExperimentSpec, params: Mapping[str, Param]) -> list[Problem]:
-    name = spec.searcher.name
-    entry = SEARCHERS[name]
-    problems = []
-    if missing := [m for m in entry.requires if importlib.util.find_spec(m) is None]:
-        problems.append(Problem("searcher.name", f"searcher {name} needs {', '.join(missing)}: "
-                                                 f"pip install {' '.join(missing)} (pinned in requirements.lock)"))
-    if entry.needs_scheduler and spec.scheduler.name != entry.needs_scheduler:
-        problems.append(Problem("scheduler.name", f"searcher {name} only works with scheduler "
-                                                  f"{entry.needs_scheduler} (it allocates the budgets BOHB models); "
-                                                  f"set scheduler: {{name: {entry.needs_scheduler}}}"))
-    sampled = [p for p in params.values() if p.kind != "constant"]
-    if entry.needs_numeric and sampled and all(p.kind in ("choice", "grid") for p in sampled):
-        problems.append(Problem("space", f"searcher {name} needs at least one numeric range; every parameter "
-                                         f"here is a choice: use optuna-tpe or random"))
-    grid = [p.name for p in params.values() if p.kind == "grid"]
-    if grid and entry.model_based:
-        problems.append(Problem(f"space.{grid[0]}", f"grid entries are enumerated, but searcher {name} picks "
-                                                     f"values itself: use choice, or searcher: {{name: grid}}"))
-    if is_conditional(params) and not entry.conditional:
-        cond = next(p.name for p in params.values() if p.when)
-        problems.append(Problem(f"space.{cond}.when", f"searcher {name} cannot honour conditional parameters; "
-                                                       f"use optuna-tpe or random, or drop `when:`"))
-    if spec.searcher.warm_start and spec.searcher.points_to_evaluate:
-        problems.append(Problem("searcher.warm_start", "give either warm_start or points_to_evaluate, not both"))
-    for i, point in enumerate(spec.searcher.points_to_evaluate):
-        if unknown := sorted(set(point) - set(params)):
-            problems.append(Problem(f"searcher.points_to_evaluate[{i}]",
-                                    f"{unknown} not in the space; parameters: {', '.join(params)}"))
-    return problems
-
-
-def _check_scheduler(spec: ExperimentSpec, family: FamilyRef, params: Mapping[str, Param]) -> list[Problem]:
-    name, opts = spec.scheduler.name, spec.scheduler
-    entry = SCHEDULERS[name]
-    problems = []
-    max_t = getattr(opts, "max_t", None)
-    most = _largest(params, family)
-    if max_t is not None and most is not None and max_t > most:
-        problems.append(Problem("scheduler.max_t", f"{max_t} is above the most iterations a trial reports "
-                                                   f"({family.iterations_param} <= {most}); lower max_t to {most} "
-                                                   f"or raise {family.iterations_param}"))
-    if entry.needs_searcher and spec.searcher.name not in entry.needs_searcher:
-        problems.append(Problem("searcher.name", f"scheduler {name} only works with searcher "
-                                                 f"{' or '.join(entry.needs_searcher)}, got {spec.searcher.name}"))
-    if entry.needs_checkpoints and isinstance(family, Family) and not family.checkpoints:
-        problems.append(Problem("scheduler.name", f"{name} resumes trials from checkpoints, and family "
-                                                  f"{family.name} does not save any; use asha or median-stopping"))
-    if isinstance(opts, PBTOptions):  # the population schedulers
-        if is_conditional(params):
-            problems.append(Problem("scheduler.name", f"{name} mutates a flat space; drop `when:` conditions"))
-        problems += _check_mutations(opts, entry, params)
-        if most is not None and opts.perturbation_interval >= most:
-            problems.append(Problem("scheduler.perturbation_interval",
-                                    f"{opts.perturbation_interval} leaves no room to perturb: trials run at most "
-                                    f"{most} iterations; lower it below {most}"))
-    return problems
-
-
-def _check_mutations(opts, entry, params: Mapping[str, Param]) -> list[Problem]:
-    problems = []
-    for i, pname in enumerate(opts.hyperparam_mutations):
-        path = f"scheduler.hyperparam_mutations[{i}]"
-        p = params.get(pname)
-        if p is None:
-            problems.append(Problem(path, f"{pname!r} is not in the space; parameters: {', '.join(params)}"))
-        elif p.kind in ("constant", "grid"):
-            problems.append(Problem(path, f"{pname} is a {p.kind}; mutate a range or a choice"))
-        elif entry.numeric_mutations and not p.is_numeric_range:
-            problems.append(Problem(path, f"{opts.name} explores numeric ranges only; {pname} is a {p.kind}: "
-                                          f"use pbt, or make it a range"))
-    return problems
-
-
 def _check_budget(spec: ExperimentSpec, params: Mapping[str, Param]) -> list[Problem]:
-    total = spec.budget.trials * _grid_size(params, spec.searcher.name)
+    total = spec.budget.trials * SEARCHERS[spec.searcher.name].grid_size(params)
     if spec.budget.concurrent > total:
         return [Problem("budget.concurrent", f"{spec.budget.concurrent} is above the {total} trials this search "
                                              f"runs; lower concurrent or raise trials")]
     return []
-
-
-def _grid_size(params: Mapping[str, Param], searcher: str) -> int:
-    """Trials one pass of the grid takes: grid entries (and, for the grid searcher, choices) multiply."""
-    enumerated = ("grid", "choice") if searcher == "grid" else ("grid",)
-    return math.prod(len(p.args) for p in params.values() if p.kind in enumerated)
-
-
-def _largest(params: Mapping[str, Param], family: FamilyRef) -> int | None:
-    name = getattr(family, "iterations_param", None)
-    p = params.get(name) if name else None
-    if p is None:
-        return None
-    values = p.values if p.kind in ("choice", "grid", "constant") else (p.args[1],)
-    return int(max(values))
 
 
 def _entry(p: Param) -> Any:

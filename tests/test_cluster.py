@@ -126,7 +126,7 @@ def test_package_sends_code_and_spec_but_no_environment(monkeypatch):
     assert [Path(p).name for p in env["py_modules"]] == ["orchestrator", "experiments"]
     pins = env["pip"]["packages"]
     assert any(p.startswith("optuna==") for p in pins) and not any(p.startswith("ray==") for p in pins)
-    assert sub.entrypoint == (f"python -m orchestrator.jobs experiments/user_trainable.yaml --output "
+    assert sub.entrypoint == (f"python -m orchestrator.job_entry experiments/user_trainable.yaml --output "
                               f"s3://YOUR-BUCKET/hpo-results/user-trainable/{sub.job_id} --set budget.trials=3")
     assert sub.metadata["hpo_results"] == sub.results
     assert CANARY not in json.dumps([sub.entrypoint, env, sub.metadata])

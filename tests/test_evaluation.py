@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator import evaluation as ev
+from orchestrator import folds, protocol, refit, summary
 from orchestrator.data import DataSpec, load
 from orchestrator.errors import SpecError
-from orchestrator.evaluation import Best, EvaluationSpec
+from orchestrator.protocol import EvaluationSpec
+from orchestrator.refit import Best
 from orchestrator.families import Family
 from orchestrator.runner import run
 from orchestrator.spec import load_spec, validate
@@ -76,7 +77,7 @@ def rows(X) -> set[bytes]:
 
 
 def test_kfold_partitions_train_plus_valid_and_never_touches_test(digits):
-    folds = ev.kfold(digits, 4, seed=0)
+    folds = protocol.kfold(digits, 4, seed=0)
     dev = rows(np.concatenate([digits.X_train, digits.X_valid]))
     assert len(folds) == 4
     valid_sets = [rows(f.X_valid) for f in folds]
@@ -89,7 +90,7 @@ def test_kfold_partitions_train_plus_valid_and_never_touches_test(digits):
 
 
 def test_outer_folds_hold_out_each_part_of_train_plus_valid_once(diabetes):
-    outer = ev.outer_folds(diabetes, 3, seed=0)
+    outer = protocol.outer_folds(diabetes, 3, seed=0)
     dev = rows(np.concatenate([diabetes.X_train, diabetes.X_valid]))
     held = [rows(o.X_test) for o in outer]
     assert set().union(*held) == dev and sum(map(len, held)) == len(dev)
@@ -102,7 +103,7 @@ def test_outer_folds_hold_out_each_part_of_train_plus_valid_once(diabetes):
 
 
 def test_refit_data_trains_on_train_plus_valid_and_scores_on_test(digits):
-    r = ev.refit_data(digits)
+    r = protocol.refit_data(digits)
     assert len(r.y_train) == len(digits.y_train) + len(digits.y_valid)
     assert r.X_valid is digits.X_test and r.y_valid is digits.y_test
 
@@ -113,7 +114,7 @@ class Trial:
     """A trial context outside Ray that records reports; `stop_at` raises what Ray raises on a stop."""
 
     def __init__(self, restored=None, stop_at=None, checkpointing=True):
-        self.seed, self.cpus, self.gpus, self.device = 0, 1, 0.0, "cpu"
+        self.seed, self.cpus, self.gpus, self.device, self.metric = 0, 1, 0.0, "cpu", None
         self.checkpointing, self._restored, self.stop_at = checkpointing, restored, stop_at
         self.reports, self.states = [], []
 
@@ -158,7 +159,7 @@ def no_fold_threads() -> bool:
 def test_kfold_trial_reports_the_mean_and_spread_per_iteration_one_fold_at_a_time(digits):
     log: list[int] = []
     trial = Trial()
-    ev.run_trial(toy_family(log), {"iterations": 3}, digits, trial, EvaluationSpec(protocol="kfold", folds=3))
+    folds.run_trial(toy_family(log), {"iterations": 3}, digits, trial, EvaluationSpec(protocol="kfold", folds=3))
     assert [r["val_error"] for r in trial.reports] == pytest.approx([1.0, 1.1, 1.2])  # mean of folds 0, 1, 2
     assert [r["val_error_std"] for r in trial.reports] == pytest.approx([np.std([0, 1, 2])] * 3)
     assert max(log) == 1 and len(log) == 9  # never two folds computing at once
@@ -168,16 +169,16 @@ def test_kfold_trial_reports_the_mean_and_spread_per_iteration_one_fold_at_a_tim
 
 def test_kfold_trial_resumes_every_fold_from_its_own_state(digits):
     first = Trial()
-    ev.run_trial(toy_family([]), {"iterations": 4}, digits, first, EvaluationSpec(protocol="kfold", folds=3))
+    folds.run_trial(toy_family([]), {"iterations": 4}, digits, first, EvaluationSpec(protocol="kfold", folds=3))
     resumed = Trial(restored=first.states[1])
-    ev.run_trial(toy_family([]), {"iterations": 4}, digits, resumed, EvaluationSpec(protocol="kfold", folds=3))
+    folds.run_trial(toy_family([]), {"iterations": 4}, digits, resumed, EvaluationSpec(protocol="kfold", folds=3))
     assert resumed.reports == first.reports[2:]
 
 
 def test_a_failing_fold_fails_the_trial_with_its_own_error_and_leaves_no_threads(digits):
     trial = Trial()
     with pytest.raises(ZeroDivisionError, match="fold 1 failed at 2"):
-        ev.run_trial(toy_family([], fail_at=(1, 2)), {"iterations": 4}, digits, trial,
+        folds.run_trial(toy_family([], fail_at=(1, 2)), {"iterations": 4}, digits, trial,
                      EvaluationSpec(protocol="kfold", folds=3))
     assert len(trial.reports) == 2 and no_fold_threads()
 
@@ -185,12 +186,12 @@ def test_a_failing_fold_fails_the_trial_with_its_own_error_and_leaves_no_threads
 def test_a_stopped_kfold_trial_unwinds_every_fold(digits):
     trial = Trial(stop_at=2)
     with pytest.raises(SystemExit):
-        ev.run_trial(toy_family([]), {"iterations": 10}, digits, trial, EvaluationSpec(protocol="kfold", folds=4))
+        folds.run_trial(toy_family([]), {"iterations": 10}, digits, trial, EvaluationSpec(protocol="kfold", folds=4))
     assert len(trial.reports) == 2 and no_fold_threads()
 
 
 def test_mean_and_std_skip_undefined_values():
-    out = ev.mean_and_std([{"val_auc": 0.8}, {"val_auc": float("nan")}, {"val_auc": 0.6}])
+    out = folds.mean_and_std([{"val_auc": 0.8}, {"val_auc": float("nan")}, {"val_auc": 0.6}])
     assert out["val_auc"] == pytest.approx(0.7) and out["val_auc_std"] == pytest.approx(0.1)
 
 
@@ -199,44 +200,44 @@ def test_kfold_with_a_real_family_matches_training_each_fold_alone(digits):
 
     config = {"n_estimators": 4, "learning_rate": 0.2, "num_leaves": 8, "feature_fraction": 0.8}
     together = Trial(checkpointing=False)
-    ev.run_trial(FAMILY, dict(config), digits, together, EvaluationSpec(protocol="kfold", folds=3))
+    folds.run_trial(FAMILY, dict(config), digits, together, EvaluationSpec(protocol="kfold", folds=3))
     alone = []
-    for fold in ev.kfold(digits, 3, seed=0):
+    for fold in protocol.kfold(digits, 3, seed=0):
         t = Trial(checkpointing=False)
         FAMILY.train(dict(config), fold, t)
         alone.append(t.reports)
     for i, report in enumerate(together.reports):
-        assert report == ev.mean_and_std([a[i] for a in alone])
+        assert report == folds.mean_and_std([a[i] for a in alone])
 
 
 # --- after the search -------------------------------------------------------------------------
 
 def test_refit_scores_the_best_config_on_test(digits):
     exp = validate(spec())
-    out = ev.conclude(exp, digits, Best({"n_estimators": 8, "max_depth": 6}, 0.95, "t1"), search=None, run_dir=".")
+    out = refit.conclude(exp, digits, Best({"n_estimators": 8, "max_depth": 6}, 0.95, "t1"), search=None, run_dir=".")
     # The same model trained by hand: the test score is the family's score on the test set.
     from sklearn.ensemble import RandomForestClassifier
 
     model = RandomForestClassifier(n_estimators=8, max_depth=6, random_state=0, n_jobs=1)
-    X, y = ev.development(digits)
+    X, y = protocol.development(digits)
     expected = float((model.fit(X, y).predict(digits.X_test) == digits.y_test).mean())
     assert out["test"]["test_accuracy"] == pytest.approx(expected)
     assert out["test_score"] == out["test"]["test_accuracy"] and out["gap"] == pytest.approx(expected - 0.95)
     assert out["protocol"] == "holdout" and out["trial_id"] == "t1" and "error" not in out
-    assert ev.describe(out)[0].startswith("test test_accuracy=")
+    assert summary.evaluation_lines(out)[0].startswith("test test_accuracy=")
 
 
 def test_nothing_to_refit_without_data_or_a_best_trial(digits):
     exp = validate(spec())
-    assert ev.conclude(exp, None, Best({}, 1.0), search=None, run_dir=".") is None
-    assert ev.conclude(exp, digits, None, search=None, run_dir=".") is None
+    assert refit.conclude(exp, None, Best({}, 1.0), search=None, run_dir=".") is None
+    assert refit.conclude(exp, digits, None, search=None, run_dir=".") is None
 
 
 def test_a_failed_refit_is_recorded_not_raised(digits):
     exp = validate(spec())
-    out = ev.conclude(exp, digits, Best({"n_estimators": 3, "max_depth": "deep"}, 0.9), search=None, run_dir=".")
+    out = refit.conclude(exp, digits, Best({"n_estimators": 3, "max_depth": "deep"}, 0.9), search=None, run_dir=".")
     assert out["error"].startswith("refit failed") and "test" not in out
-    assert any(line.startswith("evaluation: refit failed") for line in ev.describe(out))
+    assert any(line.startswith("evaluation: refit failed") for line in summary.evaluation_lines(out))
 
 
 def test_nested_runs_one_search_per_outer_fold_and_scores_each_on_its_held_out_fold(digits, tmp_path):
@@ -247,9 +248,9 @@ def test_nested_runs_one_search_per_outer_fold_and_scores_each_on_its_held_out_f
         seen.append((data, out_dir))
         return Best({"n_estimators": 5, "max_depth": 2 + len(seen)}, 0.9)
 
-    out = ev.conclude(exp, digits, Best({"n_estimators": 5}, 0.9), search, tmp_path)
+    out = refit.conclude(exp, digits, Best({"n_estimators": 5}, 0.9), search, tmp_path)
     nested = out["nested"]
-    assert [d.X_test.shape[0] for d, _ in seen] == [f.X_test.shape[0] for f in ev.outer_folds(digits, 3, 0)]
+    assert [d.X_test.shape[0] for d, _ in seen] == [f.X_test.shape[0] for f in protocol.outer_folds(digits, 3, 0)]
     assert [p.name for _, p in seen] == ["outer-0", "outer-1", "outer-2"]
     assert [f["config"]["max_depth"] for f in nested["folds"]] == [3, 4, 5]
     scores = [f["test"] for f in nested["folds"]]

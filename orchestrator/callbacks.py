@@ -1,0 +1,101 @@
+"""The Ray Tune callbacks of a run: results into the `Recorder`, and checkpoint pruning.
+
+Both are thin: the Recorder (orchestrator.results) and the pruning rules
+(orchestrator.checkpoints) know nothing of Ray, so they are tested without it; this module only
+translates Tune's events into their calls.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ray.tune import Callback
+
+from orchestrator import placement
+from orchestrator.checkpoints import keep_only, prune_older
+from orchestrator.errors import RunError
+from orchestrator.results import Recorder
+
+
+class RecorderCallback(Callback):
+    """Feeds `recorder`; `on_step` runs after each step of Tune's loop (the progress line).
+
+    With `placement_key`, each trial's placement record (orchestrator.placement) is read at its
+    first result and again when it ends, and the run's records are deleted when the run ends.
+    """
+
+    def __init__(self, recorder: Recorder, on_step: Callable[[], None] | None = None,
+                 placement_key: str | None = None):
+        self.recorder, self.on_step, self.placement_key = recorder, on_step, placement_key
+
+    def _place(self, trial_id: str, again: bool = False) -> None:
+        rec = self.recorder.trials.get(trial_id)
+        if self.placement_key is None or rec is None or (rec.node_id is not None and not again):
+            return
+        if info := placement.read(self.placement_key, trial_id):
+            self.recorder.placement(trial_id, info)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.recorder.start(trial.trial_id, trial.config)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        # The config the result was produced with: PBT may already have changed trial.config.
+        self.recorder.result(trial.trial_id, result.get("config") or trial.config, result)
+        self._place(trial.trial_id)
+        if self.recorder.missing_metric:
+            raise RunError(self.recorder.missing_metric)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._place(trial.trial_id, again=True)
+        self.recorder.complete(trial.trial_id)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._place(trial.trial_id, again=True)
+        self.recorder.error(trial.trial_id, error_text(trial))
+
+    def on_experiment_end(self, trials, **info):
+        if self.placement_key is not None:
+            for trial in trials:
+                self._place(trial.trial_id)
+            placement.forget(self.placement_key)
+
+    def on_step_end(self, iteration, trials, **info):
+        self.recorder.maybe_flush()
+        if self.on_step:
+            self.on_step()
+
+
+def error_text(trial) -> str:
+    """The last line of the trial's traceback (the exception), which Ray keeps in a file."""
+    path = getattr(trial, "error_file", None) or ""
+    try:
+        text = Path(path).read_text().strip() if path else ""
+    except OSError:
+        text = ""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:2000] if lines else "trial failed (no error text recorded)"
+
+
+class CheckpointPruner(Callback):
+    """Deletes checkpoints nothing can read any more (see orchestrator.checkpoints).
+
+    Args:
+        shared: trials load each other's checkpoints (PBT), so nothing goes before the run ends.
+    """
+
+    def __init__(self, shared: bool):
+        self.shared = shared
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        if not self.shared and (path := _local_path(checkpoint)):
+            prune_older(path)
+
+    def on_experiment_end(self, trials, **info):
+        latest = {Path(p) for t in trials if (p := _local_path(t.checkpoint))}
+        if latest:  # else the storage is not local, or no trial saved one
+            keep_only([Path(t.path) for t in trials if t.path], latest)
+
+
+def _local_path(checkpoint) -> str | None:
+    return checkpoint.path if checkpoint is not None and checkpoint.filesystem.type_name == "local" else None

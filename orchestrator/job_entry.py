@@ -1,0 +1,61 @@
+"""The job side of `hpo submit`: what runs on the cluster, as `python -m orchestrator.job_entry`.
+
+It does what `hpo run` does, through the library (load the spec, run it joined to the cluster,
+print the summary), into the results location `submit` chose: a path every node shares is written
+directly; for an object store the run is written locally on the head and its files uploaded,
+also when the run fails or is stopped.
+
+`hpo stop` makes Ray send SIGTERM; ray.init turns it into SystemExit, which the runner handles by
+flushing what it has and marking the run interrupted (Ray waits 3 s, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from orchestrator import storage, summary
+from orchestrator.errors import HpoError
+from orchestrator.runner import run
+from orchestrator.spec import load_spec
+
+
+def run_into(spec: str, output: str, overrides: list[str]) -> int:
+    """Runs the spec into `output`; returns the exit code `hpo run` would."""
+    exp = load_spec(spec, overrides)
+    if not storage.is_uri(output) or output.startswith("file://"):
+        return _report(run(exp, output.removeprefix("file://")))
+    with tempfile.TemporaryDirectory(prefix="hpo-job-") as tmp:
+        local = Path(tmp) / "run"
+        try:
+            return _report(run(exp, local))
+        finally:
+            if local.exists():
+                storage.upload(local, output)
+
+
+def _report(result: summary.RunSummary) -> int:
+    print("\n".join(summary.lines(result)))
+    if why := summary.failure(result):
+        print(why, file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m orchestrator.job_entry")
+    p.add_argument("spec")
+    p.add_argument("--output", required=True)
+    p.add_argument("--set", action="append", default=[])
+    args = p.parse_args(argv)
+    try:
+        return run_into(args.spec, args.output, args.set)
+    except HpoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The Ray APIs that move between releases, in one place: what a trial calls, and Ray's private parts.
+
+A trial's report call moved from `ray.air.session.report` to `ray.train.report` to
+`ray.tune.report`; families call `orchestrator.trial.TrialContext.report`, which calls `report`
+here, so a Ray upgrade changes this file, not the families.
+
+Some things only Ray's private modules do. Each is imported here and nowhere else, and
+`PRIVATE_APIS` lists them with the Ray version they were checked against, so a test
+(`tests/test_architecture.py`) fails on an upgrade that removes one, instead of a user's run:
+
+- the GCS key-value store, where each trial's worker records where it ran (orchestrator.placement);
+- `ray._raylet.Config.initialize`, which re-reads the auth mode Ray cached at import (orchestrator.auth);
+- `ray up`'s own cluster-file checks and KubeRay's translation (orchestrator.cluster);
+- scheduler internals our subclasses override (orchestrator.ray_schedulers), listed only.
+
+Driver-side Ray Tune (the Tuner, searchers, schedulers, callbacks) is public API and stays with
+the modules that build it: runner.py, searchers.py, schedulers.py, ray_schedulers.py, space.py,
+callbacks.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+CHECKED_AGAINST = "2.60"
+
+# (module, attribute) pairs that are not Ray's public API, and who needs them.
+PRIVATE_APIS: tuple[tuple[str, str, str], ...] = (
+    ("ray.experimental.internal_kv", "_internal_kv_put", "placement: a trial records its node and GPU ids"),
+    ("ray.experimental.internal_kv", "_internal_kv_get", "placement: the driver reads them"),
+    ("ray.experimental.internal_kv", "_internal_kv_del", "placement: records deleted at the end of a run"),
+    ("ray.experimental.internal_kv", "_internal_kv_initialized", "placement: only when Ray is up"),
+    ("ray._raylet", "Config", "auth: re-read RAY_AUTH_MODE after Ray was imported"),
+    ("ray.autoscaler._private.util", "prepare_config", "cluster: `ray up`'s defaults for a cluster file"),
+    ("ray.autoscaler._private.util", "validate_config", "cluster: `ray up`'s schema check"),
+    ("ray.autoscaler._private.kuberay.autoscaling_config", "_derive_autoscaling_config_from_ray_cr",
+     "cluster: a KubeRay RayCluster -> node types"),
+    ("ray.tune.schedulers.hyperband", "HyperBandScheduler._trial_info", "ray_schedulers: a trial's bracket"),
+    ("ray.tune.schedulers.hyperband", "_Bracket.cleanup_full", "ray_schedulers: stop a finished bracket's trials"),
+    ("ray.tune.schedulers.median_stopping_rule", "MedianStoppingRule._on_insufficient_samples",
+     "ray_schedulers: continue instead of pause"),
+)
+
+
+def missing_private_apis() -> list[str]:
+    """The PRIVATE_APIS entries this Ray no longer has (instance attributes are checked on a fresh
+    scheduler)."""
+    missing = []
+    for module, attr, _ in PRIVATE_APIS:
+        try:
+            obj: Any = importlib.import_module(module)
+        except ImportError:
+            missing.append(f"{module} (module)")
+            continue
+        owner, _, name = attr.rpartition(".")
+        if owner:
+            obj = getattr(obj, owner, None)
+            if name.startswith("_trial_info") and obj is not None:
+                obj = obj()  # set in __init__
+        if obj is None or not hasattr(obj, name):
+            missing.append(f"{module}.{attr}")
+    return missing
+
+
+# --- inside a trial -----------------------------------------------------------------------------
+
+def report(metrics: Mapping[str, Any], checkpoint_dir: str | Path | None = None) -> None:
+    """One result of the running trial, with a checkpoint made from a directory's files."""
+    from ray import tune
+
+    if checkpoint_dir is None:
+        tune.report(dict(metrics))
+    else:
+        tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+
+
+@contextlib.contextmanager
+def restored_dir() -> Iterator[Path | None]:
+    """The directory of the checkpoint the running trial resumes from (None if it starts afresh)."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        yield None
+        return
+    with checkpoint.as_directory() as path:
+        yield Path(path)
+
+
+def trial_id() -> str | None:
+    """The running trial's id (function trainables; a class trainable has `self.trial_id`)."""
+    from ray import tune
+
+    return tune.get_context().get_trial_id()
+
+
+# --- Ray's GCS key-value store ------------------------------------------------------------------
+
+def kv_put(key: str, value: str, namespace: str) -> None:
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    _internal_kv_put(key, value, overwrite=True, namespace=namespace)
+
+
+def kv_get(key: str, namespace: str) -> str | None:
+    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
+
+    if not _internal_kv_initialized():
+        return None
+    raw = _internal_kv_get(key, namespace=namespace)
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def kv_delete_prefix(prefix: str, namespace: str) -> None:
+    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_initialized
+
+    if _internal_kv_initialized():
+        _internal_kv_del(prefix, del_by_prefix=True, namespace=namespace)
+
+
+# --- configuration and cluster files ------------------------------------------------------------
+
+def reload_config() -> None:
+    """Ray caches its config (auth mode included) when first imported; re-read it, as Ray itself does."""
+    import sys
+
+    if "ray" in sys.modules:
+        from ray._raylet import Config
+
+        Config.initialize("")
+
+
+def validate_launcher_config(raw: dict) -> dict:
+    """`ray up`'s own checks, in its order: fill provider defaults, then schema + cross-field rules."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    prepared = prepare_config(raw)
+    validate_config(prepared)
+    return prepared
+
+
+def kuberay_autoscaling_config(raw: dict) -> dict:
+    """KubeRay's translation of a RayCluster resource into the autoscaler's node types."""
+    from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+
+    return _derive_autoscaling_config_from_ray_cr(raw)

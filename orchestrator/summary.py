@@ -1,0 +1,64 @@
+"""What a finished run reports: the `RunSummary` the runner returns, and the lines `hpo run` prints.
+
+The CLI and the cluster job's entry point (orchestrator.job_entry) print the same lines, so
+both read them from here rather than one calling the other.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_dir: Path
+    run_id: str
+    metric: str
+    counts: dict[str, int]
+    best: dict[str, Any] | None
+    evaluation: dict[str, Any] | None = None  # refit on train+valid and test score; see orchestrator.refit
+
+
+def lines(summary: RunSummary) -> list[str]:
+    """The run's counts, its best trial and config, the test score, and where the results are."""
+    c = summary.counts
+    out = [f"run {summary.run_id}: {c['completed']} completed, {c['stopped']} stopped early, {c['errored']} errored"]
+    best = summary.best
+    if best:
+        cfg = {k.removeprefix("config."): v for k, v in best.items() if k.startswith("config.")}
+        out.append(f"best trial {best['trial_id']}: {summary.metric}={best['score']:.6g} "
+                   f"at iteration {best['score_iteration']}")
+        out.append(f"  config: {json.dumps(cfg, default=str)}")
+    out += evaluation_lines(summary.evaluation)
+    out.append(f"results: {summary.run_dir}/ (trials.parquet, history.parquet, experiment.json)")
+    return out
+
+
+def failure(summary: RunSummary) -> str | None:
+    """Why the run counts as failed although Ray finished (exit 1), or None."""
+    if summary.best is None:
+        return "no trial reported the metric; see the errors in trials.parquet"
+    return None
+
+
+def evaluation_lines(entry: Mapping[str, Any] | None) -> list[str]:
+    """The refit's test score (and the nested estimate) as summary lines."""
+    if not entry:
+        return []
+    out = []
+    if entry.get("test_score") is not None:
+        gap = entry.get("gap")
+        gap_text = f", gap {gap:+.4g}" if gap is not None else ""
+        out.append(f"test {entry['test_metric']}={entry['test_score']:.6g} (best config refitted on train+valid; "
+                     f"its {entry['metric']}={entry['valid']:.6g}{gap_text})")
+    nested = entry.get("nested")
+    if nested and nested.get("mean") is not None:
+        out.append(f"nested estimate of the tuning procedure: {entry['test_metric']}={nested['mean']:.6g} "
+                     f"± {nested['std']:.3g} over {nested['outer_folds']} outer folds "
+                     f"(their searches' best {entry['metric']}: {nested['mean_valid']:.6g})")
+    if entry.get("error"):
+        out.append(f"evaluation: {entry['error']}")
+    return out
