@@ -23,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     spec_args(r)
     r.add_argument("--output", help="run folder (default results/<name>/<run-id>/)")
     r.add_argument("--quiet", action="store_true", help="no progress line")
+    r.add_argument("--ray", metavar="ADDRESS", help="join a running Ray instead of starting one ('auto': the one "
+                                                      "`ray start --head` started here); saves Ray's start-up")
     r.set_defaults(func=cmd_run)
     _cluster_commands(sub)
     return p
@@ -50,7 +52,7 @@ def cmd_run(args) -> int:
     from orchestrator.spec import load_spec
 
     exp = load_spec(args.spec, args.set)
-    result = run(exp, args.output, quiet=args.quiet)
+    result = run(exp, args.output, quiet=args.quiet, ray_address=args.ray)
     print("\n".join(summary.lines(result)))
     if why := summary.failure(result):
         print(why, file=sys.stderr)

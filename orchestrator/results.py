@@ -31,8 +31,12 @@ import pandas as pd
 
 from orchestrator.rundir import HISTORY, PARTS, TRIALS, atomic_write
 
+# A batched result's earlier iterations: [{"iteration": n, "at": unix time, "metrics": {...}}, ...],
+# the last of them being the result itself (orchestrator.trial holds reports back; Recorder replays).
+HELD = "hpo_held"
+
 # Keys Ray adds to every result: kept out of `metric.*` (the useful ones get their own column).
-RAY_RESULT_KEYS = frozenset({
+RAY_RESULT_KEYS = frozenset({HELD, 
     "done", "trial_id", "date", "timestamp", "pid", "hostname", "node_ip", "config", "time_since_restore",
     "iterations_since_restore", "checkpoint_dir_name", "should_checkpoint", "experiment_tag",
     "time_this_iter_s", "time_total_s", "training_iteration", "episodes_total", "timesteps_total",
@@ -129,20 +133,33 @@ class Recorder:
         rec.status, rec.started_at, rec.ended_at = "running", rec.started_at or time.time(), None
 
     def result(self, trial_id: str, config: Mapping[str, Any], result: Mapping[str, Any]) -> None:
+        """One result from Tune; a batched one (see orchestrator.trial) first replays the iterations
+        its trial held back, each with its own iteration number and time."""
+        held = result.get(HELD) or ()
+        total, sent_at = result.get("time_total_s"), held[-1]["at"] if held else None
+        for row in held[:-1]:
+            elapsed = total - (sent_at - row["at"]) if total is not None else None
+            self._iteration(trial_id, config, row["metrics"], row["iteration"], elapsed, row["at"], result)
+        iteration = int(result.get("training_iteration", 0)) or None
+        self._iteration(trial_id, config, result, iteration, total, result.get("timestamp"), result)
+        self.trials[trial_id].stop_requested = bool(result.get("done"))
+
+    def _iteration(self, trial_id: str, config: Mapping[str, Any], values: Mapping[str, Any],
+                   iteration: int | None, time_total_s: float | None, timestamp: float | None,
+                   result: Mapping[str, Any]) -> None:
         rec = self.trials.get(trial_id) or self.trials.setdefault(trial_id, TrialRecord(trial_id, flatten(config)))
         if rec.started_at is None:
             rec.started_at, rec.status = time.time(), "running"
         rec.config = flatten(config)
-        metrics = {k: float(v) for k, v in flatten({k: v for k, v in result.items() if k not in RAY_RESULT_KEYS}).items()
+        metrics = {k: float(v) for k, v in flatten({k: v for k, v in values.items() if k not in RAY_RESULT_KEYS}).items()
                    if _numeric(v)}
         if self.metric not in metrics and rec.iterations == 0 and self.missing_metric is None:
             self.missing_metric = (f"trial {trial_id} reported {sorted(metrics) or 'no numeric values'} but not the "
                                    f"spec's metric {self.metric!r}; change metric.name or report it")
-        iteration = int(result.get("training_iteration", rec.iterations + 1))
+        iteration = iteration or rec.iterations + 1
         rec.iterations = iteration
         rec.last = metrics
         rec.node_ip = result.get("node_ip", rec.node_ip)
-        rec.stop_requested = bool(result.get("done"))
         value = metrics.get(self.metric)
         if value is not None and not math.isnan(value) and (rec.score is None or self._better(value, rec.score)):
             rec.score, rec.score_iteration = value, iteration
@@ -151,8 +168,8 @@ class Recorder:
         self._pending_rows.append({
             "trial_id": trial_id,
             "iteration": iteration,
-            "time_total_s": result.get("time_total_s"),
-            "timestamp": _ts(result.get("timestamp") or time.time()),
+            "time_total_s": time_total_s,
+            "timestamp": _ts(timestamp or time.time()),
             **{f"metric.{k}": v for k, v in metrics.items()},
             **{f"config.{k}": v for k, v in rec.config.items()},
         })

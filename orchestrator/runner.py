@@ -110,10 +110,12 @@ def build_trainable(exp: Experiment, data: Any = None, placement_key: str | None
     else:
         from orchestrator.trainable import run_family_trial
 
+        scheduler = SCHEDULERS[exp.spec.scheduler.name]
         trainable = tune.with_parameters(
             run_family_trial, family_ref=exp.spec.family, data=data, seed=exp.spec.seed,
             checkpoint_every=checkpoint_policy(exp).every, base_dir=str(exp.base_dir),
-            evaluation=exp.spec.evaluation, metric=exp.metric)
+            evaluation=exp.spec.evaluation, metric=exp.metric,
+            report_every_s=scheduler.report_window_s, on_time=scheduler.on_time(exp.spec.scheduler))
     if placement_key is not None:
         from orchestrator.placement import recording
 
@@ -167,11 +169,13 @@ def preflight(exp: Experiment) -> None:
                                              f"add a node with enough"), exp.source)
 
 
-def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
+def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None, address: str | None = None) -> bool:
     """Starts an embedded Ray unless one is already up in this process. Returns True if started.
 
-    With RAY_ADDRESS set (as Ray sets it inside a job submitted to a cluster) it joins that
-    cluster instead: connected, not started, but still shut down (disconnected) after the run.
+    With `address` ("auto" or host:port of a running Ray's GCS) it joins that Ray instead, which
+    skips Ray's start-up (seconds; see the README's performance section); so does RAY_ADDRESS,
+    which Ray sets inside a job submitted to a cluster. Joined, not started, but still shut down
+    (disconnected) after the run. Raises InputError when there is nothing to join.
     """
     import ray
 
@@ -179,14 +183,21 @@ def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None) ->
         return False
     apply_fast_env()
     auth.enable_token_auth()
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(logging_level="ERROR", logging_config=ray.LoggingConfig(log_level="WARNING"))
-        quiet_driver_logs()
-        return True
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, logging_level="ERROR",
+    quiet = {"logging_level": "ERROR",
              # Workers log every checkpoint and restore at INFO; users' own prints still come through.
-             logging_config=ray.LoggingConfig(log_level="WARNING"),
-             _node_ip_address="127.0.0.1")
+             "logging_config": ray.LoggingConfig(log_level="WARNING")}
+    if address or os.environ.get("RAY_ADDRESS"):
+        try:
+            ray.init(address=address, **quiet)
+        except ConnectionError as exc:
+            raise InputError(f"no running Ray to join at {address or os.environ['RAY_ADDRESS']} "
+                             f"({str(exc).splitlines()[0]}); start one with `ray start --head "
+                             f"--node-ip-address 127.0.0.1`, or leave --ray out to start one for this run") from None
+    else:
+        # address="local": a new Ray of our own, even where `ray start` left a cluster (or its address
+        # file) behind, which a bare ray.init() would silently join.
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", **quiet)
     quiet_driver_logs()
     return True
 
@@ -204,8 +215,10 @@ def apply_fast_env() -> None:
         os.environ.setdefault(k, v)
 
 
-def run(exp: Experiment, output: str | Path | None = None, *, quiet: bool = False) -> RunSummary:
-    """Runs an experiment on the Ray this process is connected to (starting a local one if none)."""
+def run(exp: Experiment, output: str | Path | None = None, *, quiet: bool = False,
+        ray_address: str | None = None) -> RunSummary:
+    """Runs an experiment on the Ray this process is connected to: else the one at `ray_address`
+    ("auto": the one `ray start` left running here), else a local one started for this run."""
     apply_fast_env()
     if output is None:
         run_dir, run_id = new_run_dir(exp)
@@ -221,7 +234,7 @@ def run(exp: Experiment, output: str | Path | None = None, *, quiet: bool = Fals
     except OSError as exc:
         raise InputError(f"cannot create the run folder {run_dir}: {exc.strerror}; choose another --output") from None
 
-    started = start_local_ray()
+    started = start_local_ray(address=ray_address)
     quiet_driver_logs()
     try:
         preflight(exp)

@@ -5,12 +5,16 @@ places). Every scheduler measures time in reported iterations (`training_iterati
 families report in, so `max_t` and `grace_period` count reports.
 
 Every entry owns its rules (which searchers it pairs with, whether the family must checkpoint,
-PBT's mutations) and its checkpoint policy: how often a trial saves state for it, and whether
-trials load each other's checkpoints (orchestrator.checkpoints prunes accordingly).
+PBT's mutations), its checkpoint policy (how often a trial saves state for it, and whether trials
+load each other's checkpoints; orchestrator.checkpoints prunes accordingly), and how late its
+decisions may come: `report_window_s` lets a built-in family's trial batch its reports (see
+orchestrator.trial), except at the iterations it decides at (`on_time`: ASHA's rungs). Schedulers that pause trials at milestones or clone them (HyperBand, PBT)
+need every report on time, as Ray's own result buffering assumes (it is forced off for them).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal
 
@@ -103,6 +107,8 @@ class SchedulerEntry:
     build: Callable[..., Any]
     rules: tuple[Rule, ...] = ()
     checkpoints: Callable[[Any], CheckpointPolicy] = lambda opts: NEVER
+    report_window_s: float = 0.0  # reports may reach the scheduler this much later than they happen
+    on_time: Callable[[Any], frozenset[int]] = lambda opts: frozenset()  # iterations it decides at: never late
 
     def check(self, strategy: Strategy) -> list[Problem]:
         problems = _max_t_reachable(strategy.scheduler, strategy)
@@ -167,6 +173,19 @@ def numeric_mutations(opts: PBTOptions, strategy: Strategy) -> list[Problem]:
                                                                        f"only; {pname} is a {p.kind}: use pbt, "
                                                                        f"or make it a range"))
     return out
+
+
+def asha_rungs(opts: ASHAOptions) -> frozenset[int]:
+    """The iterations at which ASHA compares trials (Ray's `_Bracket` rungs, every bracket).
+
+    A batched trial sends these reports on time, so each rung compares every trial at the same
+    iteration, exactly as without batching.
+    """
+    rungs = set()
+    for s in range(opts.brackets):
+        count = int(math.log(opts.max_t / opts.grace_period) / math.log(opts.reduction_factor) - s + 1)
+        rungs |= {math.ceil(opts.grace_period * opts.reduction_factor ** (k + s)) for k in range(count)}
+    return frozenset(rungs)
 
 
 def _build_fifo(opts: FIFOOptions, params=None):
@@ -242,15 +261,19 @@ def _perturbations(opts: PBTOptions) -> CheckpointPolicy:
     return CheckpointPolicy(every=opts.perturbation_interval, shared=True)
 
 
+# Half a second of lateness: a stop comes at most that much training late, while tiny trials send
+# one or two reports instead of one per iteration.
+LATE_OK_S = 0.5
+
 SCHEDULERS: dict[str, SchedulerEntry] = {
-    "fifo": SchedulerEntry(FIFOOptions, _build_fifo),
-    "asha": SchedulerEntry(ASHAOptions, _build_asha),
+    "fifo": SchedulerEntry(FIFOOptions, _build_fifo, report_window_s=LATE_OK_S),
+    "asha": SchedulerEntry(ASHAOptions, _build_asha, report_window_s=LATE_OK_S, on_time=asha_rungs),
     "hyperband": SchedulerEntry(HyperBandOptions, _build_hyperband, rules=(checkpointing_family,),
                                 checkpoints=lambda opts: _EVERY_REPORT),
     "bohb-hyperband": SchedulerEntry(BOHBHyperBandOptions, _build_bohb_hyperband,
                                      rules=(with_searchers("bohb"), checkpointing_family),
                                      checkpoints=lambda opts: _EVERY_REPORT),
-    "median-stopping": SchedulerEntry(MedianStoppingOptions, _build_median),
+    "median-stopping": SchedulerEntry(MedianStoppingOptions, _build_median, report_window_s=LATE_OK_S),
     "pbt": SchedulerEntry(PBTOptions, _build_pbt, rules=_POPULATION, checkpoints=_perturbations),
     "pb2": SchedulerEntry(PB2Options, _build_pb2, rules=(*_POPULATION, numeric_mutations),
                           checkpoints=_perturbations),

@@ -5,6 +5,17 @@ Ray trial, one fold's view of it under k-fold (orchestrator.folds), and the refi
 search (orchestrator.refit); tests add their own fakes. `Trial` is the contract all of them
 satisfy, so a family depends on it and on nothing of Ray's. The Ray calls themselves live in
 orchestrator.ray_api, which follows Ray's moves.
+
+Each `tune.report` is a synchronous round trip to the driver (~12 ms here), and the driver handles
+results one at a time: with 0.1 s trials reporting ten times, Ray Tune's loop, not the trials,
+set the pace, and one of two CPUs sat idle (issue 13). So where the scheduler can take its
+decisions a little late (FIFO, ASHA, median stopping: `report_every_s` > 0), `TrialContext` sends
+the first report at once (a missing metric is caught early) and then at most one report per
+`report_every_s`, carrying the iterations it held back, and at once at the iterations the
+scheduler decides at (`on_time`: ASHA's rungs, so every rung compares trials at the same
+iteration); `flush()` sends the rest when `train` returns. The Recorder replays every iteration into history.parquet, with its own number and time,
+and `training_iteration` is the family's own count, so a scheduler sees true iteration numbers; a
+stop can come up to `report_every_s` late. A report with a checkpoint is never held.
 """
 
 from __future__ import annotations
@@ -12,10 +23,12 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from orchestrator import ray_api
+from orchestrator.results import HELD
 
 _STATE_FILE = "state.pkl"
 
@@ -64,25 +77,30 @@ class TrialContext:
     # checkpoint costs ~1 s on a small machine, so it is not taken at every report.
     checkpoint_every: int = 0
     metric: str | None = None
+    report_every_s: float = 0.0  # hold reports back for this long (see the module docstring); 0: never
+    on_time: frozenset[int] = frozenset()  # iterations the scheduler decides at: never held
     _reports: int = 0
+    _held: list[dict[str, Any]] = field(default_factory=list)
+    _last_sent: float = -float("inf")
 
     @property
     def checkpointing(self) -> bool:
         return self.checkpoint_every > 0
 
     @classmethod
-    def current(cls, seed: int = 0, checkpoint_every: int = 0, metric: str | None = None) -> "TrialContext":
+    def current(cls, seed: int = 0, checkpoint_every: int = 0, metric: str | None = None,
+                report_every_s: float = 0.0, on_time: frozenset[int] = frozenset()) -> "TrialContext":
         """The context of the Ray trial this code runs in (or a 1-CPU one outside Ray)."""
         import ray
 
         if not ray.is_initialized():
-            return cls(seed, 1, 0.0, (), checkpoint_every, metric)
+            return cls(seed, 1, 0.0, (), checkpoint_every, metric, report_every_s, on_time)
         assigned = ray.get_runtime_context().get_assigned_resources()
         # Fractional CPU requests still get one thread: a thread cannot be split.
         cpus = max(1, int(assigned.get("CPU", 1)))
         gpus = float(assigned.get("GPU", 0.0))
         gpu_ids = tuple(str(i) for i in ray.get_gpu_ids()) if gpus else ()
-        return cls(seed, cpus, gpus, gpu_ids, checkpoint_every, metric)
+        return cls(seed, cpus, gpus, gpu_ids, checkpoint_every, metric, report_every_s, on_time)
 
     @property
     def device(self) -> str:
@@ -91,7 +109,25 @@ class TrialContext:
 
     def report(self, metrics: dict[str, Any], state: Any = None) -> None:
         self._reports += 1
-        if state is None or not self.checkpointing or self._reports % self.checkpoint_every:
+        checkpoint = state is not None and self.checkpointing and self._reports % self.checkpoint_every == 0
+        if not self.report_every_s:
+            self._send(dict(metrics), state if checkpoint else None)
+            return
+        self._held.append({"iteration": self._reports, "at": time.time(), "metrics": dict(metrics)})
+        if checkpoint or self._reports in self.on_time or time.monotonic() - self._last_sent >= self.report_every_s:
+            self.flush(state if checkpoint else None)
+
+    def flush(self, state: Any = None) -> None:
+        """Sends the reports held back, as one result (the latest) carrying the earlier ones."""
+        if not self._held:
+            return
+        held, self._held = self._held, []
+        latest = held[-1]
+        self._last_sent = time.monotonic()
+        self._send({**latest["metrics"], "training_iteration": latest["iteration"], HELD: held}, state)
+
+    def _send(self, metrics: dict[str, Any], state: Any) -> None:
+        if state is None:
             ray_api.report(metrics)
             return
         with tempfile.TemporaryDirectory(prefix="hpo-ckpt-") as tmp:

@@ -202,6 +202,25 @@ def test_cluster_nodes_and_token_auth_on_the_jobs_api(local_cluster):
 
 @pytest.mark.cluster
 @pytest.mark.slow
+def test_run_joins_a_running_ray_instead_of_starting_one(local_cluster, tmp_path):
+    """`hpo run --ray ADDRESS` uses the Ray that is up (no start-up of its own): every trial ran
+    on one of the cluster's nodes."""
+    import requests
+
+    c, state = local_cluster
+    env = dict(os.environ, RAY_AUTH_TOKEN_PATH=str(c.hpo.auth.path()))
+    out = tmp_path / "run"
+    run = _cli("run", "experiments/user_trainable.yaml", "--set", "budget.trials=2", "--output", out, "--quiet",
+               "--ray", state.gcs_address, env=env)
+    assert run.returncode == 0, run.stderr
+    nodes = requests.get(f"{c.hpo.jobs_address}/api/v0/nodes", headers=c.headers(), timeout=10).json()
+    cluster_nodes = {r["node_id"] for r in nodes["data"]["result"]["result"]}
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert len(trials) == 2 and set(trials["node_id"]) <= cluster_nodes
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
 def test_cli_submits_the_unchanged_spec_follows_it_and_fetches_parquet(local_cluster, tmp_path):
     import requests
 
