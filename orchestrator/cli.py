@@ -26,6 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--ray", metavar="ADDRESS", help="join a running Ray instead of starting one ('auto': the one "
                                                       "`ray start --head` started here); saves Ray's start-up")
     r.set_defaults(func=cmd_run)
+    rs = sub.add_parser("resume", help="finish a run that was killed, in its own folder (to budget.trials)")
+    rs.add_argument("run_dir", metavar="RUN_DIR")
+    rs.add_argument("--quiet", action="store_true", help="no progress line")
+    rs.add_argument("--ray", metavar="ADDRESS", help="join a running Ray instead of starting one")
+    rs.set_defaults(func=cmd_resume)
     _cluster_commands(sub)
     return p
 
@@ -46,18 +51,20 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_resume(args) -> int:
+    from orchestrator import summary
+    from orchestrator.resume import resume
+
+    return summary.report(resume(args.run_dir, quiet=args.quiet, ray_address=args.ray))
+
+
 def cmd_run(args) -> int:
     from orchestrator import summary
     from orchestrator.runner import run
     from orchestrator.spec import load_spec
 
     exp = load_spec(args.spec, args.set)
-    result = run(exp, args.output, quiet=args.quiet, ray_address=args.ray)
-    print("\n".join(summary.lines(result)))
-    if why := summary.failure(result):
-        print(why, file=sys.stderr)
-        return 1
-    return 0
+    return summary.report(run(exp, args.output, quiet=args.quiet, ray_address=args.ray))
 
 
 # --- clusters: thin wrappers over orchestrator.cluster / localcluster / jobs -------------------

@@ -26,22 +26,14 @@ def run_into(spec: str, output: str, overrides: list[str]) -> int:
     """Runs the spec into `output`; returns the exit code `hpo run` would."""
     exp = load_spec(spec, overrides)
     if not storage.is_uri(output) or output.startswith("file://"):
-        return _report(run(exp, output.removeprefix("file://")))
+        return summary.report(run(exp, output.removeprefix("file://")))
     with tempfile.TemporaryDirectory(prefix="hpo-job-") as tmp:
         local = Path(tmp) / "run"
         try:
-            return _report(run(exp, local))
+            return summary.report(run(exp, local))
         finally:
             if local.exists():
                 storage.upload(local, output)
-
-
-def _report(result: summary.RunSummary) -> int:
-    print("\n".join(summary.lines(result)))
-    if why := summary.failure(result):
-        print(why, file=sys.stderr)
-        return 1
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,6 +61,16 @@ class EvaluationSpec(StrictModel):
         """The protocol each trial follows (nested adds outer searches around it)."""
         return self.inner if self.protocol == "nested" else self.protocol
 
+    def resolved(self) -> dict[str, Any]:
+        """The fields that apply to this protocol, defaults filled in: what a resolved spec shows,
+        and what validates again (the others are refused when given)."""
+        out: dict[str, Any] = {"protocol": self.protocol}
+        if self.protocol == "nested":
+            out.update(outer_folds=self.outer_folds, inner=self.inner)
+        if self.per_trial == "kfold":
+            out["folds"] = self.folds
+        return out
+
 
 def check(evaluation: EvaluationSpec, family: Any) -> list[Problem]:
     """Cross-section rule: splitting data needs a family that trains on the spec's data."""

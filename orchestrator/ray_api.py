@@ -38,6 +38,11 @@ PRIVATE_APIS: tuple[tuple[str, str, str], ...] = (
     ("ray.autoscaler._private.util", "validate_config", "cluster: `ray up`'s schema check"),
     ("ray.autoscaler._private.kuberay.autoscaling_config", "_derive_autoscaling_config_from_ray_cr",
      "cluster: a KubeRay RayCluster -> node types"),
+    ("ray.tune.impl.tuner_internal", "TunerInternal.get_run_config",
+     "resume: a restored Tuner gets this run's callbacks (Tuner._local_tuner holds it)"),
+    ("ray.tune.impl.tuner_internal", "TunerInternal._tune_config", "resume: the time budget left"),
+    ("ray.tune.execution.experiment_state", "_find_newest_experiment_checkpoint",
+     "resume: which trials Tune's last snapshot knows (the file's trial_data)"),
     ("ray.tune.schedulers.hyperband", "HyperBandScheduler._trial_info", "ray_schedulers: a trial's bracket"),
     ("ray.tune.schedulers.hyperband", "_Bracket.cleanup_full", "ray_schedulers: stop a finished bracket's trials"),
     ("ray.tune.schedulers.median_stopping_rule", "MedianStoppingRule._on_insufficient_samples",
@@ -46,8 +51,10 @@ PRIVATE_APIS: tuple[tuple[str, str, str], ...] = (
 
 
 def missing_private_apis() -> list[str]:
-    """The PRIVATE_APIS entries this Ray no longer has (instance attributes are checked on a fresh
-    scheduler)."""
+    """The PRIVATE_APIS entries this Ray no longer has. An attribute a class only sets in its
+    `__init__` (`_trial_info`, `_tune_config`) is looked for in that `__init__`'s source."""
+    import inspect
+
     missing = []
     for module, attr, _ in PRIVATE_APIS:
         try:
@@ -58,9 +65,9 @@ def missing_private_apis() -> list[str]:
         owner, _, name = attr.rpartition(".")
         if owner:
             obj = getattr(obj, owner, None)
-            if name.startswith("_trial_info") and obj is not None:
-                obj = obj()  # set in __init__
-        if obj is None or not hasattr(obj, name):
+        found = obj is not None and (hasattr(obj, name) or
+                                     (inspect.isclass(obj) and f"self.{name} =" in inspect.getsource(obj.__init__)))
+        if not found:
             missing.append(f"{module}.{attr}")
     return missing
 
@@ -119,6 +126,31 @@ def kv_delete_prefix(prefix: str, namespace: str) -> None:
 
     if _internal_kv_initialized():
         _internal_kv_del(prefix, del_by_prefix=True, namespace=namespace)
+
+
+# --- a restored Tuner -------------------------------------------------------------------------
+
+def replace_callbacks(tuner, callbacks: list) -> None:
+    """`Tuner.restore` brings back the callbacks pickled with the first run; a resume brings its own."""
+    tuner._local_tuner.get_run_config().callbacks = callbacks
+
+
+def set_time_budget(tuner, seconds: float) -> None:
+    """`Tuner.restore` brings back the whole time budget; a resume has only what is left of it."""
+    tuner._local_tuner._tune_config.time_budget_s = seconds
+
+
+def snapshot_trial_ids(tune_dir: Path) -> set[str]:
+    """The trials in Tune's newest experiment snapshot (what `Tuner.restore` will bring back)."""
+    import json
+
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+
+    newest = _find_newest_experiment_checkpoint(str(tune_dir))
+    if newest is None:
+        return set()
+    state = json.loads(Path(newest).read_text())
+    return {json.loads(entry[0])["trial_id"] for entry in state.get("trial_data", [])}
 
 
 # --- configuration and cluster files ------------------------------------------------------------

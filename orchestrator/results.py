@@ -85,6 +85,25 @@ class TrialRecord:
         }
 
 
+def trial_from_row(row: Mapping[str, Any]) -> TrialRecord:
+    """A trials.parquet row back into the record that wrote it."""
+    def value(v):
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NaT else v
+
+    def seconds(v):
+        return value(v).timestamp() if value(v) is not None else None
+
+    rec = TrialRecord(row["trial_id"], {k[7:]: value(v) for k, v in row.items() if k.startswith("config.")})
+    rec.status, rec.iterations, rec.error = row["status"], int(row["iterations"] or 0), value(row.get("error"))
+    rec.score, rec.score_iteration = value(row.get("score")), value(row.get("score_iteration"))
+    rec.started_at, rec.ended_at = seconds(row.get("started_at")), seconds(row.get("ended_at"))
+    rec.last = {k[7:]: v for k, v in row.items() if k.startswith("metric.") and value(v) is not None}
+    for name in ("node_ip", "node_id", "cpus", "gpus", "gpu_ids"):
+        setattr(rec, name, value(row.get(name)))
+    rec.config = {k: v for k, v in rec.config.items() if v is not None}  # inactive conditional parameters
+    return rec
+
+
 def _ts(t: float | None):
     return pd.Timestamp(t, unit="s", tz="UTC") if t else None
 
@@ -126,6 +145,23 @@ class Recorder:
         self.best: TrialRecord | None = None
         self.missing_metric: str | None = None  # set when a trial's first result lacks the metric
         self._on_flush = on_flush
+
+    @classmethod
+    def reopen(cls, run_dir: Path, metric: str, mode: str, max_t: int | None = None, **kwargs) -> "Recorder":
+        """A Recorder that carries on an earlier run's folder (`hpo resume`): its trials as they were
+        written, its history kept as the first part file, new parts numbered after the existing ones."""
+        rec = cls(run_dir, metric, mode, max_t, **kwargs)
+        parts = rec.run_dir / PARTS
+        if (rec.run_dir / HISTORY).exists():  # an interrupted run merged its parts: they become part 0
+            parts.mkdir(exist_ok=True)
+            (rec.run_dir / HISTORY).replace(parts / "part-00000.parquet")
+        rec._parts = max((int(p.stem.split("-")[1]) for p in parts.glob("part-*.parquet")), default=0)
+        if (rec.run_dir / TRIALS).exists():
+            for row in pd.read_parquet(rec.run_dir / TRIALS).to_dict("records"):
+                rec.trials[row["trial_id"]] = trial_from_row(row)
+        rec.best = min((r for r in rec.trials.values() if r.score is not None and r.status in ("completed", "stopped")),
+                       key=lambda r: r.score if mode == "min" else -r.score, default=None)
+        return rec
 
     # -- events -------------------------------------------------------------------------------
     def start(self, trial_id: str, config: Mapping[str, Any]) -> None:
@@ -261,7 +297,12 @@ def _write(df: pd.DataFrame, path: Path) -> None:
 
 
 def _merge(parts: list[Path]) -> pd.DataFrame:
-    return tidy(pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)) if parts else frame([])
+    """The parts in order; an iteration written twice (a trial re-run after `hpo resume` restored
+    Tune's last snapshot) keeps its latest row."""
+    if not parts:
+        return frame([])
+    history = tidy(pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True))
+    return history.drop_duplicates(["trial_id", "iteration"], keep="last").reset_index(drop=True)
 
 
 def load(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -129,16 +129,22 @@ def checkpoint_policy(exp: Experiment):
     return SCHEDULERS[exp.spec.scheduler.name].checkpoints(exp.spec.scheduler)
 
 
+def with_pruner(exp: Experiment, callbacks: list) -> list:
+    """The run's callbacks, plus checkpoint pruning where the scheduler makes trials checkpoint."""
+    policy = checkpoint_policy(exp)
+    if not policy.every:
+        return callbacks
+    from orchestrator.callbacks import CheckpointPruner
+
+    # Not Ray's num_to_keep, which deletes checkpoints still in use: see orchestrator.checkpoints.
+    return [*callbacks, CheckpointPruner(policy.shared)]
+
+
 def build_tuner(exp: Experiment, run_dir: Path, callbacks: list, data: Any = None, placement_key: str | None = None):
     from ray import tune
 
     tune_config, param_space = build_tune_config(exp)
-    policy = checkpoint_policy(exp)
-    if policy.every:
-        from orchestrator.callbacks import CheckpointPruner
-
-        # Not Ray's num_to_keep, which deletes checkpoints still in use: see orchestrator.checkpoints.
-        callbacks = [*callbacks, CheckpointPruner(policy.shared)]
+    callbacks = with_pruner(exp, callbacks)
     run_config = tune.RunConfig(
         name="tune",
         storage_path=str(Path(run_dir).resolve()),
@@ -258,16 +264,19 @@ def load_data(exp: Experiment):
         raise SpecError(Problem(exc.field, str(exc)), exp.source) from None
 
 
-def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, dataset: Any, quiet: bool) -> RunSummary:
+def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, dataset: Any, quiet: bool,
+         recorder: Recorder | None = None, make_tuner=None) -> RunSummary:
+    """Fits the Tuner into `run_dir` and writes the outcome. `hpo resume` passes the earlier run's
+    Recorder and a factory that restores Tune's own state (orchestrator.resume)."""
     from orchestrator.callbacks import RecorderCallback
     from orchestrator.placement import new_key
     from orchestrator.progress import Progress
 
-    recorder = Recorder(run_dir, exp.metric, exp.mode, max_t=exp.max_t)
+    recorder = recorder or Recorder(run_dir, exp.metric, exp.mode, max_t=exp.max_t)
     progress = None if quiet else Progress(recorder, exp.total_trials)
     key = new_key(run_id)  # each trial's node, CPUs and GPU ids travel under it (orchestrator.placement)
     callback = RecorderCallback(recorder, progress.tick if progress else None, key)
-    tuner = build_tuner(exp, run_dir, [callback], dataset, key)
+    tuner = (make_tuner or build_tuner)(exp, run_dir, [callback], dataset, key)
     status, failure = "finished", None
     try:
         tuner.fit()
@@ -321,6 +330,7 @@ def _metadata(exp: Experiment, run_id: str) -> dict[str, Any]:
         "run_id": run_id,
         "name": exp.spec.name,
         "source": exp.source,
+        "base_dir": str(exp.base_dir),  # where the spec's relative paths point (resume needs it)
         "spec_hash": exp.spec_hash,
         "spec": exp.resolved(),
         "seed": exp.spec.seed,

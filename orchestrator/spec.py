@@ -114,6 +114,7 @@ class Experiment:
         out = self.spec.model_dump(mode="json")
         out["metric"]["mode"] = self.mode
         out["space"] = {name: _entry(p) for name, p in self.params.items()}
+        out["evaluation"] = self.spec.evaluation.resolved()
         return out
 
 

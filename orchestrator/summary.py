@@ -7,6 +7,7 @@ both read them from here rather than one calling the other.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -42,6 +43,15 @@ def failure(summary: RunSummary) -> str | None:
     if summary.best is None:
         return "no trial reported the metric; see the errors in trials.parquet"
     return None
+
+
+def report(summary: RunSummary) -> int:
+    """Prints the summary (a failure on stderr) and returns the exit code: 0, or 1 if it failed."""
+    print("\n".join(lines(summary)))
+    if why := failure(summary):
+        print(why, file=sys.stderr)
+        return 1
+    return 0
 
 
 def evaluation_lines(entry: Mapping[str, Any] | None) -> list[str]:

@@ -198,3 +198,11 @@ def test_set_overrides_are_parsed_as_yaml(write_spec):
 def test_missing_file_is_a_spec_error(tmp_path):
     with pytest.raises(SpecError, match="cannot read spec"):
         load_spec(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.name)
+def test_a_resolved_spec_validates_again_to_itself(path):
+    """experiment.json stores the resolved spec; `hpo resume` and a repeat run validate it again."""
+    exp = load_spec(path)
+    again = validate(exp.resolved(), base_dir=exp.base_dir)
+    assert again.resolved() == exp.resolved() and again.spec_hash == exp.spec_hash

@@ -1,0 +1,148 @@
+"""`hpo resume`: a killed run finishes in its own folder, keeping what it had."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from orchestrator import rundir
+from orchestrator.errors import InputError
+from orchestrator.results import HISTORY, PARTS, TRIALS, Recorder, load
+from orchestrator.resume import resume, spent_s
+from tests.conftest import ROOT
+
+
+def feed(rec: Recorder, trial_id: str, values: list[float], complete: bool = True) -> None:
+    rec.start(trial_id, {"x": len(values)})
+    for i, v in enumerate(values, start=1):
+        rec.result(trial_id, {"x": len(values)}, {"training_iteration": i, "loss": v, "time_total_s": i})
+    if complete:
+        rec.complete(trial_id)
+
+
+def test_a_reopened_recorder_keeps_trials_and_history_and_numbers_new_parts_after_them(tmp_path):
+    first = Recorder(tmp_path, "loss", "min")
+    feed(first, "a", [3.0, 2.0])
+    feed(first, "b", [5.0], complete=False)  # running when the driver died
+    first.flush()  # what a crash leaves: parts and trials.parquet, no history.parquet
+
+    again = Recorder.reopen(tmp_path, "loss", "min")
+    assert again.trials["a"].status == "completed" and again.trials["a"].score == 2.0
+    assert again.trials["b"].status == "running" and again.best.trial_id == "a"
+    feed(again, "b", [5.0, 1.0])  # b restarts from scratch (no checkpoint) and finishes
+    again.close()
+
+    trials, history = load(tmp_path)
+    assert dict(zip(trials.trial_id, trials.status)) == {"a": "completed", "b": "completed"}
+    assert history.groupby("trial_id")["iteration"].apply(list).to_dict() == {"a": [1, 2], "b": [1, 2]}
+    assert history.set_index(["trial_id", "iteration"]).loc[("b", 2), "metric.loss"] == 1.0
+    assert not (tmp_path / PARTS).exists() and (tmp_path / HISTORY).exists()
+
+
+def test_an_interrupted_runs_merged_history_becomes_the_first_part(tmp_path):
+    first = Recorder(tmp_path, "loss", "min")
+    feed(first, "a", [1.0, 0.5])
+    first.close()
+    again = Recorder.reopen(tmp_path, "loss", "min")
+    feed(again, "c", [2.0])
+    again.close()
+    _, history = load(tmp_path)
+    assert sorted(history.trial_id) == ["a", "a", "c"]
+
+
+def test_the_time_spent_counts_each_stretch_up_to_its_last_record(tmp_path):
+    rec = Recorder(tmp_path, "loss", "min")
+    feed(rec, "a", [1.0])
+    rec.flush()
+    trials = pd.read_parquet(tmp_path / TRIALS)
+    start = trials["started_at"].iloc[0] - pd.Timedelta(seconds=30)
+    meta = {"started_at": start.isoformat()}
+    assert spent_s(meta, tmp_path) == pytest.approx(30, abs=1.5)
+    meta["resumes"] = [{"at": (start + pd.Timedelta(seconds=25)).isoformat(), "spent_s": 100.0}]
+    assert spent_s(meta, tmp_path) == pytest.approx(105, abs=1.5)  # 100 before, 5 since that resume
+
+
+def test_resume_refuses_what_it_cannot_resume(tmp_path):
+    with pytest.raises(InputError, match="not a run folder"):
+        resume(tmp_path)
+    rundir.write_json(tmp_path / rundir.EXPERIMENT, {"status": "finished"})
+    with pytest.raises(InputError, match="finished: nothing to resume"):
+        resume(tmp_path)
+
+
+SPEC = """
+name: resume-me
+family: synthetic
+metric: {name: loss, mode: min}
+space: {iterations: 10, sleep_s: 0.1}
+searcher: {name: optuna-tpe, seed: 0}
+budget: {trials: 10, concurrent: 2}
+"""
+
+
+def _cli(*args, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kw)
+
+
+def kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL to every process of the run's session: its driver and the Ray processes it started."""
+    import psutil
+
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == proc.pid:
+                p.kill()
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            pass
+
+
+def _completed(run_dir) -> pd.DataFrame:
+    try:
+        trials = pd.read_parquet(run_dir / TRIALS)
+    except (OSError, ValueError):
+        return pd.DataFrame({"status": []})
+    return trials[trials.status == "completed"]
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_finishes_the_budget_and_keeps_finished_trials(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    run_dir = tmp_path / "run"
+    proc = _cli("run", spec, "--output", run_dir, "--quiet")
+    deadline = time.monotonic() + 180
+    while len(_completed(run_dir)) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.communicate()}"
+    kill_session(proc)  # the driver and the Ray it started, without a word
+    proc.wait()
+    before = _completed(run_dir).set_index("trial_id")["score"].to_dict()
+    assert json.loads((run_dir / rundir.EXPERIMENT).read_text())["status"] == "running"
+
+    again = _cli("resume", run_dir, "--quiet")
+    out, err = again.communicate(timeout=240)
+    assert again.returncode == 0, err
+
+    trials, history = load(run_dir)
+    meta = json.loads((run_dir / rundir.EXPERIMENT).read_text())
+    entry = meta["resumes"][0]
+    assert meta["status"] == "finished" and len(meta["resumes"]) == 1 and entry["spent_s"] > 0
+    extra, cut = entry["finished_after_snapshot"], entry["cut_off_after_snapshot"]
+    assert len(trials) == 10 + len(extra) + len(cut) and trials.trial_id.is_unique
+    by_status = trials.groupby("status")["trial_id"].apply(set).to_dict()
+    assert by_status.get("interrupted", set()) == set(cut)
+    assert len(by_status["completed"]) == 10 + len(extra)  # Tune ran the budget; nothing finished was dropped
+    after = trials.set_index("trial_id")["score"]
+    assert all(after[t] == pytest.approx(score) for t, score in before.items())  # kept, with its score
+    assert not history.duplicated(["trial_id", "iteration"]).any()
+    done = trials.loc[trials.status == "completed", "trial_id"]
+    assert history[history.trial_id.isin(done)].groupby("trial_id")["iteration"].apply(
+        lambda s: sorted(s) == list(range(1, 11))).all()
+    assert "run " in out and "best trial" in out
