@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -86,9 +88,19 @@ budget: {trials: 10, concurrent: 2}
 """
 
 
-def _cli(*args, **kw) -> subprocess.Popen:
+@pytest.fixture
+def ray_tmp():
+    """A Ray temp folder of the test's own: a killed Ray leaves its address file there, where a
+    later bare `ray.init()` would find it and wait for the dead cluster forever. Short: socket paths."""
+    path = Path(f"/tmp/hpo-resume-{os.getpid()}")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _cli(*args, ray_tmp: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *map(str, args)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kw)
+                            env={**os.environ, "RAY_TMPDIR": str(ray_tmp)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def kill_session(proc: subprocess.Popen) -> None:
@@ -112,11 +124,11 @@ def _completed(run_dir) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_finishes_the_budget_and_keeps_finished_trials(tmp_path):
+def test_kill_9_then_resume_finishes_the_budget_and_keeps_finished_trials(tmp_path, ray_tmp):
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
     run_dir = tmp_path / "run"
-    proc = _cli("run", spec, "--output", run_dir, "--quiet")
+    proc = _cli("run", spec, "--output", run_dir, "--quiet", ray_tmp=ray_tmp)
     deadline = time.monotonic() + 180
     while len(_completed(run_dir)) < 3 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.5)
@@ -126,7 +138,7 @@ def test_kill_9_then_resume_finishes_the_budget_and_keeps_finished_trials(tmp_pa
     before = _completed(run_dir).set_index("trial_id")["score"].to_dict()
     assert json.loads((run_dir / rundir.EXPERIMENT).read_text())["status"] == "running"
 
-    again = _cli("resume", run_dir, "--quiet")
+    again = _cli("resume", run_dir, "--quiet", ray_tmp=ray_tmp)
     out, err = again.communicate(timeout=240)
     assert again.returncode == 0, err
 
