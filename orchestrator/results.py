@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 
 from orchestrator.errors import RunError
+from orchestrator.schema import SCHEMA_KEY, SCHEMA_VERSION
 
 HISTORY = "history.parquet"
 TRIALS = "trials.parquet"
@@ -244,8 +245,14 @@ def tidy(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _write(df: pd.DataFrame, path: Path) -> None:
+    """Writes atomically, with the contract's version in the file's key-value metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), SCHEMA_KEY: str(SCHEMA_VERSION)})
     tmp = path.with_name(f".{path.name}.tmp")
-    df.to_parquet(tmp, index=False)
+    pq.write_table(table, tmp)
     os.replace(tmp, path)
 
 
