@@ -137,11 +137,13 @@ def runs_from_env(root: str | Path | None = None, siblings: bool = False) -> lis
     return sorted(r for r in runs if r.parent == newest.parent) if siblings else [newest]
 
 
-def _started(folder: Path) -> str:
+def _started(folder: Path) -> tuple[str, float]:
+    """When a run started (whole seconds, from experiment.json), ties broken by its last write."""
+    path = folder / META
     try:
-        return json.loads((folder / META).read_text()).get("started_at") or ""
+        return json.loads(path.read_text()).get("started_at") or "", path.stat().st_mtime
     except (OSError, ValueError):
-        return ""
+        return "", 0.0
 
 
 # --- loading -----------------------------------------------------------------------------------

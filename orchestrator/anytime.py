@@ -13,8 +13,8 @@ start to its end, so CPU-seconds after t is the sum over trials of cpus x their 
 before t. Trial-iterations count reported results. Every reported value counts, at any fidelity,
 as in Syne Tune: a strategy that stops trials early is credited with what it saw.
 
-Runs are paired across setups by the spec's `seed`; a setup without a run for some seed is
-ranked over the seeds it has.
+Ranks pair runs across setups by the spec's `seed` and use only the seeds every setup ran: a seed
+that only one setup ran would rank it first for free. (`budget_notes` says when seeds differ.)
 """
 
 from __future__ import annotations
@@ -142,12 +142,13 @@ def aggregate(curves: pd.DataFrame, x: Axis = "elapsed_s", y: str = "best", poin
 
 def ranks(curves: pd.DataFrame, mode: str, x: Axis = "elapsed_s", y: str = "best", points: int = 60,
           log: bool = False) -> pd.DataFrame:
-    """Mean rank of each setup over time (1 = best): setups ranked within each seed at every x
-    point (a setup with no result yet ranks last, ties share), then averaged over seeds.
+    """Mean rank of each setup over time (1 = best): setups ranked within each seed that every
+    setup ran, at every x point (a setup with no result yet ranks last, ties share), then averaged
+    over those seeds.
 
     Columns: setup, x, mean_rank, seeds."""
     wide = on_grid(curves, x, y, points, log)
-    keys = curves.drop_duplicates("run").set_index("run")[["setup", "seed"]]
+    keys = paired(curves.drop_duplicates("run").set_index("run")[["setup", "seed"]])
     per_seed = []
     for _, members in keys.groupby("seed", sort=False):
         # Several runs of one setup and seed: their median stands for the setup.
@@ -159,6 +160,16 @@ def ranks(curves: pd.DataFrame, mode: str, x: Axis = "elapsed_s", y: str = "best
     long = mean.stack().rename("mean_rank").reset_index().rename(columns={"level_1": "setup"})
     long["seeds"] = seeds.stack().to_numpy()
     return long[["setup", x, "mean_rank", "seeds"]].sort_values(["setup", x], ignore_index=True)
+
+
+def paired(keys: pd.DataFrame) -> pd.DataFrame:
+    """The rows (one per run: setup, seed) whose seed every setup ran."""
+    setups = keys.groupby("seed")["setup"].nunique()
+    common = setups.index[setups == keys["setup"].nunique()]
+    if common.empty:
+        raise ResultsError("no seed was run by every setup, so runs cannot be ranked against each other; "
+                           "run each setup with the same seeds (--set seed=N)")
+    return keys[keys["seed"].isin(common)]
 
 
 def compare(runs: Runs, optimum: float | None = None, x: Axis = "elapsed_s") -> pd.DataFrame:
@@ -176,7 +187,8 @@ def compare(runs: Runs, optimum: float | None = None, x: Axis = "elapsed_s") -> 
                        **{f"{a}_to_best": reached[a] for a in AXES if a in c},
                        **({"regret": c["regret"].iloc[-1]} if optimum is not None else {})})
     finals = pd.DataFrame(finals)
-    final_rank = finals.pivot_table(index="seed", columns="setup", values="final", aggfunc="median")
+    final_rank = paired(finals.set_index("run")[["setup", "seed", "final"]])
+    final_rank = final_rank.pivot_table(index="seed", columns="setup", values="final", aggfunc="median")
     final_rank = final_rank.rank(axis=1, ascending=mode == "min", na_option="bottom").mean()
     over_time = ranks(curves, mode, x).groupby("setup")["mean_rank"].mean()
     g = finals.groupby("setup", sort=False)
@@ -210,7 +222,7 @@ def budget_notes(runs: Runs) -> list[str]:
     seeds = r.groupby("setup")["seed"].agg(lambda s: frozenset(s))
     if seeds.nunique() > 1:
         notes.append("setups ran different seeds: " + "; ".join(f"{s}: {sorted(v)}" for s, v in seeds.items())
-                     + " (ranks use the seeds each setup has)")
+                     + " (ranks use the seeds every setup ran)")
     if unfinished := list(r.loc[r["status"] != "finished", "run"]):
         notes.append(f"not finished (failed, interrupted or crashed): {', '.join(unfinished)}")
     return notes

@@ -57,7 +57,7 @@ def to_study(run: Runs | str | Path, storage: Any = None, study_name: str | None
 
     runs = run if isinstance(run, Runs) else load_runs(run)
     if len(runs) != 1:
-        raise ResultsError(f"one run makes one study, got {len(runs)}: convert them one at a time")
+        raise ResultsError(f"one run at a time, got {len(runs)} runs: give one run folder")
     row = runs.runs.iloc[0]
     meta = runs.meta[row["run"]]
     dists = distributions((meta.get("spec") or {}).get("space") or {})
@@ -76,7 +76,8 @@ def to_study(run: Runs | str | Path, storage: Any = None, study_name: str | None
     history = runs.history.groupby("trial_id") if len(runs.history) else None
     metric = f"metric.{row['metric']}"
     trials, skipped = [], []
-    for t in runs.trials.sort_values("started_at", kind="stable", na_position="last").to_dict("records"):
+    ordered = runs.trials.sort_values("started_at", kind="stable") if "started_at" in runs.trials else runs.trials
+    for t in ordered.to_dict("records"):
         h = history.get_group(t["trial_id"]) if history is not None and t["trial_id"] in history.groups else None
         steps = _intermediate(h, metric)
         try:
