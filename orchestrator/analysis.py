@@ -282,10 +282,14 @@ def best_trials(runs: Runs, k: int = 5) -> pd.DataFrame:
                                      row.test_score if row.test_score is not None else np.nan, np.nan)
         out.append(top)
     top = _concat(out) if out else runs.trials.iloc[0:0]
-    varied = [c for c in top.columns if c.startswith("config.")
-              and runs.trials[c].dropna().astype(str).nunique() > 1]
     keep = ["run", "rank", "trial_id", "status", "score", "score_iteration", "iterations", "wall_s", "test_score"]
-    return top[[c for c in keep if c in top] + varied].reset_index(drop=True)
+    return top[[c for c in keep if c in top] + [f"config.{p}" for p in varied_params(runs)]].reset_index(drop=True)
+
+
+def varied_params(runs: Runs) -> list[str]:
+    """The parameters that took more than one value across the trials (constants left out)."""
+    return [c.removeprefix("config.") for c in runs.trials.columns
+            if c.startswith("config.") and runs.trials[c].dropna().astype(str).nunique() > 1]
 
 
 def learning_curves(runs: Runs, metric: str | None = None) -> pd.DataFrame:

@@ -119,25 +119,37 @@ def importance(result, ax=None):
     return fig
 
 
+def _scored(trials: pd.DataFrame, mode: str) -> pd.DataFrame:
+    """Trials with a score, worst first (so the best are drawn on top)."""
+    return trials[trials["score"].notna()].sort_values("score", ascending=mode != "min")
+
+
+def _encode(col: pd.Series) -> tuple[pd.Series, list[str] | None]:
+    """A numeric column as it is; any other as category codes 0..n-1, with the categories."""
+    if pd.api.types.is_numeric_dtype(col):
+        return col.astype(float), None
+    codes = pd.Categorical(col.astype(str))
+    return pd.Series(codes.codes, index=col.index, dtype=float), list(codes.categories)
+
+
 def parallel_coordinates(trials: pd.DataFrame, params: list[str], mode: str, ax=None, top: int = 5):
-    """One line per scored trial across its parameters (each axis scaled to its range, choices as
-    evenly spaced codes), coloured by score; the `top` best drawn last and thicker."""
-    scored = trials[trials["score"].notna()].sort_values("score", ascending=mode != "min")
+    """One line per scored trial across its parameters (each axis scaled to its range, on a log
+    scale when it spans more than two decades; choices as evenly spaced codes; a gap where a
+    conditional parameter was inactive), coloured by score; the `top` best drawn last and thicker."""
+    scored = _scored(trials, mode)
     fig, ax = _axis(ax, (1.6 * len(params) + 2, 4))
-    scaled, labels = [], []
-    for p in params:
-        col = scored[f"config.{p}"]
-        if pd.api.types.is_numeric_dtype(col):
-            lo, hi = col.min(), col.max()
-            scaled.append((col - lo) / (hi - lo) if hi > lo else col * 0 + 0.5)
-            labels.append(f"{p}\n[{lo:.3g}, {hi:.3g}]")
-        else:
-            codes = pd.Categorical(col.astype(str))
-            scaled.append(pd.Series(codes.codes / max(len(codes.categories) - 1, 1), index=col.index))
-            labels.append(f"{p}\n{'/'.join(codes.categories)}")
     if not params or scored.empty:
         ax.text(0.5, 0.5, "no scored trial or no sampled parameter", ha="center", transform=ax.transAxes)
         return fig
+    scaled, labels = [], []
+    for p in params:
+        values, categories = _encode(scored[f"config.{p}"])
+        lo, hi = values.min(), values.max()
+        log = not categories and lo > 0 and hi / lo > 100  # a log-uniform range, say
+        shown = np.log10(values) if log else values
+        span = shown.max() - shown.min()
+        scaled.append((shown - shown.min()) / span if span > 0 else shown * 0 + 0.5)
+        labels.append(f"{p}\n{'/'.join(categories) if categories else f'[{lo:.3g}, {hi:.3g}]'}{' log' if log else ''}")
     matrix = np.column_stack(scaled)
     norm = plt.Normalize(scored["score"].min(), scored["score"].max())
     cmap = plt.get_cmap("viridis_r" if mode == "min" else "viridis")
@@ -149,6 +161,34 @@ def parallel_coordinates(trials: pd.DataFrame, params: list[str], mode: str, ax=
     ax.set_yticks([])
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="score")
     ax.set_title(f"parallel coordinates: {len(scored)} scored trials, best {top} thick", fontsize="small")
+    return fig
+
+
+def parallel_coordinates_interactive(trials: pd.DataFrame, params: list[str], mode: str):
+    """The same as a plotly figure: drag along an axis to keep only the trials within a range."""
+    import plotly.graph_objects as go
+
+    scored = _scored(trials, mode)
+    dimensions = []
+    for p in params:
+        values, categories = _encode(scored[f"config.{p}"])
+        extra = {"tickvals": list(range(len(categories))), "ticktext": categories} if categories else {}
+        dimensions.append({"label": p, "values": values, **extra})
+    dimensions.append({"label": "score", "values": scored["score"]})
+    line = {"color": scored["score"], "colorscale": "Viridis", "reversescale": mode == "min", "showscale": True}
+    return go.Figure(go.Parcoords(line=line, dimensions=dimensions))
+
+
+def gpu_hours(per_node: pd.DataFrame, ax=None):
+    """GPU-hours per run and node (`orchestrator.usage.usage(runs, by="node")`), labelled with the
+    share of the run's span the node's GPUs were allocated."""
+    used = per_node[per_node["gpu_s"] > 0]
+    fig, ax = _axis(ax, (7, 0.4 * len(used) + 1.5))
+    labels = [f"{r} {n}" for r, n in zip(used["run"], used["node_ip"])]
+    bars = ax.barh(labels, used["gpu_hours"], color="tab:green")
+    ax.bar_label(bars, [f"{a:.0%} allocated" for a in used["gpu_allocation"]], fontsize="small", padding=3)
+    ax.invert_yaxis()
+    ax.set(xlabel="GPU-hours (sum of gpus x wall time)", title="GPU-hours per node")
     return fig
 
 
