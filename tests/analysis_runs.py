@@ -1,9 +1,9 @@
 """Run folders for the analysis and notebook tests: real small runs, and hand-built edge cases.
 
-Real runs (`real_runs`, on the session's local Ray; about 15 s on 2 cores): the synthetic Branin
-family with two setups x two seeds, one setup stopping trials early (ASHA), all in
-`<root>/bench/` as a comparison would be; and one SVM run on breast_cancer (mode max, a
-conditional space, a refit scored on the test split) in `<root>/svm/`.
+Real runs (`real_runs`, on the session's local Ray; about 15 s on 2 cores): the example
+experiments/synthetic_branin.yaml at a smoke size with two setups x two seeds, one setup stopping
+trials early (ASHA), all in `<root>/bench/` as a comparison would be; and one SVM run on
+breast_cancer (mode max, a conditional space, a refit scored on the test split) in `<root>/svm/`.
 
 Hand-built runs (`write_run`) are for what a real run does not show on demand: GPUs on two nodes,
 a crash that left only history parts, a driver that died before any trial.
@@ -18,13 +18,15 @@ from typing import Any
 import pandas as pd
 
 BENCH_SETUPS = {
-    "random/fifo": {"searcher": {"name": "random"}},
-    "optuna-tpe/asha": {"searcher": {"name": "optuna-tpe", "n_startup_trials": 4},
-                        "scheduler": {"name": "asha", "max_t": 9, "grace_period": 1, "reduction_factor": 3}},
+    "random/fifo": ["searcher={name: random}"],
+    "optuna-tpe/asha": ["searcher={name: optuna-tpe, n_startup_trials: 4}",
+                        "scheduler={name: asha, max_t: 9, grace_period: 1, reduction_factor: 3}"],
 }
 BENCH_SEEDS = (0, 1)
-BENCH = {"name": "bench", "family": "synthetic", "metric": {"name": "loss"},
-         "space": {"iterations": 9, "sleep_s": 0.005}, "budget": {"trials": 8, "concurrent": 2}}
+# experiments/synthetic_branin.yaml at a smoke size: 8 trials of 9 iterations of 5 ms, 2 at once.
+BENCH_TRIALS, BENCH_ITERATIONS, BENCH_CONCURRENT = 8, 9, 2
+BENCH_SMOKE = [f"budget.trials={BENCH_TRIALS}", f"space.iterations={BENCH_ITERATIONS}", "space.sleep_s=0.005",
+               f"budget.concurrent={BENCH_CONCURRENT}"]
 SVM = {"name": "svm", "family": "svm", "data": {"source": "sklearn", "name": "breast_cancer", "seed": 0},
        "metric": {"name": "val_auc"}, "searcher": {"name": "random", "seed": 0},
        "budget": {"trials": 8, "concurrent": 2}}
@@ -33,11 +35,12 @@ SVM = {"name": "svm", "family": "svm", "data": {"source": "sklearn", "name": "br
 def real_runs(root: Path) -> Path:
     """Runs the bench and SVM experiments under `root` (see the module docstring); returns root."""
     from orchestrator.runner import run
-    from orchestrator.spec import validate
+    from orchestrator.spec import load_spec, validate
+    from tests.conftest import EXPERIMENTS
 
-    for setup, override in BENCH_SETUPS.items():
+    for setup, overrides in BENCH_SETUPS.items():
         for seed in BENCH_SEEDS:
-            exp = validate({**BENCH, **override, "seed": seed})
+            exp = load_spec(EXPERIMENTS / "synthetic_branin.yaml", [*BENCH_SMOKE, *overrides, f"seed={seed}"])
             run(exp, root / "bench" / f"{setup.replace('/', '-')}-seed{seed}", quiet=True)
     run(validate(SVM), root / "svm" / "run", quiet=True)
     return root

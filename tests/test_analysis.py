@@ -15,7 +15,7 @@ from orchestrator import analysis, anytime, importance, optuna_study, usage
 from orchestrator.cli import main
 from orchestrator.errors import ResultsError
 from orchestrator.results import Recorder
-from tests.analysis_runs import BENCH, BENCH_SEEDS, BENCH_SETUPS, at, write_run
+from tests.analysis_runs import BENCH_CONCURRENT, BENCH_ITERATIONS, BENCH_SEEDS, BENCH_SETUPS, BENCH_TRIALS, at, write_run
 from tests.conftest import ROOT
 
 KNOWN_OPTIMUM = 0.397887  # Branin's, written here independently of experiments/synthetic.py
@@ -42,7 +42,7 @@ def test_a_folder_of_runs_loads_every_run_tagged_with_its_setup(bench):
     assert len(r) == len(BENCH_SETUPS) * len(BENCH_SEEDS)
     assert set(r["setup"]) == set(BENCH_SETUPS) and set(r["seed"]) == set(BENCH_SEEDS)
     assert (r["status"] == "finished").all() and not r["partial"].any()
-    assert (r["trials"] == BENCH["budget"]["trials"]).all()
+    assert (r["trials"] == BENCH_TRIALS).all()
     assert (r[["completed", "stopped", "errored"]].sum(axis=1) == r["trials"]).all()
     assert r.loc[r["scheduler"] == "asha", "stopped"].gt(0).all()  # ASHA really stopped some
     for frame in (bench.trials, bench.history):
@@ -116,7 +116,7 @@ def test_learning_curves_mark_where_stopped_trials_ended(bench):
     trials = one.trials.set_index("trial_id")
     assert (ends["iteration"] == trials.loc[ends.index, "iterations"]).all()
     assert (ends["status"] == trials.loc[ends.index, "status"]).all()
-    assert (ends.loc[ends["status"] == "stopped", "iteration"] < BENCH["space"]["iterations"]).all()
+    assert (ends.loc[ends["status"] == "stopped", "iteration"] < BENCH_ITERATIONS).all()
     with pytest.raises(ResultsError, match="reported: loss, regret"):
         analysis.learning_curves(one, "val_loss")
 
@@ -201,7 +201,7 @@ def test_usage_of_real_cpu_runs(bench):
     wall = bench.trials.groupby("run")["wall_s"].sum()
     assert np.allclose(u.loc[wall.index, "cpu_s"], wall)  # 1 CPU per trial
     assert (u["gpu_hours"] == 0).all() and u["gpu_allocation"].isna().all()
-    assert u["peak_concurrent"].between(1, BENCH["budget"]["concurrent"]).all()
+    assert u["peak_concurrent"].between(1, BENCH_CONCURRENT).all()
     tl = usage.timeline(bench)
     for _, lane in tl.groupby(["run", "node_ip", "lane"]):
         lane = lane.sort_values("start_s")
@@ -315,7 +315,7 @@ def test_exported_journal_loads_back_in_optuna_and_the_dashboard(bench, tmp_path
     path = tmp_path / "optuna.log"
     written = optuna_study.export_journal(one.runs["path"].iloc[0], path)
     back = optuna.load_study(study_name=written.study_name, storage=JournalStorage(JournalFileBackend(str(path))))
-    assert back.study_name == f"bench/{one.runs['run'].iloc[0]}"
+    assert back.study_name == f"branin/{one.runs['run'].iloc[0]}"
     assert [(t.state, t.params, t.value, t.intermediate_values) for t in back.trials] == \
            [(t.state, t.params, t.value, t.intermediate_values) for t in written.trials]
     assert len(back.trials) == len(one.trials) and back.user_attrs["hpo_scheduler"] == "asha"
