@@ -49,10 +49,10 @@ def _axis(ax, size=(7, 4)):
     return ax.figure, ax
 
 
-def _log_if_wide(ax, values: pd.Series) -> None:
-    """A log y axis when every value is positive and they span more than two decades."""
+def _log_if_wide(ax, values: pd.Series, decades: float = 2) -> None:
+    """A log y axis when every value is positive and they span more than `decades` decades."""
     v = values.dropna()
-    if len(v) and v.min() > 0 and v.max() / v.min() > 100:
+    if len(v) and v.min() > 0 and v.max() / v.min() > 10 ** decades:
         ax.set_yscale("log")
 
 
@@ -79,7 +79,7 @@ def anytime(agg: pd.DataFrame, x: str = "elapsed_s", ax=None, ylabel: str = "bes
     for setup, a in agg.groupby("setup", sort=False):
         line, = ax.step(a[x], a["median"], where="post", label=f"{setup} ({a['runs'].max()} seeds)")
         ax.fill_between(a[x], a["q25"], a["q75"], step="post", alpha=0.2, color=line.get_color())
-    _log_if_wide(ax, agg["median"])
+    _log_if_wide(ax, agg["median"], decades=1)  # best-so-far curves differ most near the end
     ax.set(xlabel=AXES.get(x, x), ylabel=ylabel)
     ax.legend(frameon=False, fontsize="small")
     return fig
