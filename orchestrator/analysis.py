@@ -234,7 +234,7 @@ def _with_elapsed(history: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
         return history.assign(elapsed_s=pd.Series(dtype=float))
     started = history["trial_id"].map(trials.set_index("trial_id")["started_at"]) if "started_at" in trials else None
     at = history["timestamp"]
-    if started is not None:
+    if started is not None and "time_total_s" in history:
         precise = started + pd.to_timedelta(history["time_total_s"].astype(float), unit="s")
         at = precise.where(precise.notna() & (precise > at), at)
     t0 = pd.Series([trials["started_at"].min() if "started_at" in trials else pd.NaT, at.min()]).min()

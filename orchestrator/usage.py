@@ -20,6 +20,9 @@ import pandas as pd
 from orchestrator.analysis import Runs
 
 NODE = "node_ip"
+USAGE_COLUMNS = ("trials", "span_s", "trial_s", "mean_concurrent", "peak_concurrent", "cpu_s", "gpu_s", "gpu_hours",
+                 "gpus_seen", "gpu_allocation")
+TIMELINE_COLUMNS = ("run", NODE, "lane", "start_s", "end_s", "trial_id", "status", "gpu_ids")
 
 
 def usage(runs: Runs, by: str = "run") -> pd.DataFrame:
@@ -32,6 +35,8 @@ def usage(runs: Runs, by: str = "run") -> pd.DataFrame:
         raise ValueError(f"by must be 'run' or 'node', got {by!r}")
     t = _timed(runs)
     keys = ["run"] if by == "run" else ["run", NODE]
+    if t.empty:
+        return pd.DataFrame(columns=[*keys, *USAGE_COLUMNS])
     span = t.groupby("run")["end_s"].max() - t.groupby("run")["start_s"].min()
     rows = []
     for key, g in t.groupby(keys, sort=False, dropna=False):
@@ -60,16 +65,20 @@ def timeline(runs: Runs) -> pd.DataFrame:
     time get different lanes), start_s, end_s (seconds since the run's first trial start),
     trial_id, status, gpu_ids."""
     t = _timed(runs)
+    if t.empty:
+        return pd.DataFrame(columns=list(TIMELINE_COLUMNS))
     t["lane"] = 0
     for _, g in t.groupby(["run", NODE], sort=False, dropna=False):
         t.loc[g.index, "lane"] = lanes(g["start_s"].to_numpy(), g["end_s"].to_numpy())
-    return t[["run", NODE, "lane", "start_s", "end_s", "trial_id", "status", "gpu_ids"]].reset_index(drop=True)
+    return t[list(TIMELINE_COLUMNS)].reset_index(drop=True)
 
 
 def _timed(runs: Runs) -> pd.DataFrame:
     """Trials that started, with start/end in seconds from their run's first start and the grant
     filled in from the spec where the worker did not record it."""
-    t = runs.trials[runs.trials["started_at"].notna()].copy() if "started_at" in runs.trials else runs.trials.iloc[0:0]
+    if "started_at" not in runs.trials or runs.trials["started_at"].isna().all():
+        return pd.DataFrame()
+    t = runs.trials[runs.trials["started_at"].notna()].copy()
     requested = runs.runs.set_index("run")[["cpu", "gpu"]]
     t0 = t.groupby("run")["started_at"].transform("min")
     t["start_s"] = (t["started_at"] - t0).dt.total_seconds()

@@ -257,6 +257,7 @@ def test_a_run_whose_driver_died_before_any_trial(tmp_path):
     runs = analysis.load_runs(folder)
     assert runs.runs["trials"].tolist() == [0] and runs.runs["best_trial"].tolist() == [None]
     assert analysis.describe(runs)[0].startswith("run early")
+    assert usage.usage(runs).empty and usage.timeline(runs).empty
     with pytest.raises(ResultsError, match="nothing to draw"):
         anytime.anytime(runs)
 
@@ -406,6 +407,17 @@ def test_cli_user_errors_are_one_line_and_exit_2(argv, message, analysis_results
     assert main([paths.get(a, a) for a in argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_the_analysis_modules_never_import_ray():
+    """A notebook on a laptop opens a cluster's results without Ray being importable."""
+    import subprocess
+    import sys
+
+    modules = "analysis, anytime, importance, optuna_study, plots, usage"
+    code = f"import sys; from orchestrator import {modules}; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "False"
 
 
 # --- the contract --------------------------------------------------------------------------------
