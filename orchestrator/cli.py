@@ -207,9 +207,8 @@ def cmd_cluster(args) -> int:
 # --- analysis: thin wrappers over orchestrator.analysis / anytime / importance / optuna_study -----
 
 def _analysis_commands(sub) -> None:
-    from orchestrator.anytime import AXES
-    from orchestrator.importance import EVALUATORS
-
+    # No `choices=` from the analysis registries: importing them (pandas) would slow every command;
+    # the library refuses an unknown name with the valid ones.
     r = sub.add_parser("results", help="a run's summary and its best trials")
     r.add_argument("run", nargs="+", metavar="RUN", help="run folder (or a folder of runs)")
     r.add_argument("--top", type=int, default=5, metavar="K", help="best trials to list per run (default 5)")
@@ -218,12 +217,14 @@ def _analysis_commands(sub) -> None:
     c = sub.add_parser("compare", help="setups (searcher/scheduler) over seeds on equal budget, best first")
     c.add_argument("run", nargs="+", metavar="RUN", help="run folders (or folders of runs) of one experiment")
     c.add_argument("--optimum", type=float, help="the metric's known optimum, for regret (known for family synthetic)")
-    c.add_argument("--x", choices=list(AXES), default="elapsed_s", help="axis the mean rank over time is taken on")
+    c.add_argument("--x", default="elapsed_s", help="axis the mean rank over time is taken on: elapsed_s (default), "
+                                                   "or a compute axis of orchestrator.anytime.AXES")
     c.set_defaults(func=cmd_compare)
 
     i = sub.add_parser("importance", help="hyperparameter importance of a run (Optuna's evaluators)")
     i.add_argument("run", metavar="RUN")
-    i.add_argument("--evaluator", choices=list(EVALUATORS), default="fanova")
+    i.add_argument("--evaluator", default="fanova", help="fanova (default) or another of "
+                                                         "orchestrator.importance.EVALUATORS")
     i.add_argument("--seed", type=int, default=0, help="seeds fANOVA's forest (PED-ANOVA has no randomness)")
     i.set_defaults(func=cmd_importance)
 

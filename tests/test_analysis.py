@@ -401,6 +401,8 @@ def test_cli_results_compare_importance_export(bench, svm, analysis_results, tmp
     (["results", "/nonexistent/run"], "no such run folder"),
     (["importance", "BENCH"], "one run at a time, got 4 runs"),
     (["compare", "SVM", "BENCH"], "do not share one metric"),
+    (["importance", "SVM", "--evaluator", "shap"], "use one of: fanova, ped-anova"),
+    (["compare", "BENCH", "--x", "gpu_s"], "no gpu_s in the curves"),
 ])
 def test_cli_user_errors_are_one_line_and_exit_2(argv, message, analysis_results, capsys):
     paths = {"BENCH": str(analysis_results / "bench"), "SVM": str(analysis_results / "svm" / "run")}
