@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("--ray", metavar="ADDRESS", help="join a running Ray instead of starting one")
     rs.set_defaults(func=cmd_resume)
     _cluster_commands(sub)
+    _analysis_commands(sub)
     return p
 
 
@@ -199,6 +200,83 @@ def cmd_cluster(args) -> int:
         state = localcluster.down(c)
         print(f"cluster {c.name}: " + ("stopped " + ", ".join(f"{n.node_type} (pid {n.pid})" for n in state.nodes)
                                        if state else "not running (no state in " + str(c.state_dir) + ")"))
+    return 0
+
+
+# --- analysis: thin wrappers over orchestrator.analysis / anytime / importance / optuna_study -----
+
+def _analysis_commands(sub) -> None:
+    # No `choices=` from the analysis registries: importing them (pandas) would slow every command;
+    # the library refuses an unknown name with the valid ones.
+    r = sub.add_parser("results", help="a run's summary and its best trials")
+    r.add_argument("run", nargs="+", metavar="RUN", help="run folder (or a folder of runs)")
+    r.add_argument("--top", type=int, default=5, metavar="K", help="best trials to list per run (default 5)")
+    r.set_defaults(func=cmd_results)
+
+    c = sub.add_parser("compare", help="setups (searcher/scheduler) over seeds on equal budget, best first")
+    c.add_argument("run", nargs="+", metavar="RUN", help="run folders (or folders of runs) of one experiment")
+    c.add_argument("--optimum", type=float, help="the metric's known optimum, for regret (known for family synthetic)")
+    c.add_argument("--x", default="elapsed_s", help="axis the mean rank over time is taken on: elapsed_s (default), "
+                                                   "or a compute axis of orchestrator.anytime.AXES")
+    c.set_defaults(func=cmd_compare)
+
+    i = sub.add_parser("importance", help="hyperparameter importance of a run (Optuna's evaluators)")
+    i.add_argument("run", metavar="RUN")
+    i.add_argument("--evaluator", default="fanova", help="fanova (default) or another of "
+                                                         "orchestrator.importance.EVALUATORS")
+    i.add_argument("--seed", type=int, default=0, help="seeds fANOVA's forest (PED-ANOVA has no randomness)")
+    i.set_defaults(func=cmd_importance)
+
+    e = sub.add_parser("export", help="write a run in another tool's format")
+    formats = e.add_subparsers(dest="format", required=True)
+    o = formats.add_parser("optuna", help="an Optuna journal file, which `optuna-dashboard FILE` opens")
+    o.add_argument("run", metavar="RUN")
+    o.add_argument("--storage", required=True, metavar="FILE", help="journal file to write (appended if it exists)")
+    o.add_argument("--study-name", help="default <name>/<run id>")
+    o.set_defaults(func=cmd_export_optuna)
+
+
+def cmd_results(args) -> int:
+    from orchestrator.analysis import best_trials, describe, load_runs
+
+    runs = load_runs(args.run)
+    top = best_trials(runs, args.top).rename(columns=lambda col: col.removeprefix("config."))
+    for run in runs.runs["run"]:
+        print("\n".join(describe(runs.select(run))))
+        print(top[top["run"] == run].drop(columns="run").dropna(axis=1, how="all").to_string(index=False))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from orchestrator.analysis import load_runs
+    from orchestrator.anytime import budget_notes, compare, known_optimum
+
+    runs = load_runs(args.run)
+    optimum = args.optimum if args.optimum is not None else known_optimum(runs)
+    for note in budget_notes(runs):
+        print(f"note: {note}", file=sys.stderr)
+    table = compare(runs, optimum, args.x)
+    print(f"{runs.metric} ({runs.mode}) over {len(runs)} runs"
+          + (f"; regret against the optimum {optimum:g}" if optimum is not None else ""))
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
+def cmd_importance(args) -> int:
+    from orchestrator.importance import importance
+
+    print("\n".join(importance(args.run, args.evaluator, args.seed).describe()))
+    return 0
+
+
+def cmd_export_optuna(args) -> int:
+    from orchestrator.optuna_study import export_journal
+
+    study = export_journal(args.run, args.storage, args.study_name)
+    skipped = study.user_attrs.get("hpo_skipped_trials") or []
+    print(f"study {study.study_name!r}: {len(study.trials)} trials written to {args.storage}"
+          + (f" ({len(skipped)} outside the spec's space left out)" if skipped else ""))
+    print(f"next: optuna-dashboard {args.storage}   (pip install optuna-dashboard, or .[dashboard])")
     return 0
 
 

@@ -57,3 +57,10 @@ class InputError(HpoError):
 
 class RunError(HpoError):
     """The experiment started but could not finish; results written so far are kept."""
+
+
+class ResultsError(HpoError):
+    """A run folder cannot be read or analysed as asked (a wrong path, runs that do not compare,
+    too few trials); the user's to fix, like a SpecError: the CLI prints it in one line, exit 2."""
+
+    exit_code = 2

@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 
 from orchestrator.rundir import HISTORY, PARTS, TRIALS, atomic_write
+from orchestrator.schema import SCHEMA_KEY, SCHEMA_VERSION
 
 # A batched result's earlier iterations: [{"iteration": n, "at": unix time, "metrics": {...}}, ...],
 # the last of them being the result itself (orchestrator.trial holds reports back; Recorder replays).
@@ -177,7 +178,8 @@ class Recorder:
             elapsed = total - (sent_at - row["at"]) if total is not None else None
             self._iteration(trial_id, config, row["metrics"], row["iteration"], elapsed, row["at"], result)
         iteration = int(result.get("training_iteration", 0)) or None
-        self._iteration(trial_id, config, result, iteration, total, result.get("timestamp"), result)
+        # Ray's own `timestamp` is whole seconds: the arrival time (or the trial's own clock) is finer.
+        self._iteration(trial_id, config, result, iteration, total, sent_at or time.time(), result)
         self.trials[trial_id].stop_requested = bool(result.get("done"))
 
     def _iteration(self, trial_id: str, config: Mapping[str, Any], values: Mapping[str, Any],
@@ -293,7 +295,13 @@ def tidy(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _write(df: pd.DataFrame, path: Path) -> None:
-    atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
+    """Writes atomically, with the contract's version in the file's key-value metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), SCHEMA_KEY: str(SCHEMA_VERSION)})
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _merge(parts: list[Path]) -> pd.DataFrame:

@@ -22,6 +22,7 @@ from orchestrator.errors import InputError, Problem, RunError, SpecError
 from orchestrator.families import Family, UserTrainable
 from orchestrator.results import Recorder
 from orchestrator.schedulers import SCHEDULERS, build_scheduler
+from orchestrator.schema import SCHEMA_KEY, SCHEMA_VERSION
 from orchestrator.searchers import SearchContext, build_search
 from orchestrator.spec import Experiment
 from orchestrator.summary import RunSummary
@@ -326,7 +327,7 @@ def _explain(exc: BaseException, recorder: Recorder, exp: Experiment) -> str:
 
 def _metadata(exp: Experiment, run_id: str) -> dict[str, Any]:
     return {
-        "schema_version": 1,
+        SCHEMA_KEY: SCHEMA_VERSION,
         "run_id": run_id,
         "name": exp.spec.name,
         "source": exp.source,

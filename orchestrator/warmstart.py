@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from orchestrator.errors import Problem
+from orchestrator.rundir import EXPERIMENT, TRIALS
 from orchestrator.space import Param, active
 
 PATH = "searcher.warm_start.from"
@@ -26,10 +27,10 @@ def load(source: str, top_k: int, base_dir: Path, metric: str, mode: str,
     path = Path(source)
     if not path.is_absolute():
         path = base_dir / path if (base_dir / path).exists() else path
-    trials_file = path / "trials.parquet" if path.is_dir() else path
+    trials_file = path / TRIALS if path.is_dir() else path
     if not trials_file.is_file():
         return [], [], [Problem(PATH, f"no trials.parquet at {path}; give an earlier run folder or its trials.parquet")]
-    meta_file = trials_file.parent / "experiment.json"
+    meta_file = trials_file.parent / EXPERIMENT
     if meta_file.is_file():
         earlier = json.loads(meta_file.read_text()).get("metric", {}).get("name")
         if earlier and earlier != metric:

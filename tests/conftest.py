@@ -46,3 +46,11 @@ def pytest_collection_modifyitems(items):
 def _quiet_env():
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     yield
+
+
+@pytest.fixture(scope="session")
+def analysis_results(ray_local, tmp_path_factory):
+    """Real small runs for the analysis and notebook tests, made once (see tests/analysis_runs.py)."""
+    from tests.analysis_runs import real_runs
+
+    return real_runs(tmp_path_factory.mktemp("results"))
