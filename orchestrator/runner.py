@@ -206,7 +206,10 @@ def quiet_driver_logs() -> None:
     result files are missing (we write Parquet instead), and hints at settings we chose on purpose."""
     import logging
 
+    from orchestrator import ray_api
+
     logging.getLogger("ray").setLevel(logging.ERROR)
+    ray_api.quiet_worker_exits()  # the SystemExit traceback of workers Ray ends after the run
 
 
 def apply_fast_env() -> None:

@@ -366,3 +366,22 @@ def test_families_that_pass_names_on_unchecked_refuse_extra_params():
     assert validate({**XGB, "family": "sklearn", "space": {"estimator": "sklearn.svm.SVC", "C": 1.0}})
     with pytest.raises(SpecError, match="passes every name on unchecked"):
         validate({**XGB, "family": "lightgbm", "space": {"max_bin": 63}, "extra_params": ["max_bin"]})
+
+
+def test_only_rays_sigterm_exit_traceback_is_dropped():
+    """What a reused worker printed at the end of every run (seen on the console), and what must stay."""
+    from orchestrator.ray_api import without_sigterm_exits
+
+    ray_exit = ["Exception ignored in: <function WeakSet.__init__.<locals>._remove at 0x7f28a0cb25c0>",
+                "Traceback (most recent call last):",
+                '  File "/usr/lib/python3.11/_weakrefset.py", line 39, in _remove',
+                "    def _remove(item, selfref=ref(self)):",
+                "",
+                '  File ".../ray/_private/worker.py", line 1063, in sigterm_handler',
+                "    raise_sys_exit_with_custom_error_message(",
+                "SystemExit: 1"]
+    users = ["Traceback (most recent call last):", '  File "t.py", line 3, in train', "SystemExit: 3"]
+    assert without_sigterm_exits(["epoch 1", *ray_exit, "epoch 2"]) == ["epoch 1", "epoch 2"]
+    assert without_sigterm_exits(["a", *users, "b"]) == ["a", *users, "b"]  # a user's own exit stays
+    value_error = ["Traceback (most recent call last):", "  File 'x'", "ValueError: sigterm_handler broke"]
+    assert without_sigterm_exits(value_error) == value_error
