@@ -233,27 +233,19 @@ def test_an_unwritable_output_is_refused_with_its_path(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_disk_that_fills_mid_run_fails_the_run_and_keeps_what_was_written(mount_tmpfs, slow_spec):
+def test_a_disk_that_fills_mid_run_fails_the_run_and_keeps_what_was_written(mount_tmpfs, slow_spec, request):
     disk = mount_tmpfs("8m")
     out = disk / "run"
     proc = hpo("run", str(slow_spec), "--output", str(out), "--quiet")
     wait_for(out / "trials.parquet", proc)
     kept = pd.read_parquet(out / "trials.parquet")
-    with open(disk / "filler", "wb") as f:  # fill the disk to the last byte
-        try:
-            while True:
-                f.write(b"\0" * (1 << 16))
-                f.flush()
-        except OSError:
-            pass
-    (disk / "filler").unlink()
-    with open(disk / "filler", "wb") as f:
-        try:
+    request.addfinalizer(lambda: proc.poll() is None and os.killpg(proc.pid, signal.SIGKILL))
+    try:
+        with open(disk / "filler", "wb", buffering=0) as f:  # fill the disk to the last byte
             while True:
                 f.write(b"\0" * 4096)
-                f.flush()
-        except OSError:
-            pass
+    except OSError:
+        pass
     _, err = finish(proc)
     assert proc.returncode == 1, err[-3000:]
     assert "No space left on device" in err and "Traceback" not in err
