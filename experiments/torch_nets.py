@@ -284,5 +284,8 @@ def train_cnn(config, data, trial):
     _train(config, data, trial, "cnn", build_cnn)
 
 
-MLP = Family(name="torch_mlp", train=train_mlp, default_space=MLP_SPACE, iterations_param="epochs", checkpoints=True)
-CNN = Family(name="torch_cnn", train=train_cnn, default_space=CNN_SPACE, iterations_param="epochs", checkpoints=True)
+# params=(): every name train() reads is in the default space; any other is a typo.
+MLP = Family(name="torch_mlp", train=train_mlp, default_space=MLP_SPACE, iterations_param="epochs", checkpoints=True,
+             params=())
+CNN = Family(name="torch_cnn", train=train_cnn, default_space=CNN_SPACE, iterations_param="epochs", checkpoints=True,
+             params=())

@@ -22,6 +22,16 @@ DEFAULT_SPACE = {
 }
 
 
+# XGBoost's booster parameters (https://xgboost.readthedocs.io/en/stable/parameter.html) a spec may
+# tune beyond DEFAULT_SPACE; any other name is refused at validation (XGBoost would ignore it).
+PARAMS = ("eta", "gamma", "min_split_loss", "max_delta_step", "sampling_method", "colsample_bylevel",
+          "colsample_bynode", "lambda", "alpha", "tree_method", "scale_pos_weight", "grow_policy", "max_leaves",
+          "max_bin", "num_parallel_tree", "monotone_constraints", "interaction_constraints", "multi_strategy",
+          "max_cached_hist_node", "max_cat_to_onehot", "max_cat_threshold", "booster", "sample_type",
+          "normalize_type", "rate_drop", "one_drop", "skip_drop", "updater", "feature_selector", "top_k",
+          "base_score", "eval_metric")
+
+
 def train(config, data, trial):
     import xgboost as xgb
 
@@ -54,4 +64,4 @@ def train(config, data, trial):
 
 
 FAMILY = Family(name="xgboost", train=train, default_space=DEFAULT_SPACE, iterations_param="n_estimators",
-                checkpoints=True)
+                checkpoints=True, params=PARAMS)

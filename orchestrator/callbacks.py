@@ -1,8 +1,8 @@
-"""The Ray Tune callbacks of a run: results into the `Recorder`, and checkpoint pruning.
+"""The Ray Tune hooks of a run: results into the `Recorder`, the run's stopper, checkpoint pruning.
 
-Both are thin: the Recorder (orchestrator.results) and the pruning rules
-(orchestrator.checkpoints) know nothing of Ray, so they are tested without it; this module only
-translates Tune's events into their calls.
+All are thin: the Recorder and its metric check (orchestrator.results), the signal state
+(orchestrator.interrupt) and the pruning rules (orchestrator.checkpoints) know nothing of Ray, so
+they are tested without it; this module only translates Tune's events into their calls.
 """
 
 from __future__ import annotations
@@ -11,11 +11,40 @@ from pathlib import Path
 from typing import Callable
 
 from ray.tune import Callback
+from ray.tune.stopper import Stopper
 
-from orchestrator import placement
+from orchestrator import interrupt, placement
 from orchestrator.checkpoints import keep_only, prune_older
 from orchestrator.errors import RunError
-from orchestrator.results import Recorder
+from orchestrator.results import Recorder, metric_problem
+
+
+class RunStopper(Stopper):
+    """Sees every result before the scheduler and searcher do, and stops the run on a signal.
+
+    - The metric check: Ray's own strict check (turned off by the runner) said only which
+      metric was missing. This one says what the trial did report, and notices a trainable that
+      returned without ever reporting when its first trial ends (Ray lets that pass).
+    - A result with `done` set here was ended by the trial itself (the scheduler's stop sets
+      `done` only after this call): such a trial `completed`, it was not stopped early.
+    - `stop_all` ends the run after Ctrl-C (orchestrator.interrupt).
+
+    Tune pickles its stopper into each experiment checkpoint, so this holds only small state.
+    """
+
+    def __init__(self, metric: str):
+        self.metric = metric
+        self.ended_itself: set[str] = set()
+
+    def __call__(self, trial_id, result):
+        if problem := metric_problem(trial_id, self.metric, result):
+            raise RunError(problem)
+        if result.get("done"):
+            self.ended_itself.add(trial_id)
+        return False
+
+    def stop_all(self):
+        return interrupt.requested() is not None
 
 
 class RecorderCallback(Callback):
@@ -28,8 +57,9 @@ class RecorderCallback(Callback):
     """
 
     def __init__(self, recorder: Recorder, on_step: Callable[[], None] | None = None,
-                 placement_key: str | None = None):
+                 placement_key: str | None = None, stopper: RunStopper | None = None):
         self.recorder, self.on_step, self.placement_key = recorder, on_step, placement_key
+        self.stopper = stopper  # knows which trials ended themselves
 
     def _place(self, trial_id: str) -> None:
         rec = self.recorder.trials.get(trial_id)
@@ -44,12 +74,12 @@ class RecorderCallback(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         # The config the result was produced with: PBT may already have changed trial.config.
         self.recorder.result(trial.trial_id, result.get("config") or trial.config, result)
-        if self.recorder.missing_metric:
-            raise RunError(self.recorder.missing_metric)
+        self._place(trial.trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._place(trial.trial_id)
-        self.recorder.complete(trial.trial_id)
+        ended_itself = self.stopper is not None and trial.trial_id in self.stopper.ended_itself
+        self.recorder.complete(trial.trial_id, ended_itself=ended_itself)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._place(trial.trial_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from orchestrator.errors import HpoError, RunError, SpecError
+from orchestrator.errors import HpoError, RunError, RunInterrupted, SpecError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,7 +65,7 @@ def cmd_run(args) -> int:
     from orchestrator.spec import load_spec
 
     exp = load_spec(args.spec, args.set)
-    return summary.report(run(exp, args.output, quiet=args.quiet, ray_address=args.ray))
+    return summary.report(run(exp, args.output, quiet=args.quiet, ray_address=args.ray))  # else RunError
 
 
 # --- clusters: thin wrappers over orchestrator.cluster / localcluster / jobs -------------------
@@ -290,8 +290,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(see `hpo {args.command} --help`)", file=sys.stderr)
         return exc.exit_code
     except RunError as exc:
-        print(f"error: run failed: {exc}", file=sys.stderr)
+        if exc.summary is not None:  # the run got going: its counts and best trial so far
+            from orchestrator import summary
+
+            print("\n".join(summary.lines(exc.summary)))
+        print(str(exc) if isinstance(exc, RunInterrupted) else f"error: run failed: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before the run's own handling began (loading data, starting Ray)
+        print("interrupted before the run started; nothing was recorded", file=sys.stderr)
+        return 130
     except HpoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -10,6 +10,7 @@ have been flushed to disk by the time it propagates (exit 1).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 class HpoError(Exception):
@@ -56,7 +57,24 @@ class InputError(HpoError):
 
 
 class RunError(HpoError):
-    """The experiment started but could not finish; results written so far are kept."""
+    """The experiment started but could not finish; results written so far are kept.
+
+    `summary` is the run's RunSummary (orchestrator.summary) when the run got as far as Tune,
+    so the CLI can still print its counts and best trial.
+    """
+
+    def __init__(self, message: str, summary: Any = None):
+        super().__init__(message)
+        self.summary = summary
+
+
+class RunInterrupted(RunError):
+    """A signal (Ctrl-C, SIGTERM) ended the run; its exit code is the shell's, 128 + the signal."""
+
+    def __init__(self, message: str, signum: int, summary: Any = None):
+        super().__init__(message, summary)
+        self.signum = signum
+        self.exit_code = 128 + signum
 
 
 class ResultsError(HpoError):

@@ -48,6 +48,10 @@ class Family:
             resumes from `trial.restore()` (needed by PBT and resume).
         metrics: names reported and their natural mode; None means the shared vocabulary of
             `orchestrator.metrics` for the data's task.
+        params: hyperparameters `train` understands beyond those of `default_space`. A spec
+            naming any other one is refused with a did-you-mean (XGBoost silently ignores
+            `learnig_rate`), unless the spec lists it under `extra_params:` on purpose. None: the
+            family passes every name on to a library that checks them itself, so nothing is checked.
     """
 
     name: str
@@ -57,6 +61,11 @@ class Family:
     checkpoints: bool = False
     metrics: Mapping[str, Mode] | None = None
     needs_data: bool = True
+    params: tuple[str, ...] | None = None
+
+    def known_params(self) -> list[str] | None:
+        """Every hyperparameter name this family understands, or None if it does not say."""
+        return None if self.params is None else sorted({*self.default_space, *self.params})
 
     def reports(self, task: str | None) -> dict[str, Mode]:
         return dict(self.metrics) if self.metrics is not None else reported(task or "classification")

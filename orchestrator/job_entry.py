@@ -5,8 +5,8 @@ print the summary), into the results location `submit` chose: a path every node 
 directly; for an object store the run is written locally on the head and its files uploaded,
 also when the run fails or is stopped.
 
-`hpo stop` makes Ray send SIGTERM; ray.init turns it into SystemExit, which the runner handles by
-flushing what it has and marking the run interrupted (Ray waits 3 s, then SIGKILL).
+`hpo stop` makes Ray send SIGTERM; the runner's handler (orchestrator.interrupt) stops the run at
+once, flushes what it has and marks the run interrupted (Ray waits 3 s, then SIGKILL).
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_into(args.spec, args.output, args.set)
     except HpoError as exc:
+        if getattr(exc, "summary", None) is not None:
+            print("\n".join(summary.lines(exc.summary)))
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
 

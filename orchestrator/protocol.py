@@ -56,6 +56,13 @@ class EvaluationSpec(StrictModel):
                              + (f" with inner {self.inner}" if self.protocol == "nested" else ""))
         return self
 
+    def resolved(self) -> dict[str, Any]:
+        """The section as the resolved spec shows it: only the fields its protocol uses, so that
+        the spec `hpo validate` prints and experiment.json stores validates again."""
+        used = {"protocol"} | ({"folds"} if self.per_trial == "kfold" else set()) \
+            | ({"outer_folds", "inner"} if self.protocol == "nested" else set())
+        return {k: v for k, v in self.model_dump(mode="json").items() if k in used}
+
     @property
     def per_trial(self) -> Literal["holdout", "kfold"]:
         """The protocol each trial follows (nested adds outer searches around it)."""

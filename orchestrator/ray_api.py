@@ -11,7 +11,9 @@ Some things only Ray's private modules do. Each is imported here and nowhere els
 - the GCS key-value store, where each trial's worker records where it ran (orchestrator.placement);
 - `ray._raylet.Config.initialize`, which re-reads the auth mode Ray cached at import (orchestrator.auth);
 - `ray up`'s own cluster-file checks and KubeRay's translation (orchestrator.cluster);
-- scheduler internals our subclasses override (orchestrator.ray_schedulers), listed only.
+- scheduler internals our subclasses override (orchestrator.ray_schedulers), listed only;
+- the driver's handler of worker output, to drop one traceback Ray prints on every run that
+  reuses actors (`quiet_worker_exits`).
 
 Driver-side Ray Tune (the Tuner, searchers, schedulers, callbacks) is public API and stays with
 the modules that build it: runner.py, searchers.py, schedulers.py, ray_schedulers.py, space.py,
@@ -43,6 +45,7 @@ PRIVATE_APIS: tuple[tuple[str, str, str], ...] = (
     ("ray.tune.impl.tuner_internal", "TunerInternal._tune_config", "resume: the time budget left"),
     ("ray.tune.execution.experiment_state", "_find_newest_experiment_checkpoint",
      "resume: which trials Tune's last snapshot knows (the file's trial_data)"),
+    ("ray._private.ray_logging", "global_worker_stdstream_dispatcher", "runner: drop workers' SIGTERM tracebacks"),
     ("ray.tune.schedulers.hyperband", "HyperBandScheduler._trial_info", "ray_schedulers: a trial's bracket"),
     ("ray.tune.schedulers.hyperband", "_Bracket.cleanup_full", "ray_schedulers: stop a finished bracket's trials"),
     ("ray.tune.schedulers.median_stopping_rule", "MedianStoppingRule._on_insufficient_samples",
@@ -130,9 +133,11 @@ def kv_delete_prefix(prefix: str, namespace: str) -> None:
 
 # --- a restored Tuner -------------------------------------------------------------------------
 
-def replace_callbacks(tuner, callbacks: list) -> None:
-    """`Tuner.restore` brings back the callbacks pickled with the first run; a resume brings its own."""
-    tuner._local_tuner.get_run_config().callbacks = callbacks
+def replace_run_hooks(tuner, callbacks: list, stopper) -> None:
+    """`Tuner.restore` brings back the callbacks and stopper pickled with the first run; a resume
+    brings its own, which feed this process's Recorder."""
+    run_config = tuner._local_tuner.get_run_config()
+    run_config.callbacks, run_config.stop = callbacks, stopper
 
 
 def set_time_budget(tuner, seconds: float) -> None:
@@ -179,3 +184,51 @@ def kuberay_autoscaling_config(raw: dict) -> dict:
     from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
 
     return _derive_autoscaling_config_from_ray_cr(raw)
+
+
+# --- worker output: the SIGTERM traceback of an idle worker -----------------------------------
+
+_HEADERS = ("Traceback (most recent call last)", "Exception ignored in", "During handling of", "The above exception")
+
+
+def quiet_worker_exits() -> None:
+    """Drops, from the worker output Ray forwards to the driver, the `SystemExit` traceback that
+    Ray's own worker SIGTERM handler raises when Ray ends idle (reused) trial workers at the end of
+    a run: the handler raises inside a weakref callback, Python prints "Exception ignored in ...",
+    and users read it as a failure. Every other line, users' prints included, still comes through.
+    Idempotent. Test: tests/test_faults.py::test_only_rays_sigterm_exit_traceback_is_dropped."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    with dispatcher._lock:
+        dispatcher.handlers = [(name, handle if getattr(handle, "_hpo_filtered", False) else _filtered(handle))
+                               for name, handle in dispatcher.handlers]
+
+
+def _filtered(handle):
+    def emit(data):
+        lines = data.get("lines") or []
+        kept = without_sigterm_exits(lines)
+        if kept:
+            handle(dict(data, lines=kept) if len(kept) != len(lines) else data)
+
+    emit._hpo_filtered = True
+    return emit
+
+
+def without_sigterm_exits(lines: list[str]) -> list[str]:
+    """`lines` without each traceback that ends in SystemExit raised by Ray's `sigterm_handler`."""
+    out: list[str] = []
+    block: list[str] | None = None
+    for line in lines:
+        if block is None:
+            if line.startswith(_HEADERS):
+                block = [line]
+            else:
+                out.append(line)
+            continue
+        block.append(line)
+        if line and not line[0].isspace() and not line.startswith(_HEADERS):  # the exception line ends it
+            ours = line.startswith("SystemExit") and any("sigterm_handler" in b for b in block)
+            out += [] if ours else block
+            block = None
+    return out + (block or [])

@@ -4,8 +4,7 @@ Files in a run folder:
 - `history.parquet`: one row per reported iteration: `trial_id`, `iteration`, `time_total_s`,
   `metric.<name>` for every numeric value reported, `config.<param>` as the trial ran it
   (PBT changes a trial's config mid-run, so config belongs to each row).
-- `trials.parquet`: one row per trial: `trial_id`, `status` (completed | stopped | errored |
-  running | pending), `iterations`, `score` (best value of the spec's metric) and
+- `trials.parquet`: one row per trial: `trial_id`, `status` (see STATUSES), `iterations`, `score` (best value of the spec's metric) and
   `score_iteration`, `wall_s`, `started_at`, `ended_at`, `node_ip`, `error`,
   where it ran: `node_id`, `cpus`, `gpus` (Ray's grant; 0.5 for a half GPU) and `gpu_ids` (its
   CUDA_VISIBLE_DEVICES, e.g. "1"), recorded in the worker (see orchestrator.placement), so
@@ -17,10 +16,18 @@ History rows are flushed every few seconds to numbered part files under `history
 end the parts are merged into `history.parquet` and removed. Ray's own per-trial JSON/CSV logger
 files are not used. This module knows nothing of Ray: a Tune callback (orchestrator.callbacks)
 feeds the `Recorder`, and analysis reads the files with `load` alone.
+
+The best trial is chosen among trials that ended normally (completed, or stopped early by the
+scheduler) with a finite score: a trial that reported 0.001 and then crashed, or reported -inf,
+is never "best". A failed write (a full disk) never removes what an earlier flush wrote: files are
+replaced atomically, history parts are deleted only once merged, and `load` rebuilds the trials
+table from the history parts if trials.parquet was never written.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -29,7 +36,7 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
-from orchestrator.rundir import HISTORY, PARTS, TRIALS, atomic_write
+from orchestrator.rundir import EXPERIMENT, HISTORY, PARTS, TRIALS, atomic_write
 from orchestrator.schema import SCHEMA_KEY, SCHEMA_VERSION
 
 # A batched result's earlier iterations: [{"iteration": n, "at": unix time, "metrics": {...}}, ...],
@@ -41,8 +48,19 @@ RAY_RESULT_KEYS = frozenset({HELD,
     "done", "trial_id", "date", "timestamp", "pid", "hostname", "node_ip", "config", "time_since_restore",
     "iterations_since_restore", "checkpoint_dir_name", "should_checkpoint", "experiment_tag",
     "time_this_iter_s", "time_total_s", "training_iteration", "episodes_total", "timesteps_total",
-    "timesteps_since_restore", "experiment_id",
+    "timesteps_since_restore", "experiment_id", "__duplicate__",
 })
+
+# A trial's status in trials.parquet.
+STATUSES = {
+    "completed": "ran to its end (its last iteration, or it ended itself)",
+    "stopped": "stopped early by the scheduler (ASHA, HyperBand, ...) or at the end of the time budget",
+    "errored": "raised an exception",
+    "interrupted": "cut off unfinished by Ctrl-C or SIGTERM",
+    "running": "still running (a live or crashed run)",
+    "pending": "created but not started",
+}
+ELIGIBLE = ("completed", "stopped")  # the statuses whose score can be the best
 
 
 @dataclass
@@ -62,7 +80,7 @@ class TrialRecord:
     gpus: float | None = None
     gpu_ids: str | None = None
     error: str | None = None
-    stop_requested: bool = False  # the scheduler (or a stopper) ended it at its last result
+    stop_requested: bool = False  # its last result ended it (the scheduler, a stopper, or itself)
 
     def row(self) -> dict[str, Any]:
         end = self.ended_at or time.time()
@@ -124,6 +142,35 @@ def _numeric(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _finite(v: float | None) -> bool:
+    return v is not None and math.isfinite(v)
+
+
+def reported_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric values a trainable reported in one result, without the keys Ray adds."""
+    return {k: float(v) for k, v in flatten({k: v for k, v in result.items() if k not in RAY_RESULT_KEYS}).items()
+            if _numeric(v)}
+
+
+def metric_problem(trial_id: str, metric: str, result: Mapping[str, Any]) -> str | None:
+    """Why a trial's result has no value of the spec's metric, naming what it did report; or None.
+
+    A result holding nothing but `done` is Ray's record of a trainable that returned without
+    ever reporting: said as such at the end of the first trial, not after the whole budget.
+    """
+    metrics = reported_metrics(result)
+    if metric in metrics or metric in flatten(result):
+        return None
+    if not metrics and result.get("done"):
+        return (f"trial {trial_id} ended without reporting anything: the trainable returned before its first "
+                f"report; call ray.tune.report({{{metric!r}: ...}}) at every iteration (in a family: trial.report)")
+    close = difflib.get_close_matches(metric, list(metrics), n=1)
+    hint = f"; did you mean metric.name: {close[0]}?" if close else ""
+    return (f"the trainable never reports the spec's metric {metric!r}: trial {trial_id} reported "
+            f"{', '.join(sorted(metrics)) or 'no numeric values'}{hint} Change metric.name to one it reports, "
+            f"or report it with ray.tune.report({{{metric!r}: ...}})")
+
+
 class Recorder:
     """Keeps every trial's state and history; knows nothing of Ray (the callback feeds it).
 
@@ -143,8 +190,6 @@ class Recorder:
         self._pending_rows: list[dict[str, Any]] = []
         self._parts = 0
         self._last_flush = time.monotonic()
-        self.best: TrialRecord | None = None
-        self.missing_metric: str | None = None  # set when a trial's first result lacks the metric
         self._on_flush = on_flush
 
     @classmethod
@@ -160,9 +205,16 @@ class Recorder:
         if (rec.run_dir / TRIALS).exists():
             for row in pd.read_parquet(rec.run_dir / TRIALS).to_dict("records"):
                 rec.trials[row["trial_id"]] = trial_from_row(row)
-        rec.best = min((r for r in rec.trials.values() if r.score is not None and r.status in ("completed", "stopped")),
-                       key=lambda r: r.score if mode == "min" else -r.score, default=None)
         return rec
+
+    @property
+    def best(self) -> TrialRecord | None:
+        """The trial with the best finite score among those that ended normally (see ELIGIBLE)."""
+        best = None
+        for rec in self.trials.values():
+            if rec.status in ELIGIBLE and _finite(rec.score) and (best is None or self._better(rec.score, best.score)):
+                best = rec
+        return best
 
     # -- events -------------------------------------------------------------------------------
     def start(self, trial_id: str, config: Mapping[str, Any]) -> None:
@@ -189,20 +241,14 @@ class Recorder:
         if rec.started_at is None:
             rec.started_at, rec.status = time.time(), "running"
         rec.config = flatten(config)
-        metrics = {k: float(v) for k, v in flatten({k: v for k, v in values.items() if k not in RAY_RESULT_KEYS}).items()
-                   if _numeric(v)}
-        if self.metric not in metrics and rec.iterations == 0 and self.missing_metric is None:
-            self.missing_metric = (f"trial {trial_id} reported {sorted(metrics) or 'no numeric values'} but not the "
-                                   f"spec's metric {self.metric!r}; change metric.name or report it")
+        metrics = reported_metrics(values)
         iteration = iteration or rec.iterations + 1
         rec.iterations = iteration
         rec.last = metrics
         rec.node_ip = result.get("node_ip", rec.node_ip)
         value = metrics.get(self.metric)
-        if value is not None and not math.isnan(value) and (rec.score is None or self._better(value, rec.score)):
+        if _finite(value) and (rec.score is None or self._better(value, rec.score)):  # NaN and ±inf never count
             rec.score, rec.score_iteration = value, iteration
-            if self.best is None or self._better(value, self.best.score):
-                self.best = rec
         self._pending_rows.append({
             "trial_id": trial_id,
             "iteration": iteration,
@@ -221,9 +267,11 @@ class Recorder:
         rec.node_id, rec.cpus, rec.gpus, rec.gpu_ids = (info.get("node_id"), info.get("cpus"), info.get("gpus"),
                                                         info.get("gpu_ids"))
 
-    def complete(self, trial_id: str) -> None:
+    def complete(self, trial_id: str, ended_itself: bool = False) -> None:
+        """The trial ended without error. `ended_itself`: its own last result said `done` (as
+        Ray's pbt_function example does), so it completed, whatever its iteration count."""
         rec = self.trials[trial_id]
-        early = rec.stop_requested and (self.max_t is None or rec.iterations < self.max_t)
+        early = rec.stop_requested and not ended_itself and (self.max_t is None or rec.iterations < self.max_t)
         rec.status, rec.ended_at = ("stopped" if early else "completed"), time.time()
 
     def error(self, trial_id: str, message: str) -> None:
@@ -235,7 +283,7 @@ class Recorder:
 
     # -- summaries ----------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
-        out = {s: 0 for s in ("completed", "stopped", "errored", "running", "pending")}
+        out = {s: 0 for s in STATUSES}
         for rec in self.trials.values():
             out[rec.status] = out.get(rec.status, 0) + 1
         return out
@@ -259,11 +307,16 @@ class Recorder:
         if self._on_flush:
             self._on_flush(self)
 
-    def close(self) -> None:
-        """Final flush, then merges the history parts into history.parquet and removes them."""
+    def close(self, cut_off: str = "stopped") -> None:
+        """Final flush, then merges the history parts into history.parquet and removes them.
+
+        Args:
+            cut_off: the status of trials still running: `stopped` when the time budget ended
+                them, `interrupted` when a signal did.
+        """
         for rec in self.trials.values():
-            if rec.status in ("running", "pending"):  # cut off by the time budget or an interrupt
-                rec.status, rec.ended_at = "stopped", rec.ended_at or time.time()
+            if rec.status in ("running", "pending"):
+                rec.status, rec.ended_at = cut_off, rec.ended_at or time.time()
         self.flush()
         parts = sorted((self.run_dir / PARTS).glob("part-*.parquet"))
         history = _merge(parts)
@@ -314,12 +367,46 @@ def _merge(parts: list[Path]) -> pd.DataFrame:
 
 
 def load(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(trials, history) of a finished run, or of a crashed one from its flushed parts."""
+    """(trials, history) of a finished run, or of a crashed one from its flushed parts.
+
+    Without trials.parquet (a run that died, or whose disk filled, before its first full
+    flush), the trials table is rebuilt from the history: one row per trial with status
+    `unknown`, its iterations, last metrics and config, and its score when experiment.json
+    names the metric.
+    """
     run_dir = Path(run_dir)
-    trials = pd.read_parquet(run_dir / TRIALS)
     if (run_dir / HISTORY).exists():
         history = pd.read_parquet(run_dir / HISTORY)
     else:
         parts = sorted((run_dir / PARTS).glob("part-*.parquet"))
         history = _merge(parts)
-    return trials, history
+    if (run_dir / TRIALS).exists():
+        return pd.read_parquet(run_dir / TRIALS), history
+    if history.empty:
+        raise FileNotFoundError(f"{run_dir} holds neither {TRIALS} nor any history: no trial reported anything")
+    return _trials_from_history(history, _target(run_dir)), history
+
+
+def _target(run_dir: Path) -> tuple[str, str] | None:
+    try:
+        metric = json.loads((run_dir / EXPERIMENT).read_text())["metric"]
+        return metric["name"], metric["mode"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _trials_from_history(history: pd.DataFrame, target: tuple[str, str] | None) -> pd.DataFrame:
+    rows = []
+    for trial_id, h in history.sort_values(["trial_id", "iteration"]).groupby("trial_id", sort=False):
+        last = h.iloc[-1]
+        row = {"trial_id": trial_id, "status": "unknown", "iterations": int(last["iteration"]),
+               "score": None, "score_iteration": None}
+        if target and f"metric.{target[0]}" in h:
+            scores = h[f"metric.{target[0]}"].astype(float)
+            scores = scores[scores.map(math.isfinite)]
+            if len(scores):
+                at = scores.idxmin() if target[1] == "min" else scores.idxmax()
+                row.update(score=float(scores[at]), score_iteration=int(h.loc[at, "iteration"]))
+        row.update({c: last[c] for c in h.columns if c.startswith(("config.", "metric."))})
+        rows.append(row)
+    return frame(rows)

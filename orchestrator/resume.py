@@ -25,7 +25,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from orchestrator import ray_api, rundir, runner
+from orchestrator import interrupt, ray_api, rundir, runner
 from orchestrator.errors import InputError
 from orchestrator.results import Recorder, load
 from orchestrator.spec import Experiment, validate
@@ -42,33 +42,40 @@ def resume(run_dir: str | Path, *, quiet: bool = False, ray_address: str | None 
     exp = _experiment(meta, run_dir)
     tune_path = (run_dir / TUNE_DIR).resolve()
     dataset = runner.load_data(exp)
-    started = runner.start_local_ray(address=ray_address)
     try:
+        claim = rundir.take_over(run_dir)
+    except rundir.FolderTaken as exc:
+        raise InputError(str(exc)) from None
+    started = False
+    try:
+        started = runner.start_local_ray(address=ray_address)
         from ray import tune
 
         if not tune.Tuner.can_restore(str(tune_path)):
             raise InputError(f"{run_dir} has no Ray Tune state to resume from (the run ended before Tune's "
                              f"first snapshot); run the spec again")
-        runner.preflight(exp)
-        spent = spent_s(meta, run_dir)
-        recorder = Recorder.reopen(run_dir, exp.metric, exp.mode, max_t=exp.max_t)
-        kept, lost = reconcile(recorder, ray_api.snapshot_trial_ids(tune_path))
-        meta.setdefault("resumes", []).append({"at": rundir.now(), "status_before": meta["status"],
-                                               "spent_s": round(spent, 3), "finished_after_snapshot": kept,
-                                               "cut_off_after_snapshot": lost})
-        meta.update(status="running", error=None, ended_at=None)
-        rundir.write_json(run_dir / rundir.EXPERIMENT, meta)
+        with interrupt.handling_signals():
+            runner.preflight(exp)
+            spent = spent_s(meta, run_dir)
+            recorder = Recorder.reopen(run_dir, exp.metric, exp.mode, max_t=exp.max_t,
+                                       on_flush=lambda _: claim.beat())
+            kept, lost = reconcile(recorder, ray_api.snapshot_trial_ids(tune_path))
+            meta.setdefault("resumes", []).append({"at": rundir.now(), "status_before": meta["status"],
+                                                   "spent_s": round(spent, 3), "finished_after_snapshot": kept,
+                                                   "cut_off_after_snapshot": lost})
+            meta.update(status="running", error=None, ended_at=None, signal=None, owner=claim.owner)
+            rundir.write_json(run_dir / rundir.EXPERIMENT, meta)
 
-        def restored(exp: Experiment, run_dir: Path, callbacks: list, data: Any, key: str | None):
-            tuner = tune.Tuner.restore(str(tune_path), runner.build_trainable(exp, data, key),
-                                       resume_unfinished=True, resume_errored=False, restart_errored=False)
-            ray_api.replace_callbacks(tuner, runner.with_pruner(exp, callbacks))
-            if exp.spec.budget.time_s is not None:
-                ray_api.set_time_budget(tuner, max(1.0, exp.spec.budget.time_s - spent))
-            return tuner
+            def restored(exp: Experiment, run_dir: Path, callbacks: list, data: Any, key: str | None, stopper):
+                tuner = tune.Tuner.restore(str(tune_path), runner.build_trainable(exp, data, key),
+                                           resume_unfinished=True, resume_errored=False, restart_errored=False)
+                ray_api.replace_run_hooks(tuner, runner.with_pruner(exp, callbacks), stopper)
+                if exp.spec.budget.time_s is not None:
+                    ray_api.set_time_budget(tuner, max(1.0, exp.spec.budget.time_s - spent))
+                return tuner
 
-        return runner._fit(exp, run_dir, meta["run_id"], meta, dataset, quiet, recorder=recorder,
-                           make_tuner=restored)
+            return runner._fit(exp, run_dir, meta["run_id"], meta, dataset, quiet, claim, recorder=recorder,
+                               make_tuner=restored)
     finally:
         if started:
             import ray
@@ -104,6 +111,10 @@ def _read(run_dir: Path) -> dict[str, Any]:
     if meta.get("status") not in RESUMABLE:
         raise InputError(f"{run_dir} {meta.get('status')}: nothing to resume (only a run that is "
                          f"{', '.join(RESUMABLE)} can be)")
+    if rundir.liveness(run_dir) == "live":
+        owner = meta.get("owner") or {}
+        raise InputError(f"{run_dir} is still running (pid {owner.get('pid')} on {owner.get('host')}); "
+                         f"stop it first, or wait for it to end")
     return meta
 
 

@@ -1,9 +1,10 @@
 """Experiment -> Ray Tune Tuner -> fitted run folder: the driver, and the only module that fits a Tuner.
 
 `build_tune_config` has no side effects and needs no running Ray, so most tests assert on what
-it builds. `run` owns a run folder end to end: it loads the data and checks the output before
+it builds. `run` owns a run folder end to end: it loads the data and claims the folder before
 Ray starts, writes `experiment.json` first, streams results while Tune runs, and always flushes
-what it has, whatever ends the run.
+what it has, whatever ends the run. The status it records and the exit code the CLI gives agree:
+`finished` (0) needs a best trial; `failed` (1) says why; `interrupted` (128 + the signal).
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import inspect
 import json
 import os
 import platform
+import signal
 import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from orchestrator import auth, data as data_mod, refit, rundir
-from orchestrator.errors import InputError, Problem, RunError, SpecError
+from orchestrator import auth, data as data_mod, interrupt, refit, rundir
+from orchestrator.errors import InputError, Problem, RunError, RunInterrupted, SpecError
 from orchestrator.families import Family, UserTrainable
 from orchestrator.results import Recorder
 from orchestrator.schedulers import SCHEDULERS, build_scheduler
@@ -36,6 +38,9 @@ FAST_ENV = {
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "RAY_DEDUP_LOGS": "1",
 }
+# Checks our RunStopper makes itself, with a better message (orchestrator.callbacks): Ray's would
+# run first and say less. Forced, not defaults: the stopper is then the only check.
+OWNED_ENV = {"TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
 
 VERSIONED_PACKAGES = ("hpo-orchestrator", "ray", "optuna", "pandas", "pyarrow", "numpy", "scikit-learn",
                       "xgboost", "lightgbm", "torch", "pydantic")
@@ -141,8 +146,12 @@ def with_pruner(exp: Experiment, callbacks: list) -> list:
     return [*callbacks, CheckpointPruner(policy.shared)]
 
 
-def build_tuner(exp: Experiment, run_dir: Path, callbacks: list, data: Any = None, placement_key: str | None = None):
+def build_tuner(exp: Experiment, run_dir: Path, callbacks: list, data: Any = None, placement_key: str | None = None,
+                stopper=None):
+    """The Tuner; `stopper` (a RunStopper, made here if not given) checks every result first."""
     from ray import tune
+
+    from orchestrator.callbacks import RunStopper
 
     tune_config, param_space = build_tune_config(exp)
     callbacks = with_pruner(exp, callbacks)
@@ -150,6 +159,7 @@ def build_tuner(exp: Experiment, run_dir: Path, callbacks: list, data: Any = Non
         name="tune",
         storage_path=str(Path(run_dir).resolve()),
         callbacks=callbacks,
+        stop=stopper or RunStopper(exp.metric),
         verbose=0,
         log_to_file=False,
     )
@@ -214,12 +224,16 @@ def quiet_driver_logs() -> None:
     result files are missing (we write Parquet instead), and hints at settings we chose on purpose."""
     import logging
 
+    from orchestrator import ray_api
+
     logging.getLogger("ray").setLevel(logging.ERROR)
+    ray_api.quiet_worker_exits()  # the SystemExit traceback of workers Ray ends after the run
 
 
 def apply_fast_env() -> None:
     for k, v in FAST_ENV.items():
         os.environ.setdefault(k, v)
+    os.environ.update(OWNED_ENV)
 
 
 def run(exp: Experiment, output: str | Path | None = None, *, quiet: bool = False,
@@ -231,28 +245,42 @@ def run(exp: Experiment, output: str | Path | None = None, *, quiet: bool = Fals
         run_dir, run_id = new_run_dir(exp)
     else:
         run_dir, run_id = Path(output), rundir.new_run_id(exp.spec_hash)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise SpecError(Problem("--output", f"{run_dir} already holds results; choose an empty or new folder "
-                                            f"(results are never overwritten)"), exp.source)
+    if run_dir.is_dir() and any(run_dir.iterdir()):  # fail fast; the claim below is the real check
+        raise InputError(f"{run_dir} already holds results; choose an empty or new folder "
+                         f"(results are never overwritten)")
     # Everything the user can get wrong is checked before Ray starts (it takes seconds).
     dataset = load_data(exp)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create the run folder {run_dir}: {exc.strerror}; choose another --output") from None
+    claim = claim_folder(run_dir)
 
-    started = start_local_ray(address=ray_address)
-    quiet_driver_logs()
+    started = False
     try:
-        preflight(exp)
-        meta = _metadata(exp, run_id)
-        rundir.write_json(run_dir / rundir.EXPERIMENT, meta)
-        return _fit(exp, run_dir, run_id, meta, dataset, quiet)
+        started = start_local_ray(address=ray_address)
+        quiet_driver_logs()
+        with interrupt.handling_signals():
+            preflight(exp)
+            meta = _metadata(exp, run_id, claim.owner)
+            rundir.write_json(run_dir / rundir.EXPERIMENT, meta)
+            return _fit(exp, run_dir, run_id, meta, dataset, quiet, claim)
+    except BaseException:
+        if not (run_dir / rundir.EXPERIMENT).exists():  # refused before anything ran: the folder stays free
+            (run_dir / rundir.OWNER).unlink(missing_ok=True)
+        raise
     finally:
         if started:
             import ray
 
             ray.shutdown()
+
+
+def claim_folder(run_dir: Path) -> rundir.Claim:
+    """The run folder, made this run's alone (orchestrator.rundir.claim), or a one-line refusal."""
+    try:
+        return rundir.claim(run_dir)
+    except rundir.FolderTaken as exc:
+        raise InputError(str(exc)) from None
+    except OSError as exc:
+        raise InputError(f"cannot write the run folder {run_dir}: {exc.strerror or exc}; choose another --output "
+                         f"on a writable disk with free space") from None
 
 
 def load_data(exp: Experiment):
@@ -266,66 +294,112 @@ def load_data(exp: Experiment):
 
 
 def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, dataset: Any, quiet: bool,
-         recorder: Recorder | None = None, make_tuner=None) -> RunSummary:
+         claim: rundir.Claim, recorder: Recorder | None = None, make_tuner=None) -> RunSummary:
     """Fits the Tuner into `run_dir` and writes the outcome. `hpo resume` passes the earlier run's
     Recorder and a factory that restores Tune's own state (orchestrator.resume)."""
-    from orchestrator.callbacks import RecorderCallback
+    from orchestrator.callbacks import RecorderCallback, RunStopper
     from orchestrator.placement import new_key
     from orchestrator.progress import Progress
 
-    recorder = recorder or Recorder(run_dir, exp.metric, exp.mode, max_t=exp.max_t)
+    recorder = recorder or Recorder(run_dir, exp.metric, exp.mode, max_t=exp.max_t, on_flush=lambda _: claim.beat())
     progress = None if quiet else Progress(recorder, exp.total_trials)
     key = new_key(run_id)  # each trial's node, CPUs and GPU ids travel under it (orchestrator.placement)
-    callback = RecorderCallback(recorder, progress.tick if progress else None, key)
-    tuner = (make_tuner or build_tuner)(exp, run_dir, [callback], dataset, key)
-    status, failure = "finished", None
+    stopper = RunStopper(exp.metric)
+    callback = RecorderCallback(recorder, progress.tick if progress else None, key, stopper)
+    tuner = (make_tuner or build_tuner)(exp, run_dir, [callback], dataset, key, stopper)
+    signum, failure = None, None
     try:
         tuner.fit()
-    except (KeyboardInterrupt, SystemExit):  # Ctrl-C; SIGTERM (`hpo stop`), which ray.init turns into SystemExit
-        status = "interrupted"
-        raise
+    except (KeyboardInterrupt, interrupt.Interrupted) as exc:  # a second Ctrl-C; SIGTERM (`hpo stop`)
+        signum = getattr(exc, "signum", signal.SIGINT)
     except Exception as exc:  # noqa: BLE001 - every failure ends here; results are flushed below
-        status, failure = "failed", _explain(exc, recorder, exp)
-        raise RunError(failure) from exc
-    finally:
-        recorder.close()
-        if progress:
-            progress.finish()
-        best = recorder.best.row() if recorder.best else None
-        meta.update(status=status, error=failure, ended_at=rundir.now(), counts=recorder.counts(),
-                    best=_jsonable(best))
+        failure = _explain(exc, exp)
+    signum = interrupt.requested() or signum  # Ctrl-C: Tune stopped the trials and returned normally
+    if progress:
+        progress.finish()
+    try:
+        recorder.close(cut_off="interrupted" if signum else "stopped")
+    except OSError as exc:  # a full disk: what earlier flushes wrote stays, and history parts are kept
+        failure = failure or _explain(exc, exp)
+    best = recorder.best.row() if recorder.best else None
+    counts = {**recorder.counts(), "not_started": max(0, exp.total_trials - len(recorder.trials))}
+    if signum:
+        failure = (f"interrupted by {signal.Signals(signum).name}: {counts['interrupted']} trials cut off, "
+                   f"{counts['not_started']} never started; results so far are in {run_dir}")
+    elif failure is None and best is None:
+        failure = _no_best(recorder, exp)
+    status = "interrupted" if signum else "failed" if failure else "finished"
+    meta.update(status=status, error=failure, ended_at=rundir.now(), counts=counts, best=_jsonable(best),
+                signal=signal.Signals(signum).name if signum else None)
+    _write_meta(run_dir, meta)
+    evaluated = None
+    if status == "finished":
+        evaluated = refit.conclude(exp, dataset, recorder.best, lambda d, out: _search_on(exp, d, out), run_dir)
+        if evaluated is not None:
+            meta.update(evaluation=_jsonable(evaluated), ended_at=rundir.now())
+            _write_meta(run_dir, meta)
+    summary = RunSummary(run_dir, run_id, exp.metric, counts, best, evaluated, status, failure)
+    if signum:
+        raise RunInterrupted(failure, signum, summary)
+    if failure:
+        raise RunError(failure, summary)
+    return summary
+
+
+def _write_meta(run_dir: Path, meta: dict) -> None:
+    """experiment.json, where the disk still allows: on a full disk the run's error says so already."""
+    try:
         rundir.write_json(run_dir / rundir.EXPERIMENT, meta)
-    evaluated = refit.conclude(exp, dataset, recorder.best, lambda d, out: _search_on(exp, d, out), run_dir)
-    if evaluated is not None:
-        meta.update(evaluation=_jsonable(evaluated), ended_at=rundir.now())
-        rundir.write_json(run_dir / rundir.EXPERIMENT, meta)
-    return RunSummary(run_dir, run_id, exp.metric, recorder.counts(), best, evaluated)
+    except OSError as exc:
+        if not rundir.disk_full(exc) or meta.get("status") != "failed":
+            raise
 
 
 def _search_on(exp: Experiment, data: Any, out_dir: Path):
     """The spec's search again, on other data (an outer fold of nested evaluation): its best trial."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    from orchestrator.callbacks import RecorderCallback
+    from orchestrator.callbacks import RecorderCallback, RunStopper
 
     recorder = Recorder(out_dir, exp.metric, exp.mode, max_t=exp.max_t)
+    stopper = RunStopper(exp.metric)
     try:
-        build_tuner(exp, out_dir, [RecorderCallback(recorder)], data).fit()
+        build_tuner(exp, out_dir, [RecorderCallback(recorder, stopper=stopper)], data, stopper=stopper).fit()
     finally:
         recorder.close()
     return recorder.best
 
 
-def _explain(exc: BaseException, recorder: Recorder, exp: Experiment) -> str:
-    if recorder.missing_metric:
-        return recorder.missing_metric
+def _explain(exc: BaseException, exp: Experiment) -> str:
+    """One line for why Tune failed: our own RunError or a disk error, wherever Ray wrapped it."""
+    chain, seen = [], exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for e in chain:
+        if isinstance(e, RunError):
+            return str(e)
+    for e in chain:
+        if isinstance(e, OSError) and e.errno is not None:
+            where = f" {e.filename}" if e.filename else ""
+            fix = "free some space" if rundir.disk_full(e) else "check the folder"
+            return (f"cannot write{where}: {e.strerror}; {fix}, or run again with another --output "
+                    f"(results flushed so far are kept)")
     text = str(exc)
-    if "did not include the specified metric" in text:  # Ray's own strict metric check
-        return (f"the trainable never reports the spec's metric {exp.metric!r}; change metric.name to "
-                f"one it reports, or report it with ray.tune.report({{'{exp.metric}': ...}})")
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
-def _metadata(exp: Experiment, run_id: str) -> dict[str, Any]:
+def _no_best(recorder: Recorder, exp: Experiment) -> str:
+    """Why a run that ended normally has no best trial."""
+    errors = [r.error for r in recorder.trials.values() if r.status == "errored" and r.error]
+    if errors:
+        return (f"no trial reported a finite {exp.metric} and ended normally; {len(errors)} errored, "
+                f"the first: {errors[0]} (all errors: trials.parquet, column error)")
+    if not recorder.trials:
+        return "no trial started; see the log above"
+    return f"no trial reported a finite value of {exp.metric} (NaN and infinite scores are never the best)"
+
+
+def _metadata(exp: Experiment, run_id: str, owner: dict[str, Any]) -> dict[str, Any]:
     return {
         SCHEMA_KEY: SCHEMA_VERSION,
         "run_id": run_id,
@@ -339,6 +413,7 @@ def _metadata(exp: Experiment, run_id: str) -> dict[str, Any]:
         "status": "running",
         "started_at": rundir.now(),
         "ended_at": None,
+        "owner": {k: owner[k] for k in ("host", "pid")},  # heartbeat: owner.json (orchestrator.rundir)
         "python": platform.python_version(),
         "versions": _versions(),
     }

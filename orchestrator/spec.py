@@ -72,6 +72,8 @@ class ExperimentSpec(StrictModel):
     resources: ResourcesSpec = ResourcesSpec()
     seed: int = Field(0, description="seeds the searcher (unless it has its own) and every trial")
     evaluation: EvaluationSpec = EvaluationSpec()
+    extra_params: list[str] = Field(default_factory=list, description="space entries a built-in family does not "
+                                    "declare, passed to its library on purpose")
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ class Experiment:
         """The spec as run: defaults filled in, the family's default space merged, mode inferred."""
         out = self.spec.model_dump(mode="json")
         out["metric"]["mode"] = self.mode
+        out["evaluation"] = self.spec.evaluation.resolved()
         out["space"] = {name: _entry(p) for name, p in self.params.items()}
         out["evaluation"] = self.spec.evaluation.resolved()
         return out
@@ -188,6 +191,7 @@ def resolve(spec: ExperimentSpec, base_dir: Path, source: str = "<spec>") -> Exp
             problems.append(Problem("space", "a user trainable has no default space: list its hyperparameters"))
     params, space_problems = parse_space(space_raw)
     problems += space_problems
+    problems += _check_param_names(spec, family)
 
     if isinstance(family, Family) and family.needs_data and spec.data.source == "file":
         try:
@@ -230,6 +234,26 @@ def _check_metric(spec: ExperimentSpec, family: FamilyRef) -> tuple[str, list[Pr
         return natural, [Problem("metric.mode", f"{metric.name} is better when {'lower' if natural == 'min' else 'higher'}"
                                                 f": use mode: {natural} (or leave mode out), got {metric.mode}")]
     return natural, []
+
+
+def _check_param_names(spec: ExperimentSpec, family: FamilyRef) -> list[Problem]:
+    """A misspelt hyperparameter is refused where the family lists what it understands."""
+    known = family.known_params() if isinstance(family, Family) else None
+    if known is None:
+        return [Problem("extra_params", f"family {family.name} passes every name on unchecked; remove extra_params")] \
+            if spec.extra_params else []
+    problems = []
+    for name in spec.space:
+        if name not in known and name not in spec.extra_params:
+            close = suggest(name, known) if len(name) > 2 else None
+            hint = f"did you mean {close!r}? " if close else ""
+            problems.append(Problem(f"space.{name}", f"family {family.name} has no parameter {name!r}; {hint}"
+                                                     f"its parameters: {', '.join(known)}. To pass a library "
+                                                     f"parameter it does not list, add it to extra_params: [{name}]"))
+    for i, name in enumerate(spec.extra_params):
+        if name not in spec.space:
+            problems.append(Problem(f"extra_params[{i}]", f"{name!r} is not in space:; list only names the space sets"))
+    return problems
 
 
 def _check_budget(spec: ExperimentSpec, params: Mapping[str, Param]) -> list[Problem]:

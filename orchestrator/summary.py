@@ -21,12 +21,18 @@ class RunSummary:
     counts: dict[str, int]
     best: dict[str, Any] | None
     evaluation: dict[str, Any] | None = None  # refit on train+valid and test score; see orchestrator.refit
+    status: str = "finished"  # as experiment.json: finished | failed | interrupted
+    error: str | None = None  # why it failed or was interrupted
 
 
 def lines(summary: RunSummary) -> list[str]:
     """The run's counts, its best trial and config, the test score, and where the results are."""
     c = summary.counts
-    out = [f"run {summary.run_id}: {c['completed']} completed, {c['stopped']} stopped early, {c['errored']} errored"]
+    ended = "" if summary.status == "finished" else f" ({summary.status})"
+    extra = "".join(f", {c[k]} {what}" for k, what in (("interrupted", "interrupted"), ("not_started", "never started"))
+                    if c.get(k))
+    out = [f"run {summary.run_id}{ended}: {c['completed']} completed, {c['stopped']} stopped early, "
+           f"{c['errored']} errored{extra}"]
     best = summary.best
     if best:
         cfg = {k.removeprefix("config."): v for k, v in best.items() if k.startswith("config.")}
@@ -39,10 +45,8 @@ def lines(summary: RunSummary) -> list[str]:
 
 
 def failure(summary: RunSummary) -> str | None:
-    """Why the run counts as failed although Ray finished (exit 1), or None."""
-    if summary.best is None:
-        return "no trial reported the metric; see the errors in trials.parquet"
-    return None
+    """Why the run did not finish (failed or interrupted), or None."""
+    return None if summary.status == "finished" else summary.error or summary.status
 
 
 def report(summary: RunSummary) -> int:

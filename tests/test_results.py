@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pandas as pd
+import errno
 
-from orchestrator.results import HISTORY, PARTS, TRIALS, Recorder, load
+import pandas as pd
+import pytest
+
+from orchestrator.results import HISTORY, PARTS, TRIALS, Recorder, load, metric_problem
 
 
 def feed(rec: Recorder, trial_id: str, config: dict, values: list[float], stopped_at: int | None = None):
@@ -67,7 +70,7 @@ def test_flushed_parts_survive_a_crash(tmp_path):
     assert len(trials) == 2 and len(history) == 3
 
 
-def test_close_marks_unfinished_trials_stopped(tmp_path):
+def test_close_marks_unfinished_trials_stopped_at_the_end_of_the_time_budget(tmp_path):
     rec = Recorder(tmp_path, "loss", "min")
     rec.start("a", {"x": 1})
     rec.result("a", {"x": 1}, {"training_iteration": 1, "loss": 0.2})
@@ -75,11 +78,86 @@ def test_close_marks_unfinished_trials_stopped(tmp_path):
     assert pd.read_parquet(tmp_path / TRIALS)["status"].tolist() == ["stopped"]
 
 
-def test_first_result_without_the_metric_is_flagged(tmp_path):
+def test_a_result_without_the_metric_names_what_was_reported():
+    problem = metric_problem("a", "loss", {"training_iteration": 1, "los": 0.2, "acc": 0.9, "config": {"x": 1},
+                                           "time_total_s": 1.0})
+    assert "never reports the spec's metric 'loss'" in problem
+    assert "reported acc, los" in problem and "did you mean metric.name: los?" in problem
+    assert metric_problem("a", "loss", {"training_iteration": 1, "loss": 0.2}) is None
+
+
+def test_a_trainable_that_returned_without_reporting_is_named():
+    """Ray's record of such a trial holds only `done` (and its id): Ray's own check lets it pass."""
+    problem = metric_problem("t1", "loss", {"done": True, "trial_id": "t1", "__duplicate__": True})
+    assert problem.startswith("trial t1 ended without reporting anything")
+
+
+def test_best_is_a_finite_score_of_a_trial_that_ended_normally(tmp_path):
+    """Errored after a great report, -inf, NaN: none of them is the best."""
+    rec = Recorder(tmp_path, "loss", "min", max_t=3)
+    feed(rec, "ok", {"x": 1}, [0.5, 0.4, 0.3])
+    feed(rec, "early", {"x": 2}, [0.35], stopped_at=1)
+    rec.start("crashed", {"x": 3})
+    rec.result("crashed", {"x": 3}, {"training_iteration": 1, "loss": 0.001})
+    assert rec.best is None or rec.best.trial_id != "crashed"
+    rec.error("crashed", "RuntimeError: diverged")
+    feed(rec, "neg_inf", {"x": 4}, [float("-inf"), float("nan")])
+    rec.start("cut", {"x": 5})
+    rec.result("cut", {"x": 5}, {"training_iteration": 1, "loss": 0.01})
+    rec.close(cut_off="interrupted")
+    assert rec.best.trial_id == "ok" and rec.best.score == 0.3
+    assert rec.trials["neg_inf"].score is None and rec.trials["crashed"].score == 0.001
+    assert rec.trials["cut"].status == "interrupted"
+    assert rec.counts()["interrupted"] == 1 and rec.counts()["errored"] == 1
+
+
+def test_a_trial_that_ended_itself_completed_though_it_said_done_early(tmp_path):
+    rec = Recorder(tmp_path, "loss", "min", max_t=10)
+    feed(rec, "self", {"x": 1}, [0.5, 0.4], stopped_at=2)
+    rec.trials["self"].status = "running"
+    rec.complete("self", ended_itself=True)
+    feed(rec, "asha", {"x": 2}, [0.9, 0.8], stopped_at=2)
+    assert rec.trials["self"].status == "completed" and rec.trials["asha"].status == "stopped"
+
+
+def test_a_full_disk_keeps_what_earlier_flushes_wrote(tmp_path, monkeypatch):
+    """ENOSPC at close: no temporary file left, parts kept, and load() still reads the run."""
     rec = Recorder(tmp_path, "loss", "min")
-    rec.start("a", {"x": 1})
-    rec.result("a", {"x": 1}, {"training_iteration": 1, "los": 0.2})
-    assert "'loss'" in rec.missing_metric and "los" in rec.missing_metric
+    feed(rec, "a", {"x": 1}, [0.5, 0.4])
+    rec.flush()
+    before = (tmp_path / TRIALS).read_bytes()
+    feed(rec, "b", {"x": 2}, [0.3])
+
+    def full(table, path, **kw):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(pq, "write_table", full)
+    with pytest.raises(OSError):
+        rec.close()
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.rglob(".*.tmp")) == []
+    assert (tmp_path / TRIALS).read_bytes() == before and not (tmp_path / HISTORY).exists()
+    trials, history = load(tmp_path)
+    assert list(trials.trial_id) == ["a"] and len(history) == 2
+
+
+def test_load_rebuilds_trials_from_history_parts_when_trials_parquet_is_missing(tmp_path):
+    rec = Recorder(tmp_path, "loss", "min")
+    feed(rec, "a", {"x": 1}, [0.5, 0.2, 0.4])
+    feed(rec, "b", {"x": 2}, [0.3])
+    rec.flush()
+    (tmp_path / TRIALS).unlink()
+    (tmp_path / "experiment.json").write_text('{"metric": {"name": "loss", "mode": "min"}}')
+    trials, history = load(tmp_path)
+    by_id = trials.set_index("trial_id")
+    assert len(history) == 4 and set(by_id.status) == {"unknown"}
+    assert by_id.loc["a", "score"] == 0.2 and by_id.loc["a", "score_iteration"] == 2
+    assert by_id.loc["a", "iterations"] == 3 and by_id.loc["a", "metric.loss"] == 0.4
+    assert by_id.loc["b", "config.x"] == 2
 
 
 def test_a_choice_of_floats_and_strings_split_across_parts_still_merges(tmp_path):

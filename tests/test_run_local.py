@@ -9,7 +9,7 @@ import sys
 import pandas as pd
 import pytest
 
-from orchestrator.errors import RunError, SpecError
+from orchestrator.errors import InputError, RunError
 from orchestrator.runner import build_tune_config, run
 from orchestrator.spec import load_spec, validate
 from tests.conftest import EXPERIMENTS, ROOT
@@ -97,7 +97,7 @@ def test_existing_results_are_never_overwritten(write_spec, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "trials.parquet").write_bytes(b"precious")
-    with pytest.raises(SpecError, match="already holds results"):
+    with pytest.raises(InputError, match="already holds results"):
         run(load_spec(write_spec(SMALL_XGB)), out)
     assert (out / "trials.parquet").read_bytes() == b"precious"
 
