@@ -6,14 +6,15 @@ Optuna's default TPESampler and `n_jobs` = the spec's concurrency, the same data
 space). Same trials, rounds/epochs, 1 thread per trial, FIFO. The hpo side runs the spec's
 default `optuna-tpe` options, whatever they are.
 
-Columns: whole-process wall times and their ratio; best val_error of each; the hpo run split into
-start-up (process start to the first trial's start, from trials.parquet), search (first start to
-last end) and tail (last end to exit, refit + test score included); the ratio without each
-side's start-up (standalone: imports, data, until `optimize` starts); and CPU utilisation of the
-hpo run, busy trial-seconds sum(wall_s * cpus) over (wall * CPUs), for the whole process and for
-the search span.
+Two tables. First: whole-process wall times, their ratio, the best val_error of each. Second,
+where the time goes: start-up (process start to the first trial's start, from trials.parquet;
+standalone: until `study.optimize` starts), search (first trial start to last trial end;
+standalone: `study.optimize`), hpo's tail (last trial end to exit: refit on train+valid, test
+score, Ray shutdown), the mean wall time of one trial on each side, and the hpo run's CPU
+utilisation, busy trial-seconds sum(wall_s * cpus) over (wall * CPUs), over the whole process and
+over the search span. Timings on a shared machine vary: `--repeat N` prints medians.
 
-    flock /tmp/hpo-cpu.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/vs_optuna.py
+    flock /tmp/hpo-cpu.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/vs_optuna.py --repeat 3
     flock /tmp/hpo-cpu.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/vs_optuna.py --case xgboost \
         --hpo-root /tmp/hpo-5d291cd      # the hpo side from another checkout (before/after)
 """
@@ -29,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 HERE = Path(__file__).resolve().parent
@@ -60,8 +62,8 @@ def write_spec(case: str, trials: int, concurrent: int, folder: Path) -> Path:
     return path
 
 
-def timed(cmd: list[str], root: Path) -> tuple[float, str]:
-    env = dict(os.environ, PYTHONPATH=str(root))
+def timed(cmd: list[str], root: Path, **env_vars: str) -> tuple[float, str]:
+    env = dict(os.environ, PYTHONPATH=str(root), **env_vars)
     start = time.perf_counter()
     out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -80,16 +82,32 @@ def hpo(spec: Path, out: Path, root: Path) -> dict:
     """`hpo run` in its own process; its trials.parquet gives the start-up/search/tail split."""
     import pandas as pd
 
+    # A Ray temp folder of its own: `ray.init()` joins the cluster named in <temp>/ray_current_cluster,
+    # and a stale one there (a killed `ray start`) makes it wait for a dead GCS for many minutes.
+    ray_tmp = out.parent / "ray"  # this benchmark's temporary folder; short, for Ray's socket paths
     t0 = time.time()
     wall, _ = timed([sys.executable, "-m", "orchestrator.cli", "run", str(spec), "--output", str(out), "--quiet"],
-                    root)
+                    root, RAY_TMPDIR=str(ray_tmp))
     trials = pd.read_parquet(out / "trials.parquet")
     first = trials["started_at"].min().timestamp() - t0
     span = (trials["ended_at"].max() - trials["started_at"].min()).total_seconds()
     busy = float((trials["wall_s"] * trials["cpus"]).sum())
     cpus = os.cpu_count()
     return {"wall": wall, "best": float(trials["score"].min()), "trials": len(trials), "startup": first,
-            "search": span, "tail": wall - first - span, "util": busy / (wall * cpus), "util_search": busy / (span * cpus)}
+            "search": span, "tail": wall - first - span, "util": busy / (wall * cpus), "util_search": busy / (span * cpus),
+            "trial_s": float(trials["wall_s"].mean())}
+
+
+def measure(case: str, args, folder: Path) -> dict[str, float]:
+    """One standalone run, then one hpo run, of the case: what the tables print."""
+    spec = write_spec(case, args.trials, args.concurrent, folder)
+    a = standalone(spec, args.trials, args.concurrent)
+    b = hpo(spec, folder / f"run-{case}-{time.monotonic_ns()}", args.hpo_root.resolve())
+    optuna_startup = a["wall"] - a["in_process_s"] + a["setup_s"]  # interpreter, imports, data, study
+    return {"optuna": a["wall"], "hpo": b["wall"], "ratio": b["wall"] / a["wall"], "optuna_best": a["best"],
+            "hpo_best": b["best"], "optuna_startup": optuna_startup, "hpo_startup": b["startup"],
+            "optuna_search": a["in_process_s"] - a["setup_s"], "hpo_search": b["search"], "hpo_tail": b["tail"],
+            "optuna_trial": a["trial_s"], "hpo_trial": b["trial_s"], "util": b["util"], "util_search": b["util_search"]}
 
 
 def main() -> None:
@@ -97,27 +115,35 @@ def main() -> None:
     p.add_argument("--case", choices=list(CASES), action="append", help="repeatable; default: all")
     p.add_argument("--trials", type=int, default=30)
     p.add_argument("--concurrent", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=1, help="runs of each side, alternating; medians are printed")
     p.add_argument("--hpo-root", type=Path, default=ROOT, help="checkout whose orchestrator `hpo run` uses")
     args = p.parse_args()
 
     print(f"{args.trials} trials, {args.concurrent} at a time, 1 thread each, TPE, FIFO, digits; "
-          f"{os.cpu_count()} CPUs; hpo from {args.hpo_root}")
-    head = (f"{'case':10s} {'optuna s':>8s} {'hpo s':>6s} {'ratio':>6s} {'optuna best':>11s} {'hpo best':>8s} "
-            f"{'hpo start-up':>12s} {'search':>6s} {'tail':>5s} {'ratio w/o start-up':>18s} {'cpu util':>8s} "
-            f"{'(search)':>8s}")
-    print(head)
+          f"{os.cpu_count()} CPUs; hpo from {args.hpo_root}; median of {args.repeat} run(s) per side")
+    rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for case in args.case or list(CASES):
-            spec = write_spec(case, args.trials, args.concurrent, Path(tmp))
-            a = standalone(spec, args.trials, args.concurrent)
-            b = hpo(spec, Path(tmp) / f"run-{case}", args.hpo_root.resolve())
-            optuna_setup = a["wall"] - a["in_process_s"] + a["setup_s"]
-            steady = (b["wall"] - b["startup"]) / (a["wall"] - optuna_setup)
-            print(f"{case:10s} {a['wall']:8.1f} {b['wall']:6.1f} {b['wall'] / a['wall']:5.2f}x {a['best']:11.4f} "
-                  f"{b['best']:8.4f} {b['startup']:12.1f} {b['search']:6.1f} {b['tail']:5.1f} {steady:17.2f}x "
-                  f"{b['util']:8.0%} {b['util_search']:8.0%}", flush=True)
-    print("start-up: process start to the first trial's start (optuna: to study.optimize); tail: after the last "
-          "trial ends (hpo refits the best config and scores it on test)")
+            runs = [measure(case, args, Path(tmp)) for _ in range(args.repeat)]
+            rows[case] = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+            print(f"  {case}: done", file=sys.stderr, flush=True)
+    print(f"{'':10s} {'wall s':>14s} {'':>6s} {'best val_error':>16s}")
+    print(f"{'case':10s} {'optuna':>7s} {'hpo':>6s} {'ratio':>6s} {'optuna':>8s} {'hpo':>7s}")
+    for case, r in rows.items():
+        print(f"{case:10s} {r['optuna']:7.1f} {r['hpo']:6.1f} {r['ratio']:5.2f}x {r['optuna_best']:8.4f} "
+              f"{r['hpo_best']:7.4f}")
+    print(f"\nwhere the time goes   {'start-up s':>13s} {'search s':>13s} {'tail s':>6s} {'s per trial':>13s} "
+          f"{'hpo CPU util':>13s}")
+    print(f"{'case':21s} {'optuna':>6s} {'hpo':>6s} {'optuna':>6s} {'hpo':>6s} {'hpo':>6s} {'optuna':>6s} {'hpo':>6s} "
+          f"{'run':>6s} {'search':>6s}")
+    for case, r in rows.items():
+        print(f"{case:21s} {r['optuna_startup']:6.1f} {r['hpo_startup']:6.1f} {r['optuna_search']:6.1f} "
+              f"{r['hpo_search']:6.1f} {r['hpo_tail']:6.1f} {r['optuna_trial']:6.3f} {r['hpo_trial']:6.3f} "
+              f"{r['util']:6.0%} {r['util_search']:6.0%}")
+    print("start-up: process start to the first trial (optuna: to study.optimize); search: first trial start to last "
+          "trial end (optuna: study.optimize); tail: last trial end to exit (hpo refits the best config on "
+          "train+valid and scores it on test, then stops Ray); s per trial: mean wall time of one trial; CPU util: "
+          "sum(wall_s * cpus) / (wall * CPUs) over the whole run and over the search span")
 
 
 if __name__ == "__main__":
