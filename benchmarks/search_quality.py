@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import math
 import multiprocessing
+import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -79,7 +81,8 @@ STANDALONE = {"optuna-tpe": "optuna:TPESampler", "optuna-cmaes": "optuna:CmaEsSa
 
 # --- searchers, one run each ---------------------------------------------------------------
 
-def experiment(function: str, searcher: str, seed: int, trials: int, scheduler: dict | None = None):
+def experiment(function: str, searcher: str, seed: int, trials: int, scheduler: dict | None = None,
+               concurrent: int | None = 1):
     """Our spec for this search, on the synthetic family (Branin with a fidelity axis): its space
     merged under the function's, so the searchers see the function's parameters and its constants
     (27 iterations, noise) ride along, used only by the scheduler runs."""
@@ -87,7 +90,8 @@ def experiment(function: str, searcher: str, seed: int, trials: int, scheduler: 
 
     return validate({"name": "quality", "family": "synthetic", "metric": {"name": "loss"},
                      "space": FUNCTIONS[function].space, "searcher": {"name": searcher, "seed": seed},
-                     "scheduler": scheduler or {"name": "fifo"}, "budget": {"trials": trials}, "seed": seed})
+                     "scheduler": scheduler or {"name": "fifo"}, "seed": seed,
+                     "budget": {"trials": trials, "concurrent": concurrent or trials}})
 
 
 def ours(function: str, searcher: str, seed: int, trials: int) -> float:
@@ -179,12 +183,15 @@ def spread(values: np.ndarray) -> str:
 
 # --- schedulers: real Ray runs -------------------------------------------------------------
 
-SCHEDULER_RUNS = {  # label -> (searcher, scheduler)
-    "random + fifo": ("random", {"name": "fifo"}),
-    "random + asha": ("random", {"name": "asha", "max_t": 27, "grace_period": 1}),
-    "random + hyperband": ("random", {"name": "hyperband", "max_t": 27}),
-    "bohb + bohb-hyperband": ("bohb", {"name": "bohb-hyperband", "max_t": 27}),
-    "optuna-tpe + asha": ("optuna-tpe", {"name": "asha", "max_t": 27, "grace_period": 1}),
+SCHEDULER_RUNS = {  # label -> (searcher, scheduler, budget.concurrent)
+    "random + fifo": ("random", {"name": "fifo"}, 2),
+    "random + asha": ("random", {"name": "asha", "max_t": 27, "grace_period": 1}, 2),
+    "random + hyperband": ("random", {"name": "hyperband", "max_t": 27}, 2),
+    # HyperBand halves a bracket once all its trials reach a rung; a concurrency cap below the
+    # bracket's size keeps brackets from filling (paused trials count against it): no cap here.
+    "random + hyperband, no cap": ("random", {"name": "hyperband", "max_t": 27}, None),
+    "bohb + bohb-hyperband": ("bohb", {"name": "bohb-hyperband", "max_t": 27}, 2),
+    "optuna-tpe + asha": ("optuna-tpe", {"name": "asha", "max_t": 27, "grace_period": 1}, 2),
 }
 
 
@@ -205,20 +212,25 @@ def scheduler_table(seeds: int, trials: int) -> None:
 
     from orchestrator.runner import quiet_driver_logs, run, start_local_ray
 
+    # A Ray temp folder of its own: `ray.init()` joins the cluster named in <temp>/ray_current_cluster,
+    # and a stale one there (a killed `ray start`) makes it wait for a dead GCS for many minutes.
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rayq")
     t0 = time.perf_counter()
     start_local_ray()
     quiet_driver_logs()
-    print(f"(local Ray up in {time.perf_counter() - t0:.1f}s; synthetic Branin, 27 iterations, {trials} trials, "
-          f"2 at a time, {seeds} seeds)")
+    import ray
+
+    print(f"(local Ray up in {time.perf_counter() - t0:.1f}s, {ray.cluster_resources()['CPU']:g} CPUs; synthetic "
+          f"Branin, 27 iterations, {trials} trials, budget.concurrent 2 unless said, {seeds} seeds)")
     curves: dict[str, list] = {label: [] for label in SCHEDULER_RUNS}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(seeds):
-            for label, (searcher, scheduler) in SCHEDULER_RUNS.items():
-                exp = experiment("branin", searcher, seed, trials, scheduler)  # + the family's 27 iterations
+            for label, (searcher, scheduler, concurrent) in SCHEDULER_RUNS.items():
+                exp = experiment("branin", searcher, seed, trials, scheduler, concurrent)  # + the family's 27 iterations
                 out = Path(tmp) / f"{label.replace(' ', '')}-{seed}"
                 run(exp, out, quiet=True)
                 curves[label].append(incumbent_curve(pd.read_parquet(out / "history.parquet"), 27))
-    print(f"{'searcher + scheduler':24s} {'final regret: median [IQR]':>30s} {'trial-iterations':>17s} "
+    print(f"{'searcher + scheduler':27s} {'final regret: median [IQR]':>30s} {'trial-iterations':>17s} "
           f"{'to reach random+fifo final':>27s}")
     baseline = [curve[-1] for _, curve in curves["random + fifo"]]
     for label, runs in curves.items():
@@ -227,16 +239,17 @@ def scheduler_table(seeds: int, trials: int) -> None:
         reach = [steps[np.argmax(curve <= target)] for (steps, curve), target in zip(runs, baseline)
                  if (curve <= target).any()]
         reached = f"{np.median(reach):.0f} ({len(reach)}/{seeds} seeds)" if reach else f"never (0/{seeds})"
-        print(f"{label:24s} {spread(finals):>30s} {np.median(spent):17.0f} {reached:>27s}")
+        print(f"{label:27s} {spread(finals):>30s} {np.median(spent):17.0f} {reached:>27s}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="3 seeds, half the trials, no optuna-gp, 1 scheduler seed")
     p.add_argument("--seeds", type=int, default=8)
-    p.add_argument("--scheduler-seeds", type=int, default=3)
+    p.add_argument("--scheduler-seeds", type=int, default=8)
     p.add_argument("--scheduler-trials", type=int, default=30)
     args = p.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)
     searchers = list(STANDALONE)
     seeds, scale = args.seeds, 1.0
     if args.quick:
