@@ -18,7 +18,7 @@ import warnings
 from typing import Any
 
 from orchestrator.families import Family
-from orchestrator.metrics import score
+from orchestrator.metrics import needed, score
 
 RF_SPACE = {
     "n_estimators": 100,
@@ -78,7 +78,8 @@ def train_forest(config, data, trial):
         else:
             total += tree.predict(data.X_valid)
         ckpt = {"forest": forest, "total": total} if trial.checkpointing else None
-        trial.report(score(data.task, data.y_valid, total / (k + 1)), state=ckpt)
+        names = needed(trial, final=k + 1 == trees)
+        trial.report(score(data.task, data.y_valid, total / (k + 1), names=names), state=ckpt)
 
 
 # --- SVM --------------------------------------------------------------------------------------

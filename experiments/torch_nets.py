@@ -22,7 +22,7 @@ import math
 from typing import Any, Callable
 
 from orchestrator.families import Family
-from orchestrator.metrics import score
+from orchestrator.metrics import needed, score
 
 TRAINING_SPACE = {
     "epochs": 20,
@@ -239,7 +239,8 @@ def _train(config: dict, data, trial, arch: str, build: Callable) -> None:
             state = {"arch": arch, "shape": {k: config.get(k) for k in SHAPE_PARAMS[arch]},
                      "optimizer_name": config.get("optimizer", "adam"), "epoch": epoch + 1,
                      "model": _cpu(model.state_dict()), "optimizer": _cpu(optimizer.state_dict())}
-        trial.report(score(data.task, data.y_valid, pred), state=state)
+        names = needed(trial, final=diverged or epoch + 1 == epochs)
+        trial.report(score(data.task, data.y_valid, pred, names=names), state=state)
         if diverged:
             return
 

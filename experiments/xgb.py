@@ -3,12 +3,18 @@
 Restoring a checkpoint rebuilds the exact model; a config that samples rows or columns
 (`subsample`, `colsample_*` < 1) then draws a fresh random stream for later rounds, because
 XGBoost does not expose its sampler's state. Deterministic configs resume exactly.
+
+Scoring every round costs O(validation rows), not O(rows x rounds): predicting the same DMatrix
+with all trees so far hits XGBoost's prediction cache, which adds only the trees of rounds not yet
+in it (measured on digits: 0.1 ms per round at round 200 as at round 1). DART is the exception:
+it reweights earlier trees every round, so its prediction, like its training, grows with the rounds.
+`tests/test_families.py` checks every round's scores against the final model cut at that round.
 """
 
 from __future__ import annotations
 
 from orchestrator.families import Family
-from orchestrator.metrics import score
+from orchestrator.metrics import needed, score
 
 DEFAULT_SPACE = {
     "n_estimators": 100,
@@ -55,9 +61,9 @@ def train(config, data, trial):
     class Report(xgb.callback.TrainingCallback):
         def after_iteration(self, model, epoch, evals_log):
             n = done + epoch + 1
-            pred = model.predict(dvalid, iteration_range=(0, n))
+            pred = model.predict(dvalid, iteration_range=(0, n))  # cached: see the module docstring
             ckpt = {"model": bytes(model.save_raw()), "rounds": n} if trial.checkpointing else None
-            trial.report(score(data.task, data.y_valid, pred), state=ckpt)
+            trial.report(score(data.task, data.y_valid, pred, names=needed(trial, final=n == rounds)), state=ckpt)
             return False
 
     xgb.train(params, dtrain, rounds - done, xgb_model=booster, callbacks=[Report()], verbose_eval=False)

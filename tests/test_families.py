@@ -22,7 +22,7 @@ import pytest
 
 from orchestrator.data import DataSpec, load
 from orchestrator.families import BUILTIN_FAMILIES, Family, resolve
-from orchestrator.metrics import reported
+from orchestrator.metrics import EXPENSIVE, reported, score
 from orchestrator.runner import run
 from orchestrator.space import parse_space
 from orchestrator.spec import load_spec, validate
@@ -52,9 +52,9 @@ REGRESSOR = {"sklearn": {"estimator": "sklearn.linear_model.Ridge", "alpha": 1.0
 class Probe:
     """A trial context outside Ray: records every report, pickles every state like a checkpoint."""
 
-    def __init__(self, restored=None, seed: int = 0, checkpointing: bool = True):
+    def __init__(self, restored=None, seed: int = 0, checkpointing: bool = True, metric: str | None = None):
         self.seed, self.cpus, self.gpus, self.gpu_ids, self.device = seed, 1, 0.0, (), "cpu"
-        self.checkpointing = checkpointing
+        self.checkpointing, self.metric = checkpointing, metric
         self._restored = restored
         self.reports: list[dict] = []
         self.states: list[bytes | None] = []
@@ -154,6 +154,55 @@ def test_checkpoint_then_restore_reproduces_the_next_iterations_exactly(name, da
     assert len(resumed.reports) == n - k
     assert resumed.reports[0] == full.reports[k]  # the next iteration's metrics, bit for bit
     assert resumed.reports == full.reports[k:]
+
+
+ITERATING = [n for n in MINE if resolve(n).iterations_param]
+
+
+@pytest.mark.parametrize("name", ITERATING)
+@pytest.mark.parametrize("metric", ["val_error", "val_auc"])
+def test_a_search_scores_the_expensive_metrics_only_when_it_needs_them(name, metric, datasets):
+    """Intermediate reports: the cheap metrics and the spec's; the final one: every metric."""
+    probe = Probe(checkpointing=False, metric=metric)
+    resolve(name).train(dict(SMALL[name]), datasets["digits"], probe)
+    everything = set(reported("classification"))
+    intermediate = everything - {f"val_{m}" for m in EXPENSIVE if f"val_{m}" != metric}
+    assert len(probe.reports) > 2
+    assert all(set(r) == intermediate for r in probe.reports[:-1])
+    assert set(probe.reports[-1]) == everything
+
+
+def model_at(name: str, state: dict):
+    """The model a boosting checkpoint holds, loaded fresh: no prediction cache, no training state."""
+    if name == "xgboost":
+        import xgboost as xgb
+
+        return lambda X: xgb.Booster(model_file=bytearray(state["model"])).predict(xgb.DMatrix(X))
+    import lightgbm as lgb
+
+    return lgb.Booster(model_str=state["model"]).predict
+
+
+@pytest.mark.parametrize("name, dataset, extra", [
+    ("xgboost", "digits", {}), ("xgboost", "breast_cancer", {}), ("xgboost", "diabetes", {}),
+    ("xgboost", "digits", {"booster": "dart", "rate_drop": 0.3}),
+    ("lightgbm", "digits", {}), ("lightgbm", "breast_cancer", {}), ("lightgbm", "diabetes", {}),
+    ("lightgbm", "digits", {"bagging_fraction": 0.7}),
+], ids=str)
+def test_boosting_scores_each_round_as_a_full_prediction_with_that_rounds_model(name, dataset, extra, datasets):
+    """Per-round scores come from the libraries' incremental validation predictions (XGBoost's
+    cache, LightGBM's valid-set scores); they must equal what predicting the validation rows from
+    scratch with the model after that round gives (the way scores were computed before)."""
+    data = datasets[dataset]
+    config = dict(config_for(name, data.task), n_estimators=12, **extra)
+    probe = Probe()
+    resolve(name).train(config, data, probe)
+    assert len(probe.reports) == 12
+    for report, state in zip(probe.reports, probe.states):
+        expected = score(data.task, data.y_valid, model_at(name, pickle.loads(state))(data.X_valid))
+        assert report.keys() == expected.keys()
+        for metric, value in expected.items():
+            assert report[metric] == pytest.approx(value, rel=1e-6, abs=1e-9, nan_ok=True), metric
 
 
 def test_gradient_boosting_restore_is_exact_in_the_model_but_not_the_row_sampling(datasets):
