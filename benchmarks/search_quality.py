@@ -15,8 +15,8 @@ for each scheduler, the trial-iterations it spent before the config it ranks bes
 among trials that ran all 27 iterations) was as good as the baseline's final pick (true regret),
 median over seeds, and on how many seeds it got there at all.
 
-    flock /tmp/hpo-cpu.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/search_quality.py          # ~8 min
-    flock /tmp/hpo-cpu.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/search_quality.py --quick  # ~1 min
+    flock /tmp/hpo-cpu.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/search_quality.py          # ~4 min
+    flock /tmp/hpo-cpu.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/search_quality.py --quick  # < 1 min
 """
 
 from __future__ import annotations

@@ -15,8 +15,10 @@ utilisation, busy trial-seconds sum(wall_s * cpus) over (wall * CPUs), over the 
 over the search span. Timings on a shared machine vary: `--repeat N` prints medians.
 
     flock /tmp/hpo-cpu.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/vs_optuna.py --repeat 3
-    flock /tmp/hpo-cpu.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/vs_optuna.py --case xgboost \
-        --hpo-root /tmp/hpo-5d291cd      # the hpo side from another checkout (before/after)
+    # the hpo side from another version (the anchor side stays this checkout's):
+    mkdir /tmp/hpo-5d291cd && git archive 5d291cd | tar -x -C /tmp/hpo-5d291cd
+    flock /tmp/hpo-cpu.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/vs_optuna.py --repeat 3 \
+        --hpo-root /tmp/hpo-5d291cd
 """
 
 from __future__ import annotations
