@@ -74,7 +74,6 @@ class RecorderCallback(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         # The config the result was produced with: PBT may already have changed trial.config.
         self.recorder.result(trial.trial_id, result.get("config") or trial.config, result)
-        self._place(trial.trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._place(trial.trial_id)

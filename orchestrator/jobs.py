@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
-import secrets
 import shlex
 import sys
 from dataclasses import dataclass
@@ -72,7 +71,7 @@ def package(cluster: Cluster, spec_path: str | Path, overrides: list[str] | None
     res = exp.spec.resources
     capacity = check_capacity(cluster, res.cpu, res.gpu, exp.source)
 
-    job_id = f"hpo-{exp.spec.name}-{new_run_id(exp.spec_hash)}-{secrets.token_hex(2)}"
+    job_id = f"hpo-{exp.spec.name}-{new_run_id(exp.spec_hash)}"  # run ids are unique already
     results = f"{cluster.hpo.storage}/{exp.spec.name}/{job_id}"
     args = [cluster.hpo.python, "-m", ENTRYPOINT_MODULE, spec_rel.as_posix(), "--output", results]
     for item in overrides:

@@ -27,7 +27,6 @@ table from the history parts if trials.parquet was never written.
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
-from orchestrator.rundir import EXPERIMENT, HISTORY, PARTS, TRIALS, atomic_write
+from orchestrator.rundir import EXPERIMENT, HISTORY, PARTS, TRIALS, atomic_write, read_json
 from orchestrator.schema import SCHEMA_KEY, SCHEMA_VERSION
 
 # A batched result's earlier iterations: [{"iteration": n, "at": unix time, "metrics": {...}}, ...],
@@ -44,8 +43,8 @@ from orchestrator.schema import SCHEMA_KEY, SCHEMA_VERSION
 HELD = "hpo_held"
 
 # Keys Ray adds to every result: kept out of `metric.*` (the useful ones get their own column).
-RAY_RESULT_KEYS = frozenset({HELD, 
-    "done", "trial_id", "date", "timestamp", "pid", "hostname", "node_ip", "config", "time_since_restore",
+RAY_RESULT_KEYS = frozenset({
+    HELD, "done", "trial_id", "date", "timestamp", "pid", "hostname", "node_ip", "config", "time_since_restore",
     "iterations_since_restore", "checkpoint_dir_name", "should_checkpoint", "experiment_tag",
     "time_this_iter_s", "time_total_s", "training_iteration", "episodes_total", "timesteps_total",
     "timesteps_since_restore", "experiment_id", "__duplicate__",
@@ -389,7 +388,7 @@ def load(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def _target(run_dir: Path) -> tuple[str, str] | None:
     try:
-        metric = json.loads((run_dir / EXPERIMENT).read_text())["metric"]
+        metric = read_json(run_dir / EXPERIMENT)["metric"]
         return metric["name"], metric["mode"]
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -41,6 +41,12 @@ def resume(run_dir: str | Path, *, quiet: bool = False, ray_address: str | None 
     meta = _read(run_dir)
     exp = _experiment(meta, run_dir)
     tune_path = (run_dir / TUNE_DIR).resolve()
+    from ray import tune
+
+    # Everything the user can get wrong is checked before the claim and Ray's start-up.
+    if not tune.Tuner.can_restore(str(tune_path)):
+        raise InputError(f"{run_dir} has no Ray Tune state to resume from (the run ended before Tune's "
+                         f"first snapshot); run the spec again")
     dataset = runner.load_data(exp)
     try:
         claim = rundir.take_over(run_dir)
@@ -49,11 +55,6 @@ def resume(run_dir: str | Path, *, quiet: bool = False, ray_address: str | None 
     started = False
     try:
         started = runner.start_local_ray(address=ray_address)
-        from ray import tune
-
-        if not tune.Tuner.can_restore(str(tune_path)):
-            raise InputError(f"{run_dir} has no Ray Tune state to resume from (the run ended before Tune's "
-                             f"first snapshot); run the spec again")
         with interrupt.handling_signals():
             runner.preflight(exp)
             spent = spent_s(meta, run_dir)

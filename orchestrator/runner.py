@@ -321,7 +321,8 @@ def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, dataset: Any, 
         recorder.close(cut_off="interrupted" if signum else "stopped")
     except OSError as exc:  # a full disk: what earlier flushes wrote stays, and history parts are kept
         failure = failure or _explain(exc, exp)
-    best = recorder.best.row() if recorder.best else None
+    best_trial = recorder.best  # chosen among all trials: once
+    best = best_trial.row() if best_trial else None
     counts = {**recorder.counts(), "not_started": max(0, exp.total_trials - len(recorder.trials))}
     if signum:
         failure = (f"interrupted by {signal.Signals(signum).name}: {counts['interrupted']} trials cut off, "
@@ -334,7 +335,7 @@ def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, dataset: Any, 
     _write_meta(run_dir, meta)
     evaluated = None
     if status == "finished":
-        evaluated = refit.conclude(exp, dataset, recorder.best, lambda d, out: _search_on(exp, d, out), run_dir)
+        evaluated = refit.conclude(exp, dataset, best_trial, lambda d, out: _search_on(exp, d, out), run_dir)
         if evaluated is not None:
             meta.update(evaluation=_jsonable(evaluated), ended_at=rundir.now())
             _write_meta(run_dir, meta)
