@@ -30,6 +30,8 @@ class Progress:
         text = (f"[{time.monotonic() - self.started:6.1f}s] trials {finished}/{self.total} finished: "
                 f"{c['completed']} completed, {c['stopped']} stopped early, {c['errored']} errored; "
                 f"{c['running']} running")
+        if len(self.recorder.objectives) > 1:  # several metrics: no single best (orchestrator.objectives)
+            return text + f" | Pareto front: {len(self.recorder.pareto())} trials"
         best = self.recorder.best
         if best is not None:
             text += f" | best {self.recorder.metric}={best.score:.6g} ({best.trial_id})"

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from orchestrator.objectives import summary_lines
+
 
 @dataclass(frozen=True)
 class RunSummary:
@@ -22,6 +24,7 @@ class RunSummary:
     evaluation: dict[str, Any] | None = None  # refit on train+valid and test score; see orchestrator.refit
     status: str = "finished"  # as experiment.json: finished | failed | interrupted
     error: str | None = None  # why it failed or was interrupted
+    pareto: list[dict[str, Any]] | None = None  # several metrics: the front, best first on the first metric
 
 
 def lines(summary: RunSummary) -> list[str]:
@@ -38,6 +41,7 @@ def lines(summary: RunSummary) -> list[str]:
         out.append(f"best trial {best['trial_id']}: {summary.metric}={best['score']:.6g} "
                    f"at iteration {best['score_iteration']}")
         out.append(f"  config: {json.dumps(cfg, default=str)}")
+    out += summary_lines(summary.pareto)
     out += evaluation_lines(summary.evaluation)
     out.append(f"results: {summary.run_dir}/ (trials.parquet, history.parquet, experiment.json)")
     return out
