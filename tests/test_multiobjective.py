@@ -278,3 +278,15 @@ def test_tpe_and_random_take_two_metrics_for_real(ray_local, tmp_path):
         values = trials[["metric.loss", "metric.regret"]].to_numpy().tolist()
         assert trials["pareto"].tolist() == oracle_front(values, ["min", "min"], [True] * len(trials))
         assert summary.status == "finished" and summary.pareto
+
+
+@pytest.mark.slow
+def test_the_example_spec_runs_at_smoke_size(ray_local, tmp_path):
+    from orchestrator.spec import load_spec
+    from tests.conftest import EXPERIMENTS
+
+    exp = load_spec(EXPERIMENTS / "xgboost_pareto_digits.yaml", ["budget.trials=3", "budget.concurrent=2"])
+    summary = run(exp, tmp_path / "run", quiet=True)
+    trials = pd.read_parquet(summary.run_dir / "trials.parquet")
+    assert summary.status == "finished" and trials["pareto"].any()
+    assert (trials["metric.predict_ms"] > 0).all() and "metric.model_size" not in trials  # not asked for
