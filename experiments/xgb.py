@@ -14,7 +14,7 @@ reweights earlier trees every round, so its prediction, like its training, grows
 from __future__ import annotations
 
 from orchestrator.families import Family
-from orchestrator.metrics import needed, predict_ms, score, wants
+from orchestrator.metrics import latency, needed, score, wants
 
 DEFAULT_SPACE = {
     "n_estimators": 100,
@@ -75,7 +75,7 @@ def _costs(booster, data, trial) -> dict[str, float]:
     so nothing cached from training helps), and its tree nodes."""
     import xgboost as xgb
 
-    _, costs = predict_ms(lambda X: booster.predict(xgb.DMatrix(X, nthread=trial.cpus)), data.X_valid, trial)
+    costs = latency(lambda X: booster.predict(xgb.DMatrix(X, nthread=trial.cpus)), data.X_valid, trial)
     if wants(trial, "model_size"):
         costs["model_size"] = float(sum(len(tree.splitlines()) for tree in booster.get_dump()))
     return costs

@@ -73,6 +73,11 @@ def predict_ms(predict: Callable[[Any], Any], X: Any, trial: Any) -> tuple[Any, 
     return out, {"predict_ms": (time.perf_counter() - start) * 1e6 / max(1, len(X))}
 
 
+def latency(predict: Callable[[Any], Any], X: Any, trial: Any) -> dict[str, float]:
+    """`{"predict_ms": ...}` from one extra `predict(X)`, made only when the spec asks for it; else `{}`."""
+    return predict_ms(predict, X, trial)[1] if wants(trial, "predict_ms") else {}
+
+
 def score(task: str, y_true: np.ndarray, y_pred: np.ndarray, prefix: str = "val_",
           names: Collection[str] | None = None) -> dict[str, float]:
     """Scores predictions: class probabilities (n, k) for classification, values for regression.

@@ -16,6 +16,7 @@ from orchestrator.analysis import describe, load_runs
 from orchestrator.data import Dataset
 from orchestrator.errors import SpecError
 from orchestrator.families import resolve
+from orchestrator.metrics import latency
 from orchestrator.objectives import pareto_mask
 from orchestrator.results import Recorder
 from orchestrator.runner import build_tune_config, run
@@ -233,6 +234,10 @@ def test_cost_metrics_are_measured_only_when_the_spec_lists_them():
     assert last["predict_ms"] > 0
     # 3 trees of depth <= 3: at most 15 nodes each, and at least a root each
     assert 3 <= last["model_size"] <= 45 and last["model_size"] == int(last["model_size"])
+    # a search on one metric never makes the extra prediction that timing needs
+    calls = []
+    assert latency(lambda X: calls.append(len(X)), data.X_valid, plain) == {} and calls == []
+    assert set(latency(lambda X: calls.append(len(X)), data.X_valid, asked)) == {"predict_ms"} and calls == [120]
     svm = FakeTrial(objectives=("val_error", "predict_ms"))
     resolve("svm").train({"C": 1.0, "kernel": "rbf"}, data, svm)
     assert len(svm.reports) == 1 and svm.reports[0]["predict_ms"] > 0 and "model_size" not in svm.reports[0]
