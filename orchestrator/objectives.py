@@ -90,10 +90,17 @@ def summary_lines(pareto: list[dict[str, Any]] | None, limit: int = 10) -> list[
     return out
 
 
-def no_front(objectives: Sequence[tuple[str, str]]) -> str:
-    """Why a multi-objective run that ended normally has no front."""
-    names = ", ".join(n for n, _ in objectives)
-    return (f"no trial completed with a finite value of every objective ({names}); see trials.parquet "
+def no_front(objectives: Sequence[tuple[str, str]], rows: list[dict[str, Any]]) -> str:
+    """Why a multi-objective run that ended normally has no front, naming a metric no trial reported."""
+    names = [n for n, _ in objectives]
+    done = [r for r in rows if r.get("status") == FRONT_STATUS]
+    reported = sorted({k.removeprefix("metric.") for r in done for k, v in r.items()
+                       if k.startswith("metric.") and v is not None})
+    never = [n for n in names if n not in reported]
+    if done and never:
+        return (f"no completed trial reported {', '.join(never)}: they reported {', '.join(reported)}; list metrics "
+                f"the trials report (metric: [...]), or report them at each trial's end")
+    return (f"no trial completed with a finite value of every objective ({', '.join(names)}); see trials.parquet "
             f"(status, error, metric.*)")
 
 

@@ -335,12 +335,12 @@ def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, dataset: Any, 
         failure = (f"interrupted by {signal.Signals(signum).name}: {counts['interrupted']} trials cut off, "
                    f"{counts['not_started']} never started; results so far are in {run_dir}")
     elif failure is None and best is None and not pareto:
-        failure = objectives.no_front(exp.objectives) if exp.multi_objective else _no_best(recorder, exp)
+        failure = objectives.no_front(exp.objectives, recorder.rows()) if exp.multi_objective else _no_best(recorder, exp)
     status = "interrupted" if signum else "failed" if failure else "finished"
     meta.update(status=status, error=failure, ended_at=rundir.now(), counts=counts, best=_jsonable(best),
                 signal=signal.Signals(signum).name if signum else None)
     if exp.multi_objective:
-        meta.update(pareto=_jsonable({"front": pareto})["front"])
+        meta.update(pareto=json.loads(json.dumps(pareto, default=str)))
     _write_meta(run_dir, meta)
     evaluated = None
     if status == "finished" and exp.multi_objective:
@@ -423,7 +423,7 @@ def _metadata(exp: Experiment, run_id: str, owner: dict[str, Any]) -> dict[str, 
         "spec_hash": exp.spec_hash,
         "spec": exp.resolved(),
         "seed": exp.spec.seed,
-        "metric": {"name": exp.metric, "mode": exp.mode},  # the first one, when there are several:
+        "metric": {"name": exp.metric, "mode": exp.mode},  # with several metrics, the first; all under objectives
         **({"objectives": [{"name": n, "mode": m} for n, m in exp.objectives]} if exp.multi_objective else {}),
         "status": "running",
         "started_at": rundir.now(),

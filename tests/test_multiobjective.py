@@ -17,7 +17,7 @@ from orchestrator.data import Dataset
 from orchestrator.errors import SpecError
 from orchestrator.families import resolve
 from orchestrator.metrics import latency
-from orchestrator.objectives import pareto_mask
+from orchestrator.objectives import no_front, pareto_mask
 from orchestrator.results import Recorder
 from orchestrator.runner import build_tune_config, run
 from orchestrator.schedulers import SCHEDULERS
@@ -188,6 +188,9 @@ def test_recorder_marks_the_front_among_completed_trials_only(tmp_path):
     assert trials["pareto"].dtype == bool
     assert sorted(trials.index[trials["pareto"]]) == ["a", "b", "c"]
     assert [e["trial_id"] for e in rec.pareto()] == ["a", "c", "b"]  # best first on the first metric
+    assert no_front((("loss", "min"), ("los", "max")), rec.rows()) == (
+        "no completed trial reported los: they reported acc, loss; list metrics the trials report (metric: [...]), "
+        "or report them at each trial's end")
     single = Recorder(tmp_path / "one", "loss", "min")
     single.start("a", {})
     single.result("a", {}, {"loss": 1.0, "training_iteration": 1})
