@@ -25,6 +25,7 @@ from typing import TextIO
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn
 from rich.progress import Progress as RichProgress
+from rich.table import Column
 from rich.text import Text
 
 from orchestrator.results import Recorder
@@ -74,6 +75,16 @@ class Progress:
         self._bar: _LiveBar | None = None
         if self.tty:
             self._bar = _LiveBar(self)
+
+    def __getstate__(self) -> dict:
+        """Tune pickles its callbacks, this one's `tick` with them, into `tune/tuner.pkl` when the
+        Tuner is built: the live bar (threads, locks) and a terminal stream cannot be pickled, and
+        a copy never draws (`hpo resume` hands Tune new callbacks), so they are left out."""
+        return {**self.__dict__, "_bar": None, "stream": None, "tty": False}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.stream = sys.stdout
 
     def counts(self) -> tuple[dict[str, int], int]:
         c = self.recorder.counts()

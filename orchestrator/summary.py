@@ -100,12 +100,17 @@ def top_table(top: tuple[dict[str, Any], ...], metric: str):
 
     params = list(dict.fromkeys(c for row in top for c in row if c.startswith("config.")))
     table = Table(title=f"top {len(top)} trials", title_justify="left")
-    for name in ("#", "trial", "status", metric, "at iter", "iters", "wall s", *(p[7:] for p in params)):
-        table.add_column(name, justify="left" if name in ("trial", "status") else "right")
-    for rank, row in enumerate(top, 1):
-        table.add_row(str(rank), row["trial_id"], row["status"], f"{row['score']:.6g}", str(row["score_iteration"]),
-                      str(row["iterations"]), f"{row['wall_s']:.1f}" if row.get("wall_s") is not None else "",
-                      *(_cell(row.get(p)) for p in params))
+    rows = [[str(rank), row["trial_id"], row["status"], f"{row['score']:.6g}", str(row["score_iteration"]),
+             str(row["iterations"]), f"{row['wall_s']:.1f}" if row.get("wall_s") is not None else "",
+             *(_cell(row.get(p)) for p in params)] for rank, row in enumerate(top, 1)]
+    for i, name in enumerate(("#", "trial", "status", metric, "at iter", "iters", "wall s", *(p[7:] for p in params))):
+        if i < 7:  # never squeezed on a narrow terminal: the parameters wrap instead
+            width = max(len(name), *(len(r[i]) for r in rows))
+            table.add_column(name, justify="left" if i in (1, 2) else "right", min_width=width, no_wrap=True)
+        else:
+            table.add_column(name, justify="right", overflow="fold")
+    for r in rows:
+        table.add_row(*r)
     return table
 
 
