@@ -63,6 +63,43 @@ SHAPE_PARAMS = {"mlp": ("depth", "width", *LAYER_WIDTHS),
                 "cnn": ("conv_layers", "filters", *LAYER_FILTERS, "kernel_size", "pooling", "width")}
 
 
+def per_layer_rule(count: str, sizes: tuple[str, ...], default_count: int):
+    """The spec rule for per-layer sizes: layer i's size (`sizes[i-1]`) must be sampled only for nets
+    that have layer i, i.e. be conditional on `count` >= i whenever `count` can be smaller; a size
+    for a layer no net has is refused too. Without it a searcher would sample (and learn from, and
+    importance would rank) a width that most nets never used."""
+    from orchestrator.errors import Problem
+
+    def check(params) -> list:
+        p = params.get(count)
+        if p is None:
+            values = [default_count]
+        elif p.kind in ("constant", "choice", "grid"):
+            values = [int(v) for v in p.values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        else:
+            values = list(range(int(p.args[0]), int(p.args[1]) + 1))
+        if not values:
+            return []
+        problems = []
+        for i, name in enumerate(sizes, start=1):
+            size = params.get(name)
+            if size is None or size.kind == "constant":
+                continue
+            having = [v for v in values if v >= i]
+            if not having:
+                problems.append(Problem(f"space.{name}", f"no net has layer {i}: {count} is at most {max(values)}; "
+                                                         f"remove {name} or let {count} reach {i}"))
+            elif len(having) < len(values) and not (count in size.when and set(size.when[count]) <= set(having)):
+                choice = "" if p is not None and p.kind in ("choice", "grid") else \
+                    f" ({count} must then be a choice: {{choice: {values}}})"
+                problems.append(Problem(f"space.{name}", f"layer {i} exists only when {count} >= {i}, but {count} "
+                                                         f"can be {min(values)}: add `when: {{{count}: {having}}}` so "
+                                                         f"that {name} is sampled only for nets that have it{choice}"))
+        return problems
+
+    return check
+
+
 # --- learning-rate schedules: multiplier of the base learning rate at progress p in [0, 1) ------
 
 def _step(p: float, epochs: int) -> float:
@@ -314,6 +351,6 @@ def train_cnn(config, data, trial):
 
 # params: beyond the default space, train() reads only the per-layer sizes; any other name is a typo.
 MLP = Family(name="torch_mlp", train=train_mlp, default_space=MLP_SPACE, iterations_param="epochs", checkpoints=True,
-             params=LAYER_WIDTHS)
+             params=LAYER_WIDTHS, check_space=per_layer_rule("depth", LAYER_WIDTHS, default_count=2))
 CNN = Family(name="torch_cnn", train=train_cnn, default_space=CNN_SPACE, iterations_param="epochs", checkpoints=True,
-             params=LAYER_FILTERS)
+             params=LAYER_FILTERS, check_space=per_layer_rule("conv_layers", LAYER_FILTERS, default_count=2))

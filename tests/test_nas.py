@@ -89,3 +89,22 @@ def test_a_conditional_search_samples_only_the_widths_a_net_has_and_builds_them(
         assert weights[0].shape[1] == 64
         checked += 1
     assert checked >= 3  # the pruner keeps each trial's latest checkpoint
+
+
+@pytest.mark.parametrize("override, message", [
+    ("space.width_3={choice: [16, 32]}",
+     r"space.width_3: layer 3 exists only when depth >= 3, but depth can be 1: add `when: \{depth: \[3, 4\]\}`"),
+    ("space.width_3={choice: [16, 32], when: {depth: [2, 3, 4]}}", r"space.width_3: layer 3 exists only when"),
+    ("space.depth={choice: [1, 2]}", r"space.width_3: no net has layer 3: depth is at most 2"),
+    ("space.depth={randint: [1, 4]}\nspace.width_2={choice: [16, 32]}",
+     r"space.width_2: layer 2 exists only .* \(depth must then be a choice: \{choice: \[1, 2, 3, 4\]\}\)"),
+])
+def test_a_layer_size_is_sampled_only_for_nets_that_have_the_layer(override, message):
+    with pytest.raises(SpecError, match=message):
+        load_spec(NAS, override.split("\n"))
+
+
+def test_layer_sizes_need_no_condition_where_every_net_has_the_layer():
+    exp = load_spec(EXPERIMENTS / "torch_mlp_digits.yaml", ["space.width_2={choice: [16, 32]}", "space.width_1=8"])
+    assert exp.params["width_2"].kind == "choice" and not exp.params["width_2"].when  # depth: 2 in that spec
+    load_spec(NAS, ["space.width_4=64"])  # a constant is never sampled
