@@ -18,6 +18,7 @@ ends, only the time budget can say anything.
 
 from __future__ import annotations
 
+import atexit
 import sys
 import time
 from typing import TextIO
@@ -71,7 +72,9 @@ class Progress:
         self.started = time.monotonic()
         self._last = 0.0
         self._printed = ""
+        # Trials finished before this process (`hpo resume`) say nothing of this run's rate.
         self._finished = 0  # trials finished at the last update (read by the bar's redraws)
+        self._base = self.counts()[1]
         self._bar: _LiveBar | None = None
         if self.tty:
             self._bar = _LiveBar(self)
@@ -87,11 +90,14 @@ class Progress:
         self.stream = sys.stdout
 
     def counts(self) -> tuple[dict[str, int], int]:
+        """The Recorder's counts and the trials finished; the ETA goes by the latest of these."""
         c = self.recorder.counts()
-        return c, c["completed"] + c["stopped"] + c["errored"]
+        self._finished = c["completed"] + c["stopped"] + c["errored"]
+        return c, self._finished
 
     def eta(self) -> float | None:
-        return eta_s(time.monotonic() - self.started, self._finished, self.total, self.time_s)
+        return eta_s(time.monotonic() - self.started, self._finished - self._base, self.total - self._base,
+                     self.time_s)
 
     def line(self) -> str:
         c, finished = self.counts()
@@ -144,12 +150,13 @@ class _LiveBar:
         self.task = self.rich.add_task("", total=owner.total)
         self.stopping = self.stopped = False
         self.rich.start()
+        # Whatever ends the process before finish(), the terminal gets its cursor back.
+        atexit.register(self.stop)
 
     def update(self) -> None:
         if self.stopped:
             return
         c, finished = self.owner.counts()
-        self.owner._finished = finished
         self.rich.status = (f"{c['completed']} completed, {c['stopped']} stopped early, {c['errored']} errored; "
                             f"{c['running']} running{self.owner._best()}")
         self.rich.update(self.task, completed=finished)
@@ -160,6 +167,7 @@ class _LiveBar:
             self.rich.refresh()
             self.rich.stop()
             self.stopped = True
+            atexit.unregister(self.stop)
 
 
 class _TwoLines(RichProgress):

@@ -178,3 +178,20 @@ def test_a_real_run_in_a_log_prints_the_plain_lines_and_table(ray_local, write_s
     assert progress and all(PLAIN_LINE.fullmatch(ln) for ln in progress), out
     assert progress[-1].split("] ", 1)[1].startswith("trials 4/4 finished: 4 completed")
     assert "top 4 trials" in out and "┏" not in out
+
+
+def test_after_a_resume_the_eta_counts_only_this_process_s_trials(tmp_path, monkeypatch):
+    import types
+
+    from orchestrator import progress as progress_mod
+
+    now = [1000.0]
+    monkeypatch.setattr(progress_mod, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    rec = Recorder(tmp_path, "loss", "min")
+    for i in range(6):  # finished before the resume
+        feed(rec, f"old{i}", {"x": i}, [1.0])
+    progress = Progress(rec, total=10, stream=io.StringIO(), log_every_s=0.0)
+    feed(rec, "new", {"x": 9}, [0.5])
+    now[0] += 20.0
+    progress.tick()
+    assert progress.eta() == 60.0  # one trial in this process's 20 s, 3 to go (not 7 in 20 s)
