@@ -302,7 +302,10 @@ def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, dataset: Any, 
     from orchestrator.progress import Progress
 
     recorder = recorder or Recorder(run_dir, exp.metric, exp.mode, max_t=exp.max_t, on_flush=lambda _: claim.beat())
-    progress = None if quiet else Progress(recorder, exp.total_trials, time_s=exp.spec.budget.time_s)
+    time_s = exp.spec.budget.time_s
+    if time_s is not None and meta.get("resumes"):  # `hpo resume`: the time budget counts the time spent
+        time_s = max(1.0, time_s - meta["resumes"][-1]["spent_s"])
+    progress = None if quiet else Progress(recorder, exp.total_trials, time_s=time_s)
     key = new_key(run_id)  # each trial's node, CPUs and GPU ids travel under it (orchestrator.placement)
     stopper = RunStopper(exp.metric)
     callback = RecorderCallback(recorder, progress.tick if progress else None, key, stopper)
