@@ -52,6 +52,8 @@ class Family:
             naming any other one is refused with a did-you-mean (XGBoost silently ignores
             `learnig_rate`), unless the spec lists it under `extra_params:` on purpose. None: the
             family passes every name on to a library that checks them itself, so nothing is checked.
+        check_space: the family's own rules on the parsed space (`{name: orchestrator.space.Param}`),
+            returning `orchestrator.errors.Problem`s; run by `hpo validate` with every other check.
     """
 
     name: str
@@ -62,6 +64,7 @@ class Family:
     metrics: Mapping[str, Mode] | None = None
     needs_data: bool = True
     params: tuple[str, ...] | None = None
+    check_space: Callable[[Mapping[str, Any]], list] | None = None
 
     def known_params(self) -> list[str] | None:
         """Every hyperparameter name this family understands, or None if it does not say."""
