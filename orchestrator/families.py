@@ -52,6 +52,8 @@ class Family:
             naming any other one is refused with a did-you-mean (XGBoost silently ignores
             `learnig_rate`), unless the spec lists it under `extra_params:` on purpose. None: the
             family passes every name on to a library that checks them itself, so nothing is checked.
+        check_space: the family's own rules on the parsed space (`{name: orchestrator.space.Param}`),
+            returning `orchestrator.errors.Problem`s; run by `hpo validate` with every other check.
         costs: cost metrics (`orchestrator.metrics.COSTS`: `predict_ms`, `model_size`) `train`
             reports at a trial's last report when the spec lists them (`metrics.wants`).
     """
@@ -64,6 +66,7 @@ class Family:
     metrics: Mapping[str, Mode] | None = None
     needs_data: bool = True
     params: tuple[str, ...] | None = None
+    check_space: Callable[[Mapping[str, Any]], list] | None = None
     costs: tuple[str, ...] = ()
 
     def known_params(self) -> list[str] | None:

@@ -27,7 +27,7 @@ from orchestrator.schedulers import SCHEDULERS, build_scheduler
 from orchestrator.schema import SCHEMA_KEY, SCHEMA_VERSION
 from orchestrator.searchers import SearchContext, build_search
 from orchestrator.spec import Experiment
-from orchestrator.summary import RunSummary
+from orchestrator.summary import RunSummary, top_trials
 
 # Ray Tune settings measured to cut per-trial overhead on a small machine (see README, benchmarks/).
 # Ray's own logger callbacks write JSON/CSV/TensorBoard files per trial; our Parquet callback
@@ -307,7 +307,10 @@ def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, dataset: Any, 
 
     recorder = recorder or Recorder(run_dir, exp.metric, exp.mode, max_t=exp.max_t, on_flush=lambda _: claim.beat(),
                                     objectives=exp.objectives)
-    progress = None if quiet else Progress(recorder, exp.total_trials)
+    time_s = exp.spec.budget.time_s
+    if time_s is not None and meta.get("resumes"):  # `hpo resume`: the time budget counts the time spent
+        time_s = max(1.0, time_s - meta["resumes"][-1]["spent_s"])
+    progress = None if quiet else Progress(recorder, exp.total_trials, time_s=time_s)
     key = new_key(run_id)  # each trial's node, CPUs and GPU ids travel under it (orchestrator.placement)
     stopper = RunStopper(exp.metric)
     callback = RecorderCallback(recorder, progress.tick if progress else None, key, stopper)
@@ -352,7 +355,9 @@ def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, dataset: Any, 
         if evaluated is not None:
             meta.update(evaluation=_jsonable(evaluated), ended_at=rundir.now())
             _write_meta(run_dir, meta)
-    summary = RunSummary(run_dir, run_id, exp.metric, counts, best, evaluated, status, failure, pareto)
+    summary = RunSummary(run_dir, run_id, exp.metric, counts, best, evaluated, status, failure,
+                         top=() if exp.multi_objective else top_trials(recorder.trials.values(), exp.mode),
+                         pareto=pareto)
     if signum:
         raise RunInterrupted(failure, signum, summary)
     if failure:

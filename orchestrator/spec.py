@@ -133,6 +133,8 @@ class Experiment:
         else:
             out["metric"]["mode"] = self.mode
         out["space"] = {name: _entry(p) for name, p in self.params.items()}
+        # A default entry the spec removed (`width: null`) stays removed when this validates again.
+        out["space"].update({name: None for name in getattr(self.family, "default_space", {}) if name not in self.params})
         out["evaluation"] = self.spec.evaluation.resolved()
         return out
 
@@ -208,6 +210,8 @@ def resolve(spec: ExperimentSpec, base_dir: Path, source: str = "<spec>") -> Exp
     params, space_problems = parse_space(space_raw)
     problems += space_problems
     problems += _check_param_names(spec, family)
+    if isinstance(family, Family) and family.check_space is not None:
+        problems += family.check_space(params)
 
     if isinstance(family, Family) and family.needs_data and spec.data.source == "file":
         try:
