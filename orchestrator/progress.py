@@ -107,6 +107,8 @@ class Progress:
         return text + self._best()
 
     def _best(self) -> str:
+        if len(self.recorder.objectives) > 1:  # several metrics: no single best (orchestrator.objectives)
+            return f" | Pareto front: {len(self.recorder.pareto())} trials"
         best = self.recorder.best
         return "" if best is None else f" | best {self.recorder.metric}={best.score:.6g} ({best.trial_id})"
 

@@ -9,7 +9,8 @@ Files in a run folder:
   where it ran: `node_id`, `cpus`, `gpus` (Ray's grant; 0.5 for a half GPU) and `gpu_ids` (its
   CUDA_VISIBLE_DEVICES, e.g. "1"), recorded in the worker (see orchestrator.placement), so
   GPU-hours = sum(gpus * wall_s) / 3600,
-  `config.<param>`, `metric.<name>` (last reported values).
+  `config.<param>`, `metric.<name>` (last reported values); with several metrics in the spec,
+  `pareto` (bool): on the Pareto front of the completed trials (orchestrator.objectives).
 
 History rows are flushed every few seconds to numbered part files under `history.parts/`, and
 `trials.parquet` is rewritten at each flush, so a crash loses at most one flush interval. At the
@@ -35,6 +36,7 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
+from orchestrator.objectives import front, mark
 from orchestrator.rundir import EXPERIMENT, HISTORY, PARTS, TRIALS, atomic_write, read_json
 from orchestrator.schema import SCHEMA_KEY, SCHEMA_VERSION
 
@@ -178,12 +180,16 @@ class Recorder:
         metric, mode: the spec's target, to keep each trial's best score.
         max_t: iterations after which a scheduler's stop means "completed", not "stopped early".
         flush_every_s: how often buffered history goes to disk.
+        objectives: (name, mode) of every metric of a multi-objective spec; trials.parquet then
+            gets a `pareto` column.
     """
 
     def __init__(self, run_dir: Path, metric: str, mode: str, max_t: int | None = None,
-                 flush_every_s: float = 5.0, on_flush: Callable[["Recorder"], None] | None = None):
+                 flush_every_s: float = 5.0, on_flush: Callable[["Recorder"], None] | None = None,
+                 objectives: tuple[tuple[str, str], ...] = ()):
         self.run_dir = Path(run_dir)
         self.metric, self.mode, self.max_t = metric, mode, max_t
+        self.objectives = tuple(objectives)
         self.flush_every_s = flush_every_s
         self.trials: dict[str, TrialRecord] = {}
         self._pending_rows: list[dict[str, Any]] = []
@@ -214,6 +220,15 @@ class Recorder:
             if rec.status in ELIGIBLE and _finite(rec.score) and (best is None or self._better(rec.score, best.score)):
                 best = rec
         return best
+
+    def pareto(self) -> list[dict[str, Any]]:
+        """The Pareto front of a multi-objective run (see orchestrator.objectives.front)."""
+        return front([r.row() for r in self.trials.values()], self.objectives)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """trials.parquet's rows, with `pareto` when the spec lists several metrics."""
+        rows = [r.row() for r in self.trials.values()]
+        return mark(rows, self.objectives) if len(self.objectives) > 1 else rows
 
     # -- events -------------------------------------------------------------------------------
     def start(self, trial_id: str, config: Mapping[str, Any]) -> None:
@@ -302,7 +317,7 @@ class Recorder:
             _write(frame(self._pending_rows), parts / f"part-{self._parts:05d}.parquet")
             self._pending_rows = []
         if self.trials:
-            _write(frame([r.row() for r in self.trials.values()]), self.run_dir / TRIALS)
+            _write(frame(self.rows()), self.run_dir / TRIALS)
         if self._on_flush:
             self._on_flush(self)
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from orchestrator.objectives import summary_lines
+
 TOP_K = 5  # trials in the table printed after a run
 
 
@@ -27,6 +29,7 @@ class RunSummary:
     status: str = "finished"  # as experiment.json: finished | failed | interrupted
     error: str | None = None  # why it failed or was interrupted
     top: tuple[dict[str, Any], ...] = ()  # the best trials, best first (top_trials)
+    pareto: list[dict[str, Any]] | None = None  # several metrics: the front, best first on the first metric
 
 
 def lines(summary: RunSummary) -> list[str]:
@@ -54,6 +57,7 @@ def _parts(summary: RunSummary) -> list:
         out.append(f"  config: {json.dumps(cfg, default=str)}")
     if len(summary.top) > 1:  # one trial is the best trial above
         out.append(top_table(summary.top, summary.metric))
+    out += summary_lines(summary.pareto)
     out += evaluation_lines(summary.evaluation)
     out.append(f"results: {summary.run_dir}/ (trials.parquet, history.parquet, experiment.json)")
     return out

@@ -62,6 +62,7 @@ EXPECTED_CLASSES = {
     "random": ("BasicVariantGenerator", None),
     "grid": ("BasicVariantGenerator", None),
     "optuna-tpe": ("OptunaSearch", "TPESampler"),
+    "optuna-nsga2": ("OptunaSearch", "NSGAIISampler"),
     "optuna-cmaes": ("OptunaSearch", "CmaEsSampler"),
     "optuna-gp": ("OptunaSearch", "GPSampler"),
     "hyperopt-tpe": ("HyperOptSearch", None),
