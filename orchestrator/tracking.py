@@ -307,6 +307,11 @@ class Tracking:
         self._thread = threading.Thread(target=self._loop, name="hpo-tracking", daemon=True)
         self._thread.start()
 
+    def __reduce__(self):
+        # Tune pickles its callbacks (and so the Recorder and its listeners) into its experiment
+        # snapshot; `hpo resume` replaces them, so the copy only has to unpickle, and does nothing.
+        return _Detached, ()
+
     # -- listener: called on the driver, must stay cheap -------------------------------------------
     def trial_started(self, rec) -> None:
         self.events.put(("start", rec.trial_id, dict(rec.config)))
@@ -381,6 +386,13 @@ class Tracking:
     def _fail(self, name: str, why: str) -> None:
         self.errors[name] = why
         log.warning("tracking: %s: %s", name, why)
+
+
+class _Detached:
+    """What a pickled Tracking becomes: a listener that ignores every event."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
 
 
 def open_tracking(spec: TrackingSpec, run_dir: Path, run_id: str, name: str, resolved: Mapping[str, Any],
