@@ -334,12 +334,13 @@ def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, dataset: Any, 
     elif failure is None and best is None:
         failure = _no_best(recorder, exp)
     status = "interrupted" if signum else "failed" if failure else "finished"
-    meta.update(status=status, error=failure, ended_at=rundir.now(), counts=counts, best=_jsonable(best),
-                signal=signal.Signals(signum).name if signum else None)
-    _write_meta(run_dir, meta)
     if tracking:
         for line in tracking.close(status, best):
             print(line, file=sys.stderr)
+        meta["tracking"] = tracking.stats()
+    meta.update(status=status, error=failure, ended_at=rundir.now(), counts=counts, best=_jsonable(best),
+                signal=signal.Signals(signum).name if signum else None)
+    _write_meta(run_dir, meta)
     evaluated = None
     if status == "finished":
         evaluated = refit.conclude(exp, dataset, best_trial, lambda d, out: _search_on(exp, d, out), run_dir)

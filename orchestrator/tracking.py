@@ -324,11 +324,19 @@ class Tracking:
 
     def close(self, status: str, best: Mapping[str, Any] | None) -> list[str]:
         """Ends every run; returns one line per tracker that failed or timed out (also logged)."""
+        t0 = time.perf_counter()
         self.events.put(("close", None, (status, dict(best) if best else None)))
         self._thread.join(self.timeout_s)
+        self.close_s = time.perf_counter() - t0
         if self._thread.is_alive():
             self._fail("all", f"still writing after {self.timeout_s:g} s; the rest is not tracked")
         return [f"tracking: {name}: {why}" for name, why in self.errors.items()]
+
+    def stats(self) -> dict[str, Any]:
+        """For experiment.json: iterations logged, each tracker's busy seconds (on the tracking
+        thread), how long the run's end waited for the thread, and what failed."""
+        return {"iterations": self.iterations_logged, "busy_s": {k: round(v, 3) for k, v in self.busy_s.items()},
+                "close_s": round(getattr(self, "close_s", 0.0), 3), "errors": dict(self.errors)}
 
     # -- the thread --------------------------------------------------------------------------------
     def _loop(self) -> None:

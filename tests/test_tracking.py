@@ -8,6 +8,7 @@ W&B needs no account: offline mode, and no key is set (a canary key is, to prove
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import time
@@ -60,8 +61,6 @@ def wandb_records(path: Path):
 
 def wandb_runs(run_dir: Path) -> dict[str, dict]:
     """trial id -> {group, config, steps: {step: {key: value}}, exit} of every offline run."""
-    import json
-
     runs = {}
     for path in (run_dir / "wandb").glob("offline-run-*/run-*.wandb"):
         run = {"steps": {}, "exit": None}
@@ -216,6 +215,9 @@ def test_the_example_spec_tracks_every_trial_of_a_real_run(ray_local, tmp_path, 
     expected = {t: sorted(zip(h["iteration"].astype(int), h["metric.loss"])) for t, h in history.groupby("trial_id")}
     assert len(expected) == 4 and min(len(v) for v in expected.values()) >= 3  # ASHA's first rung: batched reports
 
+    stats = json.loads((run_dir / "experiment.json").read_text())["tracking"]
+    assert stats["iterations"] == len(history) and stats["errors"] == {} and set(stats["busy_s"]) == {
+        "mlflow", "tensorboard", "wandb"}
     client, parents, children = mlflow_runs(f"sqlite:///{run_dir / 'mlflow.db'}", "branin-tracked")
     assert [p.info.run_name for p in parents] == [summary.run_id] and parents[0].info.status == "FINISHED"
     assert set(children) == set(expected)
