@@ -399,8 +399,11 @@ class Tracking:
 class _Detached:
     """What a pickled Tracking becomes: a listener that ignores every event."""
 
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
+    def trial_started(self, rec) -> None: ...
+
+    def iteration(self, rec, iteration, timestamp, metrics) -> None: ...
+
+    def trial_ended(self, rec) -> None: ...
 
 
 def open_tracking(spec: TrackingSpec, run_dir: Path, run_id: str, name: str, resolved: Mapping[str, Any],

@@ -124,6 +124,18 @@ def test_tracking_mistakes_are_reported_with_their_path_and_a_password_is_never_
     assert "tracking.wandb.mode:" in text
 
 
+def test_a_run_without_tracking_imports_no_tracker():
+    """Opt-in: validating a spec and building the runner load neither MLflow, W&B nor tensorboardX."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from orchestrator import runner, spec; "
+            "print(sorted(m for m in ('mlflow', 'wandb', 'tensorboardX') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=EXPERIMENTS.parent,
+                         env={**os.environ, "PYTHONPATH": str(EXPERIMENTS.parent)})
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
 # -- the trackers, fed by a Recorder (no Ray) ------------------------------------------------------------
 
 @pytest.fixture
