@@ -171,10 +171,20 @@ class MlflowBackend(Backend):
             # In our own store, artifacts would otherwise default to ./mlruns under the working directory.
             where = None if self.spec.tracking_uri else (self.run_dir / "mlartifacts").resolve().as_uri()
             self.experiment_id = self.client.create_experiment(name, artifact_location=where)
+        self._end_crashed()
         self.parent = self.client.create_run(self.experiment_id, run_name=self.run_id,
                                              tags={"hpo.run_id": self.run_id, "hpo.run_dir": str(self.run_dir)}
                                              ).info.run_id
         self._params(self.parent, self.params)
+
+    def _end_crashed(self) -> None:
+        """`hpo resume` of a killed run: the runs it left RUNNING (its parent, its trials then running)
+        are ended KILLED; the resumed stretch gets a parent run of its own, with the same name."""
+        left = self.client.search_runs([self.experiment_id], f"tags.`hpo.run_id` = '{self.run_id}' "
+                                                            f"and attributes.status = 'RUNNING'")
+        for run in left:
+            self.client.set_tag(run.info.run_id, "hpo.status", "interrupted")
+            self.client.set_terminated(run.info.run_id, "KILLED")
 
     def _params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -185,7 +195,8 @@ class MlflowBackend(Backend):
 
     def trial_started(self, trial_id, config):
         run = self.client.create_run(self.experiment_id, run_name=trial_id,
-                                     tags={"mlflow.parentRunId": self.parent, "hpo.trial_id": trial_id})
+                                     tags={"mlflow.parentRunId": self.parent, "hpo.trial_id": trial_id,
+                                           "hpo.run_id": self.run_id})
         self.runs[trial_id] = run.info.run_id
         self._params(run.info.run_id, config)
 

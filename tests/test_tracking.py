@@ -252,6 +252,27 @@ def test_the_example_spec_tracks_every_trial_of_a_real_run(ray_local, tmp_path, 
     assert os.environ["WANDB_API_KEY"] == CANARIES["WANDB_API_KEY"]  # read by nobody, changed by nobody
 
 
+def test_a_resumed_run_ends_what_the_killed_one_left_running_in_mlflow(tmp_path):
+    """A driver killed mid-run never closes its runs; `hpo resume` (same run id, same store) ends
+    them KILLED and tracks the rest under a new parent run of the same name."""
+    spec = TrackingSpec(mlflow={})
+    first = open_tracking(spec, tmp_path, "run-1", "exp", {"name": "exp"}, "loss")
+    recorder = Recorder(tmp_path, "loss", "min")
+    recorder.listeners.append(first)
+    recorder.start("t1", {"x": 1})
+    recorder.result("t1", {"x": 1}, {"loss": 1.0, "training_iteration": 1})
+    deadline = time.monotonic() + 60
+    while first.iterations_logged < 1 and time.monotonic() < deadline:  # the killed driver's thread got that far
+        time.sleep(0.05)
+    # ... and was killed: no close. The resumed run:
+    second = open_tracking(spec, tmp_path, "run-1", "exp", {"name": "exp"}, "loss")
+    assert second.close("finished", None) == []
+    _, parents, children = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "exp")
+    assert sorted(p.info.status for p in parents) == ["FINISHED", "KILLED"]
+    assert {p.info.run_name for p in parents} == {"run-1"}
+    assert children["t1"].info.status == "KILLED" and children["t1"].data.tags["hpo.status"] == "interrupted"
+
+
 def test_a_pickled_tracking_is_a_listener_that_does_nothing(tmp_path):
     """Tune pickles its callbacks, and so the Recorder's listeners, into its snapshot."""
     import pickle
