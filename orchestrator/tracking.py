@@ -288,7 +288,7 @@ class WandbBackend(Backend):
         run.summary["hpo_status"] = status
         if _finite(score):
             run.summary["score"] = score
-        run.finish(exit_code=1 if status == "errored" else 0)
+        run.finish(exit_code=0 if status in ("completed", "stopped") else 1)  # errored, interrupted: failed in W&B
 
     def close(self, status, best):
         for run in self.runs.values():
