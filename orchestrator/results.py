@@ -196,6 +196,9 @@ class Recorder:
         self._parts = 0
         self._last_flush = time.monotonic()
         self._on_flush = on_flush
+        # Told of every trial start, history row and trial end, on the driver (so they must be cheap):
+        # orchestrator.tracking.Tracking, which queues them for its own thread.
+        self.listeners: list[Any] = []
 
     @classmethod
     def reopen(cls, run_dir: Path, metric: str, mode: str, max_t: int | None = None, **kwargs) -> "Recorder":
@@ -234,6 +237,7 @@ class Recorder:
     def start(self, trial_id: str, config: Mapping[str, Any]) -> None:
         rec = self.trials.setdefault(trial_id, TrialRecord(trial_id, flatten(config)))
         rec.status, rec.started_at, rec.ended_at = "running", rec.started_at or time.time(), None
+        self._tell("trial_started", rec)
 
     def result(self, trial_id: str, config: Mapping[str, Any], result: Mapping[str, Any]) -> None:
         """One result from Tune; a batched one (see orchestrator.trial) first replays the iterations
@@ -254,6 +258,7 @@ class Recorder:
         rec = self.trials.get(trial_id) or self.trials.setdefault(trial_id, TrialRecord(trial_id, flatten(config)))
         if rec.started_at is None:
             rec.started_at, rec.status = time.time(), "running"
+            self._tell("trial_started", rec)
         rec.config = flatten(config)
         metrics = reported_metrics(values)
         iteration = iteration or rec.iterations + 1
@@ -263,11 +268,13 @@ class Recorder:
         value = metrics.get(self.metric)
         if _finite(value) and (rec.score is None or self._better(value, rec.score)):  # NaN and ±inf never count
             rec.score, rec.score_iteration = value, iteration
+        timestamp = timestamp or time.time()
+        self._tell("iteration", rec, iteration, timestamp, metrics)
         self._pending_rows.append({
             "trial_id": trial_id,
             "iteration": iteration,
             "time_total_s": time_total_s,
-            "timestamp": _ts(timestamp or time.time()),
+            "timestamp": _ts(timestamp),
             **{f"metric.{k}": v for k, v in metrics.items()},
             **{f"config.{k}": v for k, v in rec.config.items()},
         })
@@ -287,10 +294,16 @@ class Recorder:
         rec = self.trials[trial_id]
         early = rec.stop_requested and not ended_itself and (self.max_t is None or rec.iterations < self.max_t)
         rec.status, rec.ended_at = ("stopped" if early else "completed"), time.time()
+        self._tell("trial_ended", rec)
 
     def error(self, trial_id: str, message: str) -> None:
         rec = self.trials[trial_id]
         rec.status, rec.ended_at, rec.error = "errored", time.time(), message
+        self._tell("trial_ended", rec)
+
+    def _tell(self, event: str, *args) -> None:
+        for listener in self.listeners:
+            getattr(listener, event)(*args)
 
     def _better(self, a: float, b: float) -> bool:
         return a < b if self.mode == "min" else a > b
@@ -331,6 +344,7 @@ class Recorder:
         for rec in self.trials.values():
             if rec.status in ("running", "pending"):
                 rec.status, rec.ended_at = cut_off, rec.ended_at or time.time()
+                self._tell("trial_ended", rec)
         self.flush()
         parts = sorted((self.run_dir / PARTS).glob("part-*.parquet"))
         history = _merge(parts)

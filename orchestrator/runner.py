@@ -304,6 +304,7 @@ def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, dataset: Any, 
     from orchestrator.callbacks import RecorderCallback, RunStopper
     from orchestrator.placement import new_key
     from orchestrator.progress import Progress
+    from orchestrator.tracking import open_tracking
 
     recorder = recorder or Recorder(run_dir, exp.metric, exp.mode, max_t=exp.max_t, on_flush=lambda _: claim.beat(),
                                     objectives=exp.objectives)
@@ -313,6 +314,9 @@ def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, dataset: Any, 
     progress = None if quiet else Progress(recorder, exp.total_trials, time_s=time_s)
     key = new_key(run_id)  # each trial's node, CPUs and GPU ids travel under it (orchestrator.placement)
     stopper = RunStopper(exp.metric)
+    tracking = open_tracking(exp.spec.tracking, run_dir, run_id, exp.spec.name, meta["spec"], exp.metric)
+    if tracking:  # fed by the Recorder's events, written on its own thread (orchestrator.tracking)
+        recorder.listeners.append(tracking)
     callback = RecorderCallback(recorder, progress.tick if progress else None, key, stopper)
     tuner = (make_tuner or build_tuner)(exp, run_dir, [callback], dataset, key, stopper)
     signum, failure = None, None
@@ -340,6 +344,10 @@ def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, dataset: Any, 
     elif failure is None and best is None and not pareto:
         failure = objectives.no_front(exp.objectives, recorder.rows()) if exp.multi_objective else _no_best(recorder, exp)
     status = "interrupted" if signum else "failed" if failure else "finished"
+    if tracking:
+        for line in tracking.close(status, best):
+            print(line, file=sys.stderr)
+        meta["tracking"] = tracking.stats()
     meta.update(status=status, error=failure, ended_at=rundir.now(), counts=counts, best=_jsonable(best),
                 signal=signal.Signals(signum).name if signum else None)
     if exp.multi_objective:

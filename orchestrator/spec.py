@@ -14,6 +14,7 @@ import difflib
 import hashlib
 import json
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Union
@@ -32,6 +33,7 @@ from orchestrator.rules import Strategy, most_iterations
 from orchestrator.schedulers import SCHEDULERS
 from orchestrator.searchers import SEARCHERS
 from orchestrator.space import Param, merge_space, parse_space
+from orchestrator.tracking import TrackingSpec
 
 
 class MetricSpec(StrictModel):
@@ -82,6 +84,7 @@ class ExperimentSpec(StrictModel):
     evaluation: EvaluationSpec = EvaluationSpec()
     extra_params: list[str] = Field(default_factory=list, description="space entries a built-in family does not "
                                     "declare, passed to its library on purpose")
+    tracking: TrackingSpec = TrackingSpec()  # MLflow, TensorBoard, W&B (orchestrator.tracking); off by default
 
 
 @dataclass(frozen=True)
@@ -379,6 +382,7 @@ def _valid_keys(loc: tuple) -> list[str]:
             continue
         field = model.model_fields.get(part)
         ann = field.annotation if field else None
+        ann = next((a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)), ann)  # X | None
         model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
     return list(model.model_fields) if model is not None else []
 
