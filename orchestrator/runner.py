@@ -62,7 +62,7 @@ def build_tune_config(exp: Experiment):
     else:
         points, rewards = [dict(p) for p in spec.searcher.points_to_evaluate], None
     plan = build_search(spec.searcher, SearchContext(exp.params, exp.metric, exp.mode, exp.searcher_seed,
-                                                     points, rewards))
+                                                     points, rewards, trials=exp.total_trials))
     concurrent = min(spec.budget.concurrent, spec.searcher.max_concurrent or spec.budget.concurrent)
     if isinstance(plan.search_alg, tune.search.BasicVariantGenerator):
         # Ray ignores max_concurrent_trials for a generator passed in (with a warning): it must be

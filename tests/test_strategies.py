@@ -66,6 +66,7 @@ EXPECTED_CLASSES = {
     "optuna-gp": ("OptunaSearch", "GPSampler"),
     "hyperopt-tpe": ("HyperOptSearch", None),
     "bohb": ("TuneBOHB", None),
+    "smac": ("SMACSearch", None),
 }
 EXPECTED_SCHEDULERS = {"fifo": "FIFOScheduler", "asha": "AsyncHyperBandScheduler", "hyperband": "FinishingHyperBand",
                        "bohb-hyperband": "FinishingHyperBandForBOHB",
@@ -116,7 +117,7 @@ SVM_LIKE = {
 }
 
 
-@pytest.mark.parametrize("searcher", ["optuna-tpe", "random"])
+@pytest.mark.parametrize("searcher", ["optuna-tpe", "random", "smac"])
 def test_conditional_parameters_appear_only_when_active(searcher):
     """Asks the searcher for configs directly: no trials needed to see what it proposes."""
     exp = validate({"name": "c", "family": "synthetic", "metric": {"name": "loss"},
