@@ -35,6 +35,7 @@ multiple of q when handed to the trial; SMAC keeps modelling the unrounded value
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 import shutil
 import tempfile
@@ -102,6 +103,7 @@ class SMACSearch(Searcher):
         # trials pending (trial id -> SMAC config). Points still to try go first.
         self.told: list[tuple[dict[str, Any], float | None]] = []
         self.pending: dict[str, dict[str, Any]] = {}
+        self.last: dict[str, float] = {}  # pending trial -> its last reported score
         self.queue: list[dict[str, Any]] = [] if rewards is not None else [dict(p) for p in points or ()]
         if rewards is not None:
             self.told = [(dict(p), self._cost(r)) for p, r in zip(points or (), rewards)]
@@ -128,12 +130,18 @@ class SMACSearch(Searcher):
         self.pending[trial_id] = values
         return self._trial_config(values)
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if result.get(self._metric) is not None:
+            self.last[trial_id] = result[self._metric]
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """Tune passes no result for a trial stopped while paused (HyperBand): its last report counts."""
         values = self.pending.pop(trial_id, None)
+        last = self.last.pop(trial_id, None)
         if values is None:
             return
-        score = None if error or not result else result.get(self._metric)
-        cost = None if score is None else self._cost(float(score))
+        score = None if error else (result or {}).get(self._metric, last)
+        cost = None if score is None or not math.isfinite(score) else self._cost(float(score))
         self.told.append((values, cost))
         self._tell(values, cost)
 
@@ -146,7 +154,7 @@ class SMACSearch(Searcher):
             self.__setstate__(pickle.load(f))
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_smac", "_dir", "_cs", "_seed_key")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_smac", "_dir", "_cs", "_seed_key", "_worst", "_crashed")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -175,6 +183,8 @@ class SMACSearch(Searcher):
         # Results known before the first ask (warm start, a resumed run) are told with one seed,
         # which the intensifier then adopts as its own; with none, its first ask fixes the seed.
         self._seed_key = self.seed
+        self._worst: float | None = None  # the worst finite cost told, which crashed trials are told
+        self._crashed: list[dict[str, Any]] = []  # crashed before any finite cost was told
         # Warm-start configs may lack parameters of this space: completed once, so a replay tells the same.
         self.told = [(self._plain(self._configuration(values)), cost) for values, cost in self.told]
         for values, cost in self.told:
@@ -188,14 +198,31 @@ class SMACSearch(Searcher):
         return self._smac
 
     def _tell(self, values: dict[str, Any], cost: float | None) -> None:
+        """Tell SMAC one result; `None` is a crashed trial (errored, or no finite score).
+
+        A crash is told as the worst cost seen so far, with status CRASHED. SMAC's own crash cost
+        (`Scenario.crash_cost`, inf) breaks its HPO facade: the log-scaled encoder divides by an
+        infinite range and the forest refuses the NaN targets ("Input y contains NaN"), so the next
+        ask fails. Crashes before any finite result wait for the first one.
+        """
+        self._ensure()
+        if cost is None:
+            self._crashed.append(values)
+        else:
+            self._worst = cost if self._worst is None else max(self._worst, cost)
+            self._add(values, cost, crashed=False)
+        if self._worst is not None:
+            for crashed in self._crashed:
+                self._add(crashed, self._worst, crashed=True)
+            self._crashed = []
+
+    def _add(self, values: dict[str, Any], cost: float, crashed: bool) -> None:
         from smac.runhistory.dataclasses import TrialInfo, TrialValue
         from smac.runhistory.enumerations import StatusType
 
-        smac = self._ensure()
         info = TrialInfo(self._configuration(values), seed=self._seed_key)
-        value = (TrialValue(cost=cost) if cost is not None
-                 else TrialValue(cost=float("inf"), status=StatusType.CRASHED))
-        smac.tell(info, value, save=False)
+        status = StatusType.CRASHED if crashed else StatusType.SUCCESS
+        self._smac.tell(info, TrialValue(cost=cost, status=status), save=False)
 
     def _cost(self, score: float) -> float:
         return score if self._mode == "min" else -score

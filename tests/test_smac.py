@@ -126,14 +126,34 @@ def test_warm_start_scores_are_told_before_the_first_ask(tmp_path):
     assert {k: incumbent[k] for k in ("kernel", "C", "degree", "q")} == {"kernel": "poly", "C": 0.5, "degree": 2, "q": 5}
 
 
-def test_an_errored_trial_is_told_as_crashed_and_the_search_goes_on():
+def test_failed_trials_are_told_as_crashed_at_the_worst_cost_and_the_model_keeps_working():
+    """SMAC's own crash cost (inf) made its forest fail on NaN targets at the next model-based ask
+    (seen under HyperBand in the strategies matrix); a crash is told as the worst cost so far."""
     from smac.runhistory.enumerations import StatusType
 
+    alg = searcher(trials=8)
+    for tid, result, error in [("err", None, True), ("nan", {"loss": math.nan}, False), ("none", {}, False)]:
+        alg.suggest(tid)
+        alg.on_trial_complete(tid, result, error=error)
+    assert finished(alg) == []  # nothing finite to compare a crash with yet
+    alg.suggest("ok")
+    alg.on_trial_complete("ok", {"loss": 2.5})
+    told = {v.status: v.cost for v in alg._smac.runhistory.values() if v.status != StatusType.RUNNING}
+    assert sorted(finished(alg)) == sorted([StatusType.SUCCESS] + [StatusType.CRASHED] * 3)
+    assert told == {StatusType.SUCCESS: 2.5, StatusType.CRASHED: 2.5}
+    alg.suggest("bad2")
+    alg.on_trial_complete("bad2", None, error=True)
+    assert len(drive(alg, 8)) == 8  # past the initial design: the forest fits and proposes
+
+
+def test_a_trial_stopped_while_paused_is_told_its_last_score():
+    """Tune calls on_trial_complete without a result for a trial HyperBand stops while paused."""
     alg = searcher()
-    alg.suggest("bad")
-    alg.on_trial_complete("bad", None, error=True)
-    assert finished(alg) == [StatusType.CRASHED]
-    assert drive(alg, 3)
+    alg.suggest("paused")
+    alg.on_trial_result("paused", {"loss": 1.25, "training_iteration": 2})
+    alg.on_trial_complete("paused")
+    assert [v.cost for v in alg._smac.runhistory.values() if v.status.name == "SUCCESS"] == [1.25]
+    assert alg.last == {}
 
 
 def test_saved_state_restores_into_a_new_searcher(tmp_path):
