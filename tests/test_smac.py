@@ -167,6 +167,10 @@ def test_saved_state_restores_into_a_new_searcher(tmp_path):
     assert fresh.pending == alg.pending and fresh.told == alg.told and "running" in fresh.pending
     fresh.on_trial_complete("running", {"loss": loss(running)})
     assert len(finished(fresh)) == 7
+    import pickle  # Tune also pickles the searcher itself into tuner.pkl: SMAC is left out and rebuilt
+
+    copy = pickle.loads(pickle.dumps(alg))
+    assert copy._smac is None and copy.told == alg.told and copy.suggest("again")
     assert drive(fresh, 3, prefix="after")
 
 
