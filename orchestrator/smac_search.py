@@ -46,6 +46,7 @@ from ray.tune.search import Searcher
 
 from orchestrator.space import Param, active, to_tune
 
+_REBUILT = ("_smac", "_dir", "_cs", "_seed_key", "_worst", "_crashed", "_ahead")  # left out of the state
 _PLAIN = {"quniform": "uniform", "qloguniform": "loguniform", "qrandint": "randint"}
 
 
@@ -121,6 +122,9 @@ class SMACSearch(Searcher):
         smac = self._ensure()
         if self.queue:
             config = self._configuration(self.queue.pop(0))
+            self._running(config)  # so that SMAC does not propose it again while it runs
+        elif self._ahead is not None:
+            config, self._ahead = self._ahead, None
         else:
             with warnings.catch_warnings():
                 # The forest's variance over empty leaves and numpy's "Mean of empty slice".
@@ -154,7 +158,7 @@ class SMACSearch(Searcher):
             self.__setstate__(pickle.load(f))
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_smac", "_dir", "_cs", "_seed_key", "_worst", "_crashed")}
+        return {k: v for k, v in self.__dict__.items() if k not in _REBUILT}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -189,13 +193,22 @@ class SMACSearch(Searcher):
         self.told = [(self._plain(self._configuration(values)), cost) for values, cost in self.told]
         for values, cost in self.told:
             self._tell(values, cost)
-        if not self.told:
+        for values in self.pending.values():  # running when the state was saved: SMAC must not re-propose them
+            self._running(self._configuration(values))
+        self._ahead = None
+        if not self.told and not self.pending:
+            # SMAC's first proposal, asked now to learn the seed its intensifier runs configs with;
+            # handed out after the points to evaluate.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 first = self._smac.ask()
-            self._seed_key = first.seed
-            self.queue.append(self._plain(first.config))  # SMAC's first proposal, after the points
+            self._seed_key, self._ahead = first.seed, first.config
         return self._smac
+
+    def _running(self, config) -> None:
+        from smac.runhistory.dataclasses import TrialInfo
+
+        self._smac.runhistory.add_running_trial(TrialInfo(config, seed=self._seed_key))
 
     def _tell(self, values: dict[str, Any], cost: float | None) -> None:
         """Tell SMAC one result; `None` is a crashed trial (errored, or no finite score).
@@ -235,7 +248,7 @@ class SMACSearch(Searcher):
         rng = np.random.RandomState(self.seed + len(self.told) + len(self.pending))
         full: dict[str, Any] = {}
         for p in sorted(self.params.values(), key=lambda p: bool(p.when)):
-            if p.kind == "constant" or p.name not in self._cs or (p.when and not active(p, {**full, **self._constants()})):
+            if p.name not in self._cs or (p.when and not active(p, {**full, **self._constants()})):
                 continue
             hp = self._cs[p.name]
             v = values[p.name] if p.name in values else hp.sample_value(seed=rng)

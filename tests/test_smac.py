@@ -123,7 +123,8 @@ def test_warm_start_scores_are_told_before_the_first_ask(tmp_path):
     assert first["C"] not in (0.5, 2.0)  # nothing re-run
     assert len(finished(alg)) == 2
     incumbent = dict(alg._smac.intensifier.get_incumbent())
-    assert {k: incumbent[k] for k in ("kernel", "C", "degree", "q")} == {"kernel": "poly", "C": 0.5, "degree": 2, "q": 5}
+    assert {k: incumbent[k] for k in ("kernel", "C", "degree", "q")} == {"kernel": "poly", "C": 0.5, "degree": 2,
+                                                                         "q": 5}
 
 
 def test_failed_trials_are_told_as_crashed_at_the_worst_cost_and_the_model_keeps_working():
