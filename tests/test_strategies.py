@@ -265,7 +265,7 @@ def _checkpoints_per_trial(run_dir) -> set[int]:
 
 # --- seeding and warm start -------------------------------------------------------------------
 
-@pytest.mark.parametrize("searcher", ["random", "optuna-tpe", "optuna-cmaes", "hyperopt-tpe", "bohb"])
+@pytest.mark.parametrize("searcher", ["random", "optuna-tpe", "optuna-cmaes", "hyperopt-tpe", "bohb", "smac"])
 def test_same_seed_same_first_proposals(searcher):
     def proposals(seed):
         sched = "bohb-hyperband" if searcher == "bohb" else "fifo"
@@ -335,7 +335,7 @@ def test_warm_start_refuses_another_metric_and_missing_files(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("searcher, scheduler", [("random", "median-stopping"), ("random", "hyperband"),
-                                                 ("bohb", "bohb-hyperband")])
+                                                 ("bohb", "bohb-hyperband"), ("smac", "hyperband")])
 def test_no_trial_repeats_an_iteration(ray_local, tmp_path, searcher, scheduler):
     """Schedulers that pause trials must resume them where they were, not from iteration 1."""
     raw = synthetic(searcher, scheduler, trials=6)
