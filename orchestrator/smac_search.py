@@ -25,6 +25,10 @@ What we found in SMAC 2.4.1 and do about it:
   resume) are told with the seed its intensifier uses, so SMAC counts them as the same
   instance-seed key as its own; warm-start results are told before the first ask (SMAC's own
   warm-start recipe).
+- A failed trial cannot be told at SMAC's own crash cost (inf): its forest then fails on NaN targets
+  at the next ask (seen as "Input y contains NaN" under HyperBand in the strategies matrix). It is
+  told as the worst cost so far (tests/test_smac.py). A trial HyperBand stops while paused gets no
+  result from Tune; it is told its last reported score.
 - The searcher's state (what was told, what is pending) is plain data; SMAC itself is rebuilt from
   it on restore (`hpo resume`) by replaying the results, so nothing of SMAC's is pickled.
 
