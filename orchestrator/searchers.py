@@ -85,6 +85,7 @@ class SMACOptions(SearcherOptions):
     name: Literal["smac"] = "smac"
     n_configs: int | None = Field(None, ge=1, description="initial design size (SMAC: 10 per parameter, "
                                                           "at most a quarter of budget.trials)")
+    facade: Literal["hpo", "blackbox"] = Field("hpo", description="hpo: random forest; blackbox: Gaussian process")
 
 
 class BOHBOptions(SearcherOptions):
@@ -330,7 +331,7 @@ def _build_smac(opts: SMACOptions, ctx: SearchContext) -> SearchPlan:
     from orchestrator.smac_search import SMACSearch
 
     return SearchPlan(SMACSearch(ctx.params, ctx.metric, ctx.mode, ctx.seed, ctx.trials, ctx.points or None,
-                                 ctx.rewards, n_configs=opts.n_configs), {})
+                                 ctx.rewards, n_configs=opts.n_configs, facade=opts.facade), {})
 
 
 _MODEL_BASED = (picks_values,)

@@ -85,7 +85,7 @@ def _never_active(p: Param, constants: Mapping[str, Any]) -> bool:
 
 
 class SMACSearch(Searcher):
-    """SMAC's HPO facade (random forest + EI) behind Ray Tune's Searcher interface.
+    """SMAC's HPO facade (random forest + EI), or its black-box facade (GP), behind Ray Tune's Searcher.
 
     Args:
         params: the experiment's parameters (constants are added to every config).
@@ -94,16 +94,19 @@ class SMACSearch(Searcher):
         n_trials: the run's trial budget; SMAC sizes its initial design from it (a quarter at most).
         points: configs to evaluate first, in order; with `rewards`, results already known (warm start).
         n_configs: initial design size; None is SMAC's own rule.
+        facade: "hpo" (random forest, the default) or "blackbox" (SMAC's Gaussian process, for
+            small continuous spaces; ~0.4 s per suggestion here).
     """
 
     def __init__(self, params: Mapping[str, Param], metric: str, mode: str, seed: int, n_trials: int,
                  points: list[dict[str, Any]] | None = None, rewards: list[float] | None = None,
-                 n_configs: int | None = None):
+                 n_configs: int | None = None, facade: str = "hpo"):
         super().__init__(metric=metric, mode=mode)
         self.params = dict(params)
         self.seed = seed
         self.n_trials = n_trials
         self.n_configs = n_configs
+        self.facade = facade
         # Plain-data state, saved and restored: results told (config, cost or None if crashed) and
         # trials pending (trial id -> SMAC config). Points still to try go first.
         self.told: list[tuple[dict[str, Any], float | None]] = []
@@ -177,8 +180,9 @@ class SMACSearch(Searcher):
     def _ensure(self):
         if self._smac is not None:
             return self._smac
-        from smac import HyperparameterOptimizationFacade as HPO
-        from smac import Scenario
+        from smac import BlackBoxFacade, HyperparameterOptimizationFacade, Scenario
+
+        Facade = HyperparameterOptimizationFacade if self.facade == "hpo" else BlackBoxFacade
 
         logging.getLogger("smac").setLevel(logging.WARNING)
         self._cs = config_space(self.params, self.seed)
@@ -186,8 +190,9 @@ class SMACSearch(Searcher):
             self._dir = tempfile.mkdtemp(prefix="hpo-smac-")
         scenario = Scenario(self._cs, deterministic=True, n_trials=self.n_trials, seed=self.seed,
                             output_directory=f"{self._dir}/smac")
-        design = HPO.get_initial_design(scenario, **({} if self.n_configs is None else {"n_configs": self.n_configs}))
-        self._smac = HPO(scenario, _never_called, initial_design=design, overwrite=True, logging_level=False)
+        sized = {} if self.n_configs is None else {"n_configs": self.n_configs}
+        design = Facade.get_initial_design(scenario, **sized)
+        self._smac = Facade(scenario, _never_called, initial_design=design, overwrite=True, logging_level=False)
         # Results known before the first ask (warm start, a resumed run) are told with one seed,
         # which the intensifier then adopts as its own; with none, its first ask fixes the seed.
         self._seed_key = self.seed

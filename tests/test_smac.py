@@ -60,8 +60,9 @@ def finished(alg: SMACSearch) -> list:
     return [v.status for v in alg._smac.runhistory.values() if v.status != StatusType.RUNNING]
 
 
-def test_conditional_parameters_and_types_follow_the_space():
-    for config in drive(searcher(), 20):
+@pytest.mark.parametrize("facade", ["hpo", "blackbox"])
+def test_conditional_parameters_and_types_follow_the_space(facade):
+    for config in drive(searcher(trials=12, facade=facade), 12):  # 3 from the initial design, 9 from the model
         assert ("gamma" in config) == (config["kernel"] == "rbf"), config
         assert ("degree" in config) == (config["kernel"] == "poly"), config
         assert type(config["kernel"]) is str and config["iterations"] == 2
@@ -206,13 +207,13 @@ def test_the_example_spec_runs_for_real_on_a_conditional_space(ray_local, tmp_pa
     assert meta["status"] == "finished" and meta["evaluation"]["test_score"] is not None, trials["config.kernel"]
 
 
-def test_one_at_a_time_it_proposes_exactly_what_smacs_own_loop_does(tmp_path):
+@pytest.mark.parametrize("facade", ["hpo", "blackbox"])
+def test_one_at_a_time_it_proposes_exactly_what_smacs_own_loop_does(tmp_path, facade):
     """The independent oracle: SMAC's own optimize() with the same facade, seed and budget on the
     same space evaluates the very same configs in the same order, so the adapter adds nothing and
     loses nothing (conditions aside, which SMAC's loop would handle the same way)."""
     from ConfigSpace import ConfigurationSpace, Float
-    from smac import HyperparameterOptimizationFacade as HPO
-    from smac import Scenario
+    from smac import BlackBoxFacade, HyperparameterOptimizationFacade, Scenario
 
     def branin(c):
         x1, x2 = c["x1"], c["x2"]
@@ -220,7 +221,7 @@ def test_one_at_a_time_it_proposes_exactly_what_smacs_own_loop_does(tmp_path):
             + 10 * (1 - 1 / (8 * math.pi)) * math.cos(x1) + 10
 
     space = {"x1": {"uniform": [-5.0, 10.0]}, "x2": {"uniform": [0.0, 15.0]}}
-    alg = SMACSearch(parse_space(space)[0], "loss", "min", seed=7, n_trials=9)
+    alg = SMACSearch(parse_space(space)[0], "loss", "min", seed=7, n_trials=9, facade=facade)
     ours = []
     for i in range(9):
         config = alg.suggest(f"t{i}")
@@ -231,7 +232,8 @@ def test_one_at_a_time_it_proposes_exactly_what_smacs_own_loop_does(tmp_path):
     cs.add([Float("x1", (-5.0, 10.0)), Float("x2", (0.0, 15.0))])
     theirs = []
     scenario = Scenario(cs, deterministic=True, n_trials=9, seed=7, output_directory=tmp_path / "smac")
-    smac = HPO(scenario, lambda config, seed=0: theirs.append(dict(config)) or branin(config), overwrite=True,
-               logging_level=False)
+    Facade = HyperparameterOptimizationFacade if facade == "hpo" else BlackBoxFacade
+    smac = Facade(scenario, lambda config, seed=0: theirs.append(dict(config)) or branin(config), overwrite=True,
+                  logging_level=False)
     smac.optimize()
     assert ours == theirs
