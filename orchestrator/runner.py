@@ -65,7 +65,8 @@ def build_tune_config(exp: Experiment):
     # metric/mode stay the first one's, for what reads one (FIFO needs none: the only scheduler allowed).
     metric, mode = ([n for n, _ in exp.objectives], [m for _, m in exp.objectives]) if exp.multi_objective \
         else (exp.metric, exp.mode)
-    plan = build_search(spec.searcher, SearchContext(exp.params, metric, mode, exp.searcher_seed, points, rewards))
+    plan = build_search(spec.searcher, SearchContext(exp.params, metric, mode, exp.searcher_seed, points, rewards,
+                                                     trials=exp.total_trials))
     concurrent = min(spec.budget.concurrent, spec.searcher.max_concurrent or spec.budget.concurrent)
     if isinstance(plan.search_alg, tune.search.BasicVariantGenerator):
         # Ray ignores max_concurrent_trials for a generator passed in (with a warning): it must be

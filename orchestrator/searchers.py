@@ -92,6 +92,13 @@ class HyperOptOptions(SearcherOptions):
     gamma: float | None = Field(None, gt=0, lt=1)
 
 
+class SMACOptions(SearcherOptions):
+    name: Literal["smac"] = "smac"
+    n_configs: int | None = Field(None, ge=1, description="initial design size (SMAC: 10 per parameter, "
+                                                          "at most a quarter of budget.trials)")
+    facade: Literal["hpo", "blackbox"] = Field("hpo", description="hpo: random forest; blackbox: Gaussian process")
+
+
 class BOHBOptions(SearcherOptions):
     name: Literal["bohb"] = "bohb"
     min_points_in_model: int | None = Field(None, ge=1)
@@ -112,6 +119,7 @@ class SearchContext:
     seed: int
     points: list[dict[str, Any]] = field(default_factory=list)
     rewards: list[float] | None = None  # scores of `points` (warm start), for searchers that learn from them
+    trials: int = 100  # budget.trials, for searchers that plan around the budget (SMAC's initial design)
 
 
 @dataclass(frozen=True)
@@ -337,6 +345,13 @@ def _build_bohb(opts: BOHBOptions, ctx: SearchContext) -> SearchPlan:
     return SearchPlan(alg, to_tune(ctx.params))
 
 
+def _build_smac(opts: SMACOptions, ctx: SearchContext) -> SearchPlan:
+    from orchestrator.smac_search import SMACSearch
+
+    return SearchPlan(SMACSearch(ctx.params, ctx.metric, ctx.mode, ctx.seed, ctx.trials, ctx.points or None,
+                                 ctx.rewards, n_configs=opts.n_configs, facade=opts.facade), {})
+
+
 _MODEL_BASED = (picks_values,)
 _OPTUNA = requires("optuna")
 
@@ -354,6 +369,8 @@ SEARCHERS: dict[str, SearcherEntry] = {
                                rules=(requires("optuna", "torch"), *_MODEL_BASED, flat_space, one_objective)),
     "hyperopt-tpe": SearcherEntry(HyperOptOptions, _build_hyperopt,
                                   rules=(requires("hyperopt"), *_MODEL_BASED, flat_space, one_objective)),
+    "smac": SearcherEntry(SMACOptions, _build_smac,
+                          rules=(requires("smac", "ConfigSpace"), *_MODEL_BASED, one_objective)),
     "bohb": SearcherEntry(BOHBOptions, _build_bohb, rules=(requires("hpbandster", "ConfigSpace"), *_MODEL_BASED,
                                                            flat_space, with_scheduler("bohb-hyperband"),
                                                            one_objective)),
