@@ -266,11 +266,14 @@ class Recorder:
         rec.node_id, rec.cpus, rec.gpus, rec.gpu_ids = (info.get("node_id"), info.get("cpus"), info.get("gpus"),
                                                         info.get("gpu_ids"))
 
-    def complete(self, trial_id: str, ended_itself: bool = False) -> None:
+    def complete(self, trial_id: str, ended_itself: bool = False, stopped_waiting: bool = False) -> None:
         """The trial ended without error. `ended_itself`: its own last result said `done` (as
-        Ray's pbt_function example does), so it completed, whatever its iteration count."""
+        Ray's pbt_function example does), so it completed, whatever its iteration count.
+        `stopped_waiting`: the scheduler stopped it while it was paused (HyperBand's losers at a
+        rung), so no result of its own carried the stop."""
         rec = self.trials[trial_id]
-        early = rec.stop_requested and not ended_itself and (self.max_t is None or rec.iterations < self.max_t)
+        stopped = rec.stop_requested or stopped_waiting
+        early = stopped and not ended_itself and (self.max_t is None or rec.iterations < self.max_t)
         rec.status, rec.ended_at = ("stopped" if early else "completed"), time.time()
 
     def error(self, trial_id: str, message: str) -> None:
