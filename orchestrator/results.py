@@ -41,10 +41,13 @@ from orchestrator.schema import SCHEMA_KEY, SCHEMA_VERSION
 # A batched result's earlier iterations: [{"iteration": n, "at": unix time, "metrics": {...}}, ...],
 # the last of them being the result itself (orchestrator.trial holds reports back; Recorder replays).
 HELD = "hpo_held"
+# A trial's schedule, once its config changed mid-run (PBT): [{"from_iteration": n, "config": {...}}, ...],
+# each config trained from the iteration after `from_iteration` (orchestrator.trial keeps it).
+SCHEDULE = "hpo_schedule"
 
 # Keys Ray adds to every result: kept out of `metric.*` (the useful ones get their own column).
 RAY_RESULT_KEYS = frozenset({
-    HELD, "done", "trial_id", "date", "timestamp", "pid", "hostname", "node_ip", "config", "time_since_restore",
+    HELD, SCHEDULE, "done", "trial_id", "date", "timestamp", "pid", "hostname", "node_ip", "config", "time_since_restore",
     "iterations_since_restore", "checkpoint_dir_name", "should_checkpoint", "experiment_tag",
     "time_this_iter_s", "time_total_s", "training_iteration", "episodes_total", "timesteps_total",
     "timesteps_since_restore", "experiment_id", "__duplicate__",
@@ -80,6 +83,7 @@ class TrialRecord:
     gpu_ids: str | None = None
     error: str | None = None
     stop_requested: bool = False  # its last result ended it (the scheduler, a stopper, or itself)
+    schedule: list[dict[str, Any]] | None = None  # the configs its final state trained with (PBT), see SCHEDULE
 
     def row(self) -> dict[str, Any]:
         end = self.ended_at or time.time()
@@ -232,6 +236,8 @@ class Recorder:
         # Ray's own `timestamp` is whole seconds: the arrival time (or the trial's own clock) is finer.
         self._iteration(trial_id, config, result, iteration, total, sent_at or time.time(), result)
         self.trials[trial_id].stop_requested = bool(result.get("done"))
+        if result.get(SCHEDULE):
+            self.trials[trial_id].schedule = result[SCHEDULE]
 
     def _iteration(self, trial_id: str, config: Mapping[str, Any], values: Mapping[str, Any],
                    iteration: int | None, time_total_s: float | None, timestamp: float | None,
