@@ -193,7 +193,7 @@ def _nested(exp: Experiment, data: Dataset, search: Search, root: Path, metric: 
         if best is None:
             folds.append({"fold": i, "error": "no trial reported the metric"})
             continue
-        test = refit(exp, best.config, outer)
+        test = refit(exp, best.config, outer, refit_plan(exp, best).get("schedule"))
         folds.append({"fold": i, "config": dict(best.config), "valid": best.score, "test": test.get(metric)})
     scores = np.array([f["test"] for f in folds if f.get("test") is not None], dtype=float)
     valid = np.array([f["valid"] for f in folds if f.get("test") is not None], dtype=float)

@@ -80,7 +80,8 @@ def refit_lines(plan: Mapping[str, Any] | None, trial_id: str | None) -> list[st
     steps = "; ".join(f"from iteration {seg['from_iteration'] + 1}: "
                       + (", ".join(f"{k}={_short(seg['config'].get(k))}" for k in changed) or "its config")
                       for seg in schedule)
-    return [f"  refit replayed trial {trial_id}'s PBT schedule ({len(schedule)} configs): {steps}"]
+    configs = f"{len(schedule)} config{'s' if len(schedule) > 1 else ''}"
+    return [f"  refit replayed trial {trial_id}'s PBT schedule ({configs}): {steps}"]
 
 
 def _short(v: Any) -> str:
