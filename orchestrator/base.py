@@ -1,10 +1,19 @@
 """The one pydantic base every spec object shares: unknown keys are errors, objects are immutable,
-and a boolean is never a number (pydantic would take `trials: true` as 1)."""
+and a boolean is never a number (pydantic would take `trials: true` as 1).
+
+The boolean check is one model validator, not a `field_validator("*")`: a validator on every field
+also wraps the `name` literal that the searcher/scheduler unions are discriminated by, and pydantic
+then refuses to build the union. A model validator's error is located at the section, so it names
+the key in its context (`BOOLEAN_FOR_NUMBER`) and orchestrator.spec puts it back into the path.
+"""
 
 import types
 import typing
 
 from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic_core import PydanticCustomError
+
+BOOLEAN_FOR_NUMBER = "boolean_for_number"  # the error type; its context names the field
 
 
 class StrictModel(BaseModel):
@@ -17,7 +26,8 @@ class StrictModel(BaseModel):
             for key, value in data.items():
                 field = cls.model_fields.get(key)
                 if isinstance(value, bool) and field is not None and _is_number(field.annotation):
-                    raise ValueError(f"{key}: expected a number, got {str(value).lower()} (a boolean); write a number")
+                    raise PydanticCustomError(BOOLEAN_FOR_NUMBER, "expected a number, got {value} (a boolean); "
+                                              "write a number", {"field": key, "value": str(value).lower()})
         return data
 
 

@@ -78,7 +78,10 @@ class RecorderCallback(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._place(trial.trial_id)
         ended_itself = self.stopper is not None and trial.trial_id in self.stopper.ended_itself
-        self.recorder.complete(trial.trial_id, ended_itself=ended_itself)
+        # HyperBand/BOHB stop a trial waiting at a rung (paused) with no result saying so: Tune calls
+        # this while the trial is still PAUSED (or PENDING), which is the only sign of that stop.
+        waiting = trial.status in (trial.PAUSED, trial.PENDING)
+        self.recorder.complete(trial.trial_id, ended_itself=ended_itself, stopped_waiting=waiting)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._place(trial.trial_id)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import HyperBandForBOHB, HyperBandScheduler, MedianStoppingRule, TrialScheduler
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
 
 class ContinuingMedianStoppingRule(MedianStoppingRule):
@@ -32,8 +34,82 @@ class _StopsFinishedBrackets:
             bracket.cleanup_full(tune_controller)  # stops the bracket's paused trials
 
 
-class FinishingHyperBand(_StopsFinishedBrackets, HyperBandScheduler):
-    """Ray's HyperBandScheduler with finished brackets always closed."""
+class _FillsBracketsUnderTheCap:
+    """With `budget.concurrent` below a bracket's size, Ray's HyperBand never stopped a trial.
+
+    Two causes, both fixed here:
+    - The cap lives in the searcher (Ray's generator's `max_concurrent`, or the ConcurrencyLimiter
+      Tune wraps a searcher in), which counts every unfinished trial, paused ones included: once the
+      running trials were paused at a rung, no new trial was made to fill the bracket. The cap is
+      now widened by the trials paused at a rung (trials about to resume count as running).
+    - Ray halves a bracket as soon as every trial added *so far* reached the rung, and keeps
+      n0/eta of its n0 slots: with 2 trials of 5 present it kept both. A trial at the rung of a
+      bracket that is not full now waits paused while the searcher can still add trials (as Ray's
+      HyperBandForBOHB does); when nothing runs, a bracket with paused trials is processed.
+    Seen: 9 of 9 trials ran to max_t 9 with `concurrent: 2` (3 should stop at iteration 3).
+    `tests/test_strategies.py::test_hyperband_stops_trials_under_a_concurrency_cap` would catch it.
+    BOHB's searcher counts paused trials itself (HyperBandForBOHB tells it), so only `hyperband`
+    needs this.
+    """
+
+    _cap: int | None = None  # budget.concurrent as built; the limiter's value is that plus the paused
+
+    def on_trial_result(self, tune_controller, trial, result):
+        bracket, _ = self._trial_info[trial]
+        bracket.update_trial_stats(trial, result)
+        if bracket.continue_trial(trial):
+            decision = TrialScheduler.CONTINUE
+        elif not bracket.filled() and not tune_controller.search_alg.is_finished():
+            decision = TrialScheduler.PAUSE  # the bracket's other trials are still to come
+        else:
+            decision = self._process_bracket(tune_controller, bracket)
+        self._widen_cap(tune_controller, trial if decision == TrialScheduler.PAUSE else None)
+        return decision
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        super().on_trial_remove(tune_controller, trial)
+        self._widen_cap(tune_controller)
+
+    def choose_trial_to_run(self, tune_controller):
+        self._widen_cap(tune_controller)
+        chosen = super().choose_trial_to_run(tune_controller)
+        if chosen is None and not any(t.status in (Trial.RUNNING, Trial.PENDING) for t in tune_controller.get_trials()):
+            for bracket in self._brackets():
+                if any(t.status == Trial.PAUSED for t in bracket.current_trials()):
+                    self._process_bracket(tune_controller, bracket)
+            chosen = super().choose_trial_to_run(tune_controller)
+        return chosen
+
+    def _brackets(self):
+        return [bracket for band in self._hyperbands for bracket in band if bracket is not None]
+
+    def _widen_cap(self, tune_controller, pausing=None) -> None:
+        limiter = _limiter(tune_controller.search_alg)
+        if limiter is None:
+            return
+        if self._cap is None:
+            self._cap = limiter.max_concurrent
+        if not self._cap:  # 0: the generator has no cap
+            return
+        paused = {t for bracket in self._brackets() for t in bracket.current_trials()
+                  if t is pausing or (t.status == Trial.PAUSED and t not in bracket.trials_to_unpause)}
+        limiter.max_concurrent = self._cap + len(paused)
+
+
+def _limiter(search_alg):
+    """What holds the run's concurrency cap: Ray's generator itself, or the ConcurrencyLimiter."""
+    if isinstance(search_alg, BasicVariantGenerator):
+        return search_alg
+    searcher = getattr(search_alg, "searcher", None)
+    while searcher is not None:
+        if isinstance(searcher, ConcurrencyLimiter):
+            return searcher
+        searcher = getattr(searcher, "searcher", None)
+    return None
+
+
+class FinishingHyperBand(_StopsFinishedBrackets, _FillsBracketsUnderTheCap, HyperBandScheduler):
+    """Ray's HyperBandScheduler with finished brackets always closed, and paused trials outside the cap."""
 
 
 class FinishingHyperBandForBOHB(_StopsFinishedBrackets, HyperBandForBOHB):

@@ -43,10 +43,13 @@ from orchestrator.schema import SCHEMA_KEY, SCHEMA_VERSION
 # A batched result's earlier iterations: [{"iteration": n, "at": unix time, "metrics": {...}}, ...],
 # the last of them being the result itself (orchestrator.trial holds reports back; Recorder replays).
 HELD = "hpo_held"
+# A trial's schedule, once its config changed mid-run (PBT): [{"from_iteration": n, "config": {...}}, ...],
+# each config trained from the iteration after `from_iteration` (orchestrator.trial keeps it).
+SCHEDULE = "hpo_schedule"
 
 # Keys Ray adds to every result: kept out of `metric.*` (the useful ones get their own column).
 RAY_RESULT_KEYS = frozenset({
-    HELD, "done", "trial_id", "date", "timestamp", "pid", "hostname", "node_ip", "config", "time_since_restore",
+    HELD, SCHEDULE, "done", "trial_id", "date", "timestamp", "pid", "hostname", "node_ip", "config", "time_since_restore",
     "iterations_since_restore", "checkpoint_dir_name", "should_checkpoint", "experiment_tag",
     "time_this_iter_s", "time_total_s", "training_iteration", "episodes_total", "timesteps_total",
     "timesteps_since_restore", "experiment_id", "__duplicate__",
@@ -82,6 +85,7 @@ class TrialRecord:
     gpu_ids: str | None = None
     error: str | None = None
     stop_requested: bool = False  # its last result ended it (the scheduler, a stopper, or itself)
+    schedule: list[dict[str, Any]] | None = None  # the configs its final state trained with (PBT), see SCHEDULE
 
     def row(self) -> dict[str, Any]:
         end = self.ended_at or time.time()
@@ -251,6 +255,8 @@ class Recorder:
         # Ray's own `timestamp` is whole seconds: the arrival time (or the trial's own clock) is finer.
         self._iteration(trial_id, config, result, iteration, total, sent_at or time.time(), result)
         self.trials[trial_id].stop_requested = bool(result.get("done"))
+        if result.get(SCHEDULE):
+            self.trials[trial_id].schedule = result[SCHEDULE]
 
     def _iteration(self, trial_id: str, config: Mapping[str, Any], values: Mapping[str, Any],
                    iteration: int | None, time_total_s: float | None, timestamp: float | None,
@@ -288,11 +294,14 @@ class Recorder:
         rec.node_id, rec.cpus, rec.gpus, rec.gpu_ids = (info.get("node_id"), info.get("cpus"), info.get("gpus"),
                                                         info.get("gpu_ids"))
 
-    def complete(self, trial_id: str, ended_itself: bool = False) -> None:
+    def complete(self, trial_id: str, ended_itself: bool = False, stopped_waiting: bool = False) -> None:
         """The trial ended without error. `ended_itself`: its own last result said `done` (as
-        Ray's pbt_function example does), so it completed, whatever its iteration count."""
+        Ray's pbt_function example does), so it completed, whatever its iteration count.
+        `stopped_waiting`: the scheduler stopped it while it was paused (HyperBand's losers at a
+        rung), so no result of its own carried the stop."""
         rec = self.trials[trial_id]
-        early = rec.stop_requested and not ended_itself and (self.max_t is None or rec.iterations < self.max_t)
+        stopped = rec.stop_requested or stopped_waiting
+        early = stopped and not ended_itself and (self.max_t is None or rec.iterations < self.max_t)
         rec.status, rec.ended_at = ("stopped" if early else "completed"), time.time()
         self._tell("trial_ended", rec)
 

@@ -110,6 +110,7 @@ class SchedulerEntry:
     checkpoints: Callable[[Any], CheckpointPolicy] = lambda opts: NEVER
     report_window_s: float = 0.0  # reports may reach the scheduler this much later than they happen
     on_time: Callable[[Any], frozenset[int]] = lambda opts: frozenset()  # iterations it decides at: never late
+    changes_config: bool = False  # a trial's config changes mid-run (PBT): the refit replays its schedule
 
     def check(self, strategy: Strategy) -> list[Problem]:
         problems = _max_t_reachable(strategy.scheduler, strategy)
@@ -278,9 +279,10 @@ SCHEDULERS: dict[str, SchedulerEntry] = {
                                      checkpoints=lambda opts: _EVERY_REPORT),
     "median-stopping": SchedulerEntry(MedianStoppingOptions, _build_median, rules=(one_objective,),
                                       report_window_s=LATE_OK_S),
-    "pbt": SchedulerEntry(PBTOptions, _build_pbt, rules=_POPULATION, checkpoints=_perturbations),
+    "pbt": SchedulerEntry(PBTOptions, _build_pbt, rules=_POPULATION, checkpoints=_perturbations,
+                          changes_config=True),
     "pb2": SchedulerEntry(PB2Options, _build_pb2, rules=(*_POPULATION, numeric_mutations),
-                          checkpoints=_perturbations),
+                          checkpoints=_perturbations, changes_config=True),
 }
 
 

@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, model_validator
 
 from orchestrator import warmstart
-from orchestrator.base import StrictModel
+from orchestrator.base import BOOLEAN_FOR_NUMBER, StrictModel
 from orchestrator.data import DataError, DataSpec, find_file
 from orchestrator.errors import Problem, SpecError
 from orchestrator.families import Family, FamilyNotFound, FamilyRef, UserTrainable, resolve as resolve_family
@@ -332,8 +332,12 @@ def _problem(err: Mapping[str, Any]) -> Problem:
     # Discriminated unions put the chosen tag into the path (searcher.asha.max_t): drop it.
     if len(loc) > 1 and (loc[0] in _UNIONS and loc[1] in _UNIONS[loc[0]] or loc[0] == "metric" and loc[1] in _SHAPES):
         loc.pop(1)
+    if err["type"] == BOOLEAN_FOR_NUMBER:  # raised for the whole section: the field is in its context
+        loc.append(err["ctx"]["field"])
     path = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
     kind, msg = err["type"], err["msg"]
+    if kind == BOOLEAN_FOR_NUMBER:
+        return Problem(path, msg)
     if kind == "extra_forbidden":
         valid = _valid_keys(err["loc"])
         close = suggest(str(loc[-1]), valid)

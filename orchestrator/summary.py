@@ -147,6 +147,7 @@ def evaluation_lines(entry: Mapping[str, Any] | None) -> list[str]:
         gap_text = f", gap {gap:+.4g}" if gap is not None else ""
         out.append(f"test {entry['test_metric']}={entry['test_score']:.6g} (best config refitted on train+valid; "
                      f"its {entry['metric']}={entry['valid']:.6g}{gap_text})")
+    out += refit_lines(entry.get("refit"), entry.get("trial_id"))
     nested = entry.get("nested")
     if nested and nested.get("mean") is not None:
         out.append(f"nested estimate of the tuning procedure: {entry['test_metric']}={nested['mean']:.6g} "
@@ -155,3 +156,20 @@ def evaluation_lines(entry: Mapping[str, Any] | None) -> list[str]:
     if entry.get("error"):
         out.append(f"evaluation: {entry['error']}")
     return out
+
+
+def refit_lines(plan: Mapping[str, Any] | None, trial_id: str | None) -> list[str]:
+    """How the refit trained: a PBT schedule as the parameters that changed and where."""
+    if not plan or plan.get("method") != "replay-schedule":
+        return []
+    schedule = plan["schedule"]
+    changed = sorted({k for seg in schedule for k, v in seg["config"].items() if v != schedule[0]["config"].get(k)})
+    steps = "; ".join(f"from iteration {seg['from_iteration'] + 1}: "
+                      + (", ".join(f"{k}={_short(seg['config'].get(k))}" for k in changed) or "its config")
+                      for seg in schedule)
+    configs = f"{len(schedule)} config{'s' if len(schedule) > 1 else ''}"
+    return [f"  refit replayed trial {trial_id}'s PBT schedule ({configs}): {steps}"]
+
+
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

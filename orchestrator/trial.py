@@ -16,6 +16,14 @@ scheduler decides at (`on_time`: ASHA's rungs, so every rung compares trials at 
 iteration); `flush()` sends the rest when `train` returns. The Recorder replays every iteration into history.parquet, with its own number and time,
 and `training_iteration` is the family's own count, so a scheduler sees true iteration numbers; a
 stop can come up to `report_every_s` late. A report with a checkpoint is never held.
+
+Under PBT a trial's config changes mid-run: it restores another trial's checkpoint and goes on
+with a perturbed config. So a checkpoint carries the schedule that produced it (each config and
+the iteration it took over at) and the iteration it was taken at; a trial that restores one
+with another config appends its own. Once a trial's schedule has more than one config, its
+reports carry it (`SCHEDULE`), and the refit after the search replays the best trial's schedule
+(orchestrator.refit). Ray's own `pbt_policy_*.txt` logs are not used: they give the cloned
+trial's last reported iteration, not the iteration of the checkpoint it was cloned from.
 """
 
 from __future__ import annotations
@@ -28,9 +36,18 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from orchestrator import ray_api
-from orchestrator.results import HELD
+from orchestrator.results import HELD, SCHEDULE
 
 _STATE_FILE = "state.pkl"
+
+
+@dataclass
+class _Saved:
+    """What a checkpoint holds: the family's state, the iteration it was taken at, its schedule."""
+
+    state: Any
+    iteration: int
+    schedule: list[dict[str, Any]]
 
 
 @runtime_checkable
@@ -80,7 +97,10 @@ class TrialContext:
     report_every_s: float = 0.0  # hold reports back for this long (see the module docstring); 0: never
     on_time: frozenset[int] = frozenset()  # iterations the scheduler decides at: never held
     objectives: tuple[str, ...] = ()  # every metric of a multi-objective spec (cost metrics: metrics.wants)
+    config: dict[str, Any] | None = None  # the trial's config, the start of its schedule
     _reports: int = 0
+    _start: int = 0  # the iteration its restored checkpoint was taken at
+    _schedule: list[dict[str, Any]] = field(default_factory=list)
     _held: list[dict[str, Any]] = field(default_factory=list)
     _last_sent: float = -float("inf")
 
@@ -91,18 +111,28 @@ class TrialContext:
     @classmethod
     def current(cls, seed: int = 0, checkpoint_every: int = 0, metric: str | None = None,
                 report_every_s: float = 0.0, on_time: frozenset[int] = frozenset(),
-                objectives: tuple[str, ...] = ()) -> "TrialContext":
+                objectives: tuple[str, ...] = (),
+                config: dict[str, Any] | None = None) -> "TrialContext":
         """The context of the Ray trial this code runs in (or a 1-CPU one outside Ray)."""
         import ray
 
         if not ray.is_initialized():
-            return cls(seed, 1, 0.0, (), checkpoint_every, metric, report_every_s, on_time, tuple(objectives))
+            return cls(seed, 1, 0.0, (), checkpoint_every, metric, report_every_s, on_time, tuple(objectives),
+                       config)
         assigned = ray.get_runtime_context().get_assigned_resources()
         # Fractional CPU requests still get one thread: a thread cannot be split.
         cpus = max(1, int(assigned.get("CPU", 1)))
         gpus = float(assigned.get("GPU", 0.0))
         gpu_ids = tuple(str(i) for i in ray.get_gpu_ids()) if gpus else ()
-        return cls(seed, cpus, gpus, gpu_ids, checkpoint_every, metric, report_every_s, on_time, tuple(objectives))
+        return cls(seed, cpus, gpus, gpu_ids, checkpoint_every, metric, report_every_s, on_time, tuple(objectives),
+                   config)
+
+    @property
+    def schedule(self) -> list[dict[str, Any]]:
+        """The configs this trial's state trained with, each from the iteration after `from_iteration`."""
+        if not self._schedule and self.config is not None:
+            self._schedule = [{"from_iteration": 0, "config": dict(self.config)}]
+        return self._schedule
 
     @property
     def device(self) -> str:
@@ -112,6 +142,8 @@ class TrialContext:
     def report(self, metrics: dict[str, Any], state: Any = None) -> None:
         self._reports += 1
         checkpoint = state is not None and self.checkpointing and self._reports % self.checkpoint_every == 0
+        if len(self.schedule) > 1:
+            metrics = {**metrics, SCHEDULE: self.schedule}
         if not self.report_every_s:
             self._send(dict(metrics), state if checkpoint else None)
             return
@@ -132,9 +164,10 @@ class TrialContext:
         if state is None:
             ray_api.report(metrics)
             return
+        saved = _Saved(state, self._start + self._reports, self.schedule)
         with tempfile.TemporaryDirectory(prefix="hpo-ckpt-") as tmp:
             with open(os.path.join(tmp, _STATE_FILE), "wb") as f:
-                pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
+                pickle.dump(saved, f, protocol=pickle.HIGHEST_PROTOCOL)
             ray_api.report(metrics, checkpoint_dir=tmp)
 
     def restore(self) -> Any | None:
@@ -142,7 +175,13 @@ class TrialContext:
             if path is None:
                 return None
             with open(path / _STATE_FILE, "rb") as f:
-                return pickle.load(f)
+                saved = pickle.load(f)
+        if not isinstance(saved, _Saved):  # a checkpoint written before schedules were kept
+            return saved
+        self._start, self._schedule = saved.iteration, list(saved.schedule)
+        if self.config is not None and (not self._schedule or self._schedule[-1]["config"] != self.config):
+            self._schedule.append({"from_iteration": saved.iteration, "config": dict(self.config)})  # PBT exploited
+        return saved.state
 
 
 def thread_limit(cpus: int):

@@ -110,3 +110,37 @@ def test_batched_runs_keep_every_iteration_once_and_asha_still_stops(ray_local, 
         assert (per_trial.map(len) == 9).all() and (trials["status"] == "completed").all()
     else:
         assert (trials["status"] == "stopped").any() and (per_trial.map(len) < 9).any()
+
+
+def test_a_checkpoint_carries_its_schedule_and_a_restore_under_another_config_extends_it(monkeypatch, tmp_path):
+    """PBT: a trial restores another's checkpoint and goes on with a perturbed config. (Tune's report
+    and checkpoint calls exist only inside a trial, so they are replaced by a folder per checkpoint.)"""
+    import contextlib
+    import shutil
+
+    from orchestrator.results import SCHEDULE
+
+    saved, sent = [], []
+
+    def report(metrics, checkpoint_dir=None):
+        sent.append(dict(metrics))
+        if checkpoint_dir:
+            saved.append(shutil.copytree(checkpoint_dir, tmp_path / f"checkpoint_{len(saved)}"))
+
+    monkeypatch.setattr(ray_api, "report", report)
+    first = trial_mod.TrialContext(seed=0, cpus=1, gpus=0.0, checkpoint_every=2, config={"lr": 0.1})
+    for i in range(1, 5):
+        first.report({"loss": 1 / i}, state={"i": i})
+    assert len(saved) == 2 and not any(SCHEDULE in m for m in sent)  # one config: nothing to tell
+
+    monkeypatch.setattr(ray_api, "restored_dir", lambda: contextlib.nullcontext(saved[-1]))
+    clone = trial_mod.TrialContext(seed=0, cpus=1, gpus=0.0, checkpoint_every=2, config={"lr": 0.2})
+    assert clone.restore() == {"i": 4}
+    clone.report({"loss": 0.1}, state={"i": 5})
+    clone.report({"loss": 0.1}, state={"i": 6})
+    expected = [{"from_iteration": 0, "config": {"lr": 0.1}}, {"from_iteration": 4, "config": {"lr": 0.2}}]
+    assert sent[-1][SCHEDULE] == expected
+
+    monkeypatch.setattr(ray_api, "restored_dir", lambda: contextlib.nullcontext(saved[-1]))
+    again = trial_mod.TrialContext(seed=0, cpus=1, gpus=0.0, checkpoint_every=2, config={"lr": 0.2})
+    assert again.restore() == {"i": 6} and again.schedule == expected  # same config (HyperBand, resume): no new step

@@ -227,6 +227,80 @@ def test_refit_scores_the_best_config_on_test(digits):
     assert summary.evaluation_lines(out)[0].startswith("test test_accuracy=")
 
 
+PBT_XGB = {"name": "x", "family": "xgboost", "metric": {"name": "val_error"},
+           "space": {"n_estimators": 8, "learning_rate": {"loguniform": [0.01, 0.5]}, "max_depth": 3,
+                     "subsample": 1.0, "colsample_bytree": 1.0, "min_child_weight": 1.0, "reg_alpha": 1e-8,
+                     "reg_lambda": 1.0},
+           "scheduler": {"name": "pbt", "perturbation_interval": 2, "hyperparam_mutations": ["learning_rate"],
+                         "quantile_fraction": 0.5},
+           "budget": {"trials": 4, "concurrent": 2}}
+
+
+def _xgb_by_hand(data, schedule, rounds: int = 8) -> float:
+    """The oracle: XGBoost itself, each learning rate for its rounds, continuing the same booster."""
+    import xgboost as xgb
+    from sklearn.metrics import log_loss
+
+    X, y = protocol.development(data)
+    dtrain, booster = xgb.DMatrix(X, label=y), None
+    ends = [seg["from_iteration"] for seg in schedule[1:]] + [rounds]
+    for seg, end in zip(schedule, ends):
+        params = {k: v for k, v in seg["config"].items() if k != "n_estimators"}
+        params.update(objective="multi:softprob", num_class=10, nthread=1, device="cpu", seed=0, tree_method="hist",
+                      verbosity=0)
+        start = seg["from_iteration"]
+        booster = xgb.train(params, dtrain, end - start,
+                            xgb_model=xgb.Booster(model_file=bytearray(booster.save_raw())) if booster else None)
+    return log_loss(data.y_test, booster.predict(xgb.DMatrix(data.X_test)), labels=list(range(10)))
+
+
+def test_after_pbt_the_refit_replays_the_best_trials_schedule(digits):
+    """The best trial cloned another at iteration 3 and went on with its own learning rate: the refit
+    trains 0.3 for rounds 1-3 and 0.02 for rounds 4-8, as PBT did, not 0.02 from the start."""
+    exp = validate(PBT_XGB)
+    base = {k: v for k, v in exp.resolved()["space"].items() if not isinstance(v, dict)}
+    schedule = [{"from_iteration": 0, "config": {**base, "learning_rate": 0.3}},
+                {"from_iteration": 3, "config": {**base, "learning_rate": 0.02}}]
+    out = refit.conclude(exp, digits, Best(schedule[-1]["config"], 0.1, "t1", schedule), search=None, run_dir=".")
+    assert out["refit"] == {"method": "replay-schedule", "schedule": schedule, "trained": [[1, 3], [4, 8]]}
+    assert out["test"]["test_log_loss"] == pytest.approx(_xgb_by_hand(digits, schedule), rel=1e-6)
+    assert out["test"]["test_log_loss"] != pytest.approx(_xgb_by_hand(digits, schedule[1:]), rel=1e-3)
+    line = next(ln for ln in summary.evaluation_lines(out) if "refit replayed" in ln)
+    assert "from iteration 1: learning_rate=0.3; from iteration 4: learning_rate=0.02" in line
+
+
+def test_other_schedulers_refit_the_last_config(digits):
+    out = refit.conclude(validate(spec()), digits, Best({"n_estimators": 3}, 0.9, "t1"), search=None, run_dir=".")
+    assert out["refit"] == {"method": "last-config"}
+
+
+@pytest.mark.slow
+def test_a_pbt_run_records_and_replays_its_best_trials_schedule(ray_local, tmp_path):
+    """A real PBT run: each trial carries the configs its state trained with; experiment.json says the
+    refit replayed the best one's, and the refit trained each config over its own iterations."""
+    # The slow rates start after the fast one: they find it in the top half and clone it.
+    rates = [0.4, 0.011, 0.012, 0.013]
+    raw = {**PBT_XGB, "searcher": {"name": "random", "points_to_evaluate": [{"learning_rate": r} for r in rates]}}
+    result = run(validate(raw), tmp_path / "run", quiet=True)
+    meta = json.loads((result.run_dir / "experiment.json").read_text())
+    plan = meta["evaluation"]["refit"]
+    assert plan["method"] == "replay-schedule"
+    schedule = plan["schedule"]
+    trials = pd.read_parquet(result.run_dir / "trials.parquet").set_index("trial_id")
+    best = meta["evaluation"]["trial_id"]
+    # Starts at 0 with a config of the search, ends with the best trial's final config.
+    assert schedule[0]["from_iteration"] == 0 and schedule[0]["config"]["learning_rate"] in rates
+    assert schedule[-1]["config"]["learning_rate"] == trials.loc[best, "config.learning_rate"]
+    # Config changes land on checkpoints (every 2 iterations), and the refit switched exactly there.
+    starts = [seg["from_iteration"] for seg in schedule]
+    assert starts == sorted(starts) and all(s % 2 == 0 for s in starts)
+    ends = starts[1:] + [8]
+    assert plan["trained"] == [[a + 1, b] for a, b in zip(starts, ends) if b > a]
+    history = pd.read_parquet(result.run_dir / "history.parquet")
+    assert history["config.learning_rate"].nunique() > 2, "PBT never exploited"
+    assert any("refit replayed" in ln for ln in summary.lines(result))
+
+
 def test_nothing_to_refit_without_data_or_a_best_trial(digits):
     exp = validate(spec())
     assert refit.conclude(exp, None, Best({}, 1.0), search=None, run_dir=".") is None

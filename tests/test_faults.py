@@ -314,15 +314,19 @@ def test_a_trial_that_ends_itself_completed(ray_local, write_spec, tmp_path):
 XGB = {"name": "x", "family": "xgboost", "metric": {"name": "val_error"}, "budget": {"trials": 2}}
 
 
-@pytest.mark.parametrize("path, value", [("budget.trials", True), ("budget.concurrent", False),
-                                         ("searcher", {"name": "optuna-tpe", "n_startup_trials": True}),
-                                         ("scheduler", {"name": "asha", "max_t": True}), ("resources.cpu", True)])
-def test_booleans_are_not_counts(path, value):
+@pytest.mark.parametrize("path, value, field", [
+    ("budget.trials", True, "budget.trials"), ("budget.concurrent", False, "budget.concurrent"),
+    ("searcher", {"name": "optuna-tpe", "n_startup_trials": True}, "searcher.n_startup_trials"),
+    ("scheduler", {"name": "asha", "max_t": True}, "scheduler.max_t"), ("resources.cpu", True, "resources.cpu")])
+def test_booleans_are_not_counts(path, value, field):
     raw = json.loads(json.dumps(XGB))
     section, _, key = path.partition(".")
     raw[section] = {**raw.get(section, {}), key: value} if key else value
-    with pytest.raises(SpecError, match=r"expected a number, got (true|false) \(a boolean\)"):
+    with pytest.raises(SpecError) as err:
         validate(raw)
+    # The field's own dotted path (it read `budget: trials:` before), the rule and the fix.
+    given = "false" if field == "budget.concurrent" else "true"
+    assert [str(p) for p in err.value.problems] == [f"{field}: expected a number, got {given} (a boolean); write a number"]
 
 
 @pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.name)

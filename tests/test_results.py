@@ -186,3 +186,14 @@ def test_progress_line_in_a_log_prints_only_changes_and_the_best(tmp_path):
     lines = out.getvalue().splitlines()
     assert len(lines) == 2
     assert "trials 1/2 finished: 1 completed" in lines[1] and "best loss=0.25 (a)" in lines[1]
+
+
+def test_a_trial_stopped_while_paused_is_stopped_unless_it_had_reached_max_t(tmp_path):
+    """HyperBand stops the losers of a rung while they wait paused: no result of theirs says done."""
+    rec = Recorder(tmp_path, "loss", "min", max_t=9)
+    for trial_id, iterations in (("loser", 3), ("finished", 9)):
+        rec.start(trial_id, {"x": iterations})
+        for i in range(1, iterations + 1):
+            rec.result(trial_id, {"x": iterations}, {"training_iteration": i, "loss": 1 / i})
+        rec.complete(trial_id, stopped_waiting=True)  # "finished" waited at max_t until its bracket ended
+    assert {t: r.status for t, r in rec.trials.items()} == {"loser": "stopped", "finished": "completed"}

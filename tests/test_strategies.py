@@ -258,6 +258,18 @@ def test_hyperband_stops_a_paused_trial_when_its_bracket_ends(ray_local, tmp_pat
     assert summary.counts["errored"] == 0 and summary.counts["running"] == 0
 
 
+def test_hyperband_stops_trials_under_a_concurrency_cap(ray_local, tmp_path):
+    """max_t 9, eta 3: brackets of 3 (no rung), 5 (rung 3, keeps 2) and 9 (rung 1; here the last
+    trial alone). With 2 trials at a time, Ray's cap counted the paused ones and the bracket of 5
+    never filled: all 9 ran to 9. The 3 losers are stopped while paused, and recorded `stopped`."""
+    raw = synthetic("random", "hyperband", trials=9)
+    raw["space"]["iterations"] = 9
+    raw["scheduler"]["max_t"] = 9
+    summary = run(validate(raw), tmp_path / "run", quiet=True)
+    trials = pd.read_parquet(summary.run_dir / "trials.parquet")
+    assert sorted(zip(trials.status, trials.iterations)) == [("completed", 9)] * 6 + [("stopped", 3)] * 3
+
+
 def _checkpoints_per_trial(run_dir) -> set[int]:
     trial_dirs = [d for d in (run_dir / "tune").iterdir() if d.is_dir() and any(d.glob("checkpoint_*"))]
     assert trial_dirs, "no trial saved a checkpoint"
