@@ -48,6 +48,13 @@ class Progress:
         self._printed = text
         self.stream.flush()
 
+    def note(self, text: str) -> None:
+        """A line of its own (a retried trial, trials waiting long), kept above the progress line."""
+        self.stream.write(("\r\033[K" if self.tty else "") + text + "\n")
+        if self.tty and self._printed:
+            self.stream.write(self._printed)
+        self.stream.flush()
+
     def finish(self) -> None:
         self.tick(force=True)
         if self.tty:

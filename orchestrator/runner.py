@@ -160,6 +160,7 @@ def build_tuner(exp: Experiment, run_dir: Path, callbacks: list, data: Any = Non
         storage_path=str(Path(run_dir).resolve()),
         callbacks=callbacks,
         stop=stopper or RunStopper(exp.metric),
+        failure_config=tune.FailureConfig(max_failures=exp.spec.budget.max_failures),  # see callbacks.on_trial_recover
         verbose=0,
         log_to_file=False,
     )
@@ -298,6 +299,7 @@ def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, dataset: Any, 
     """Fits the Tuner into `run_dir` and writes the outcome. `hpo resume` passes the earlier run's
     Recorder and a factory that restores Tune's own state (orchestrator.resume)."""
     from orchestrator.callbacks import RecorderCallback, RunStopper
+    from orchestrator.nodes import PendingWatch
     from orchestrator.placement import new_key
     from orchestrator.progress import Progress
 
@@ -305,7 +307,9 @@ def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, dataset: Any, 
     progress = None if quiet else Progress(recorder, exp.total_trials)
     key = new_key(run_id)  # each trial's node, CPUs and GPU ids travel under it (orchestrator.placement)
     stopper = RunStopper(exp.metric)
-    callback = RecorderCallback(recorder, progress.tick if progress else None, key, stopper)
+    res = exp.spec.resources
+    callback = RecorderCallback(recorder, progress.tick if progress else None, key, stopper,
+                                on_note=progress.note if progress else None, pending=PendingWatch(res.cpu, res.gpu))
     tuner = (make_tuner or build_tuner)(exp, run_dir, [callback], dataset, key, stopper)
     signum, failure = None, None
     try:
