@@ -6,16 +6,17 @@ Issue 15 (node loss on the 2-node cluster): killing the worker errored its trial
 pre-flight, which trusted the cluster file while the only GPU node was dead, and sat at
 0 running without a word. So:
 
-- `lost_node` turns Ray's actor-death text into "node 127.0.0.1 (id 3f2a...) was lost", for a
-  trial's `error` and for the line that says it is retried (budget.max_failures, Ray's
-  FailureConfig). Ray 2.60 counts a trainable's own exception and a lost actor alike
-  (`Trial.handle_error`; only a *preempted* node is not counted), so a retry cannot be kept for
-  node loss alone; the default is one retry.
+- `worker_lost` tells a lost worker (its node, raylet or process died: Ray's RayActorError) from
+  the trainable's own exception, so only the first is retried (budget.max_failures, Ray's
+  FailureConfig, through orchestrator.callbacks.RetryLostWorkersOnly: Ray 2.60 itself retries
+  both alike); `lost_node` says "its worker on node 127.0.0.1 (id 3f2a...) was lost", for the
+  trial's `error` and for the line that says it is retried.
 - `check_live` is the pre-flight against the nodes alive now (Ray's state API rows, read over
   the Jobs API by `hpo submit`, or `ray.nodes()` in a run), beside the cluster file's node types.
 - `PendingWatch` notices trials pending for `after_s` and says why, naming the live nodes.
 
-Nothing here imports ray.tune; only `live_nodes` talks to Ray (the connected driver's view).
+Nothing here imports ray.tune; only `live_nodes` talks to Ray (the connected driver's view), and
+`worker_lost` reads Ray's exception types.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ class LiveNode:
 
 
 def lost_node(text: str, placement: Mapping[str, Any] | None = None) -> str:
-    """`node IP (id ...) was lost`, for a trial whose actor died (`worker_lost`).
+    """`its worker on node IP (id ...) was lost`, for a trial whose actor died (`worker_lost`):
+    the node itself, its raylet, or only the worker process (OOM killer, a crash).
 
     Where the trial ran comes first from its own placement record (orchestrator.placement), then
     from Ray's text, which names the lost node in some of its messages and not in others.
@@ -68,7 +70,7 @@ def lost_node(text: str, placement: Mapping[str, Any] | None = None) -> str:
     if not node_id and not ip:
         return "its worker or node was lost"
     where = " ".join(filter(None, [ip, f"(id {node_id[:12]})" if node_id else None]))
-    return f"node {where} was lost"
+    return f"its worker on node {where} was lost"
 
 
 def from_state_rows(rows: Iterable[Mapping[str, Any]]) -> list[LiveNode]:
@@ -130,11 +132,15 @@ class PendingWatch:
         try:
             nodes = self.nodes()
         except Exception as exc:  # noqa: BLE001 - a diagnostic must not end the run
-            return f"{len(waited)} trials pending for {max(waited):.0f} s (live nodes unknown: {exc})"
+            return f"{_trials(len(waited))} pending for {max(waited):.0f} s (live nodes unknown: {exc})"
         need = f"cpu={self.cpu:g}, gpu={self.gpu:g}"
         if any(fits(n, self.cpu, self.gpu) for n in nodes):
             why = f"every live node that fits a trial ({need}) is busy"
         else:
             why = (f"no live node has the CPU/GPU a trial needs ({need}): a node may have been lost; "
                    f"restart it (`hpo cluster up`) or lower resources")
-        return f"{len(waited)} trials pending for {max(waited):.0f} s: {why}; live nodes: {describe(nodes)}"
+        return f"{_trials(len(waited))} pending for {max(waited):.0f} s: {why}; live nodes: {describe(nodes)}"
+
+
+def _trials(n: int) -> str:
+    return f"{n} trial" + ("" if n == 1 else "s")

@@ -136,12 +136,15 @@ def checkpoint_policy(exp: Experiment):
 
 
 def with_pruner(exp: Experiment, callbacks: list) -> list:
-    """The run's callbacks, plus checkpoint pruning where the scheduler makes trials checkpoint."""
+    """The run's callbacks, plus checkpoint pruning where the scheduler makes trials checkpoint,
+    plus retries for lost workers only where budget.max_failures allows any."""
+    from orchestrator.callbacks import CheckpointPruner, RetryLostWorkersOnly
+
+    if exp.spec.budget.max_failures:
+        callbacks = [*callbacks, RetryLostWorkersOnly()]
     policy = checkpoint_policy(exp)
     if not policy.every:
         return callbacks
-    from orchestrator.callbacks import CheckpointPruner
-
     # Not Ray's num_to_keep, which deletes checkpoints still in use: see orchestrator.checkpoints.
     return [*callbacks, CheckpointPruner(policy.shared)]
 
@@ -160,7 +163,8 @@ def build_tuner(exp: Experiment, run_dir: Path, callbacks: list, data: Any = Non
         storage_path=str(Path(run_dir).resolve()),
         callbacks=callbacks,
         stop=stopper or RunStopper(exp.metric),
-        failure_config=tune.FailureConfig(max_failures=exp.spec.budget.max_failures),  # see callbacks.on_trial_recover
+        # lost workers only: callbacks.RetryLostWorkersOnly
+        failure_config=tune.FailureConfig(max_failures=exp.spec.budget.max_failures),
         verbose=0,
         log_to_file=False,
     )

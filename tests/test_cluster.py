@@ -460,8 +460,8 @@ def test_a_killed_worker_node_is_retried_named_refused_and_restarted(local_clust
         retried = t[t["retries"] > 0]
         assert len(retried) == 2 and (retried["retries"] == 1).all(), t.to_string()
         assert (retried["node_id"] == head_id).all()  # ran again, on the node still alive
-        assert retried["error"].str.startswith(f"node {retried['node_ip'].iloc[0]} (id {worker_id[:12]}) "
-                                               f"was lost: ").all(), t.to_string()
+        assert retried["error"].str.startswith(f"its worker on node {retried['node_ip'].iloc[0]} "
+                                               f"(id {worker_id[:12]}) was lost: ").all(), t.to_string()
         assert t.loc[t["retries"] == 0, "error"].isna().all()
         assert logs.count(f"(id {worker_id[:12]}) was lost") == 2 and "retrying, 1 of budget.max_failures=1" in logs
 
