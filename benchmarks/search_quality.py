@@ -3,7 +3,7 @@ standalone, and our multi-fidelity schedulers against random search.
 
 Searchers (no Ray trials): each searcher as our spec builds it (`build_tune_config(exp)`), driven
 by suggest/on_trial_complete one trial at a time, against the library run standalone with its
-own defaults on the same space (Optuna's `study.optimize`, HyperOpt's `fmin`), and against
+own defaults on the same space (Optuna's `study.optimize`, HyperOpt's `fmin`, SMAC's `optimize`), and against
 random sampling (Optuna's RandomSampler: the same uniform distribution as Ray's generator). Per
 function, over the seeds: median final regret (best value found minus the known optimum) with its
 interquartile range, the ratio of medians ours/standalone, and on how many seeds TPE ends below
@@ -76,7 +76,7 @@ FUNCTIONS = {
 }
 # Our searcher -> the standalone sampler it wraps, at the library's own defaults.
 STANDALONE = {"optuna-tpe": "optuna:TPESampler", "optuna-cmaes": "optuna:CmaEsSampler",
-              "optuna-gp": "optuna:GPSampler", "hyperopt-tpe": "hyperopt:tpe"}
+              "optuna-gp": "optuna:GPSampler", "hyperopt-tpe": "hyperopt:tpe", "smac": "smac:hpo"}
 
 
 # --- searchers, one run each ---------------------------------------------------------------
@@ -113,6 +113,8 @@ def ours(function: str, searcher: str, seed: int, trials: int) -> float:
 def standalone(function: str, sampler: str, seed: int, trials: int) -> float:
     library, _, name = sampler.partition(":")
     fn = FUNCTIONS[function]
+    if library == "smac":
+        return standalone_smac(fn, seed, trials)
     if library == "hyperopt":
         import hyperopt
 
@@ -136,6 +138,22 @@ def standalone(function: str, sampler: str, seed: int, trials: int) -> float:
     study = optuna.create_study(sampler=getattr(optuna.samplers, name)(seed=seed, **kwargs))
     study.optimize(objective, n_trials=trials)
     return study.best_value - fn.optimum
+
+
+def standalone_smac(fn: Function, seed: int, trials: int) -> float:
+    """SMAC's own optimize() loop with its HPO facade at its defaults (random forest, EI, Sobol design),
+    deterministic as the functions are (else SMAC spends trials re-running configs on new seeds)."""
+    from ConfigSpace import ConfigurationSpace, Float
+    from smac import HyperparameterOptimizationFacade as HPO
+    from smac import Scenario
+
+    cs = ConfigurationSpace(seed=seed)
+    cs.add([Float(k, tuple(v["uniform"])) for k, v in fn.space.items()])
+    with tempfile.TemporaryDirectory() as out:
+        scenario = Scenario(cs, deterministic=True, n_trials=trials, seed=seed, output_directory=Path(out) / "smac")
+        smac = HPO(scenario, lambda config, seed=0: fn.f(dict(config)), overwrite=True, logging_level=False)
+        smac.optimize()
+        return min(v.cost for v in smac.runhistory.values()) - fn.optimum
 
 
 def one_search(task: tuple) -> tuple[tuple, float, float]:
@@ -192,6 +210,7 @@ SCHEDULER_RUNS = {  # label -> (searcher, scheduler, budget.concurrent)
     "random + hyperband, no cap": ("random", {"name": "hyperband", "max_t": 27}, None),
     "bohb + bohb-hyperband": ("bohb", {"name": "bohb-hyperband", "max_t": 27}, 2),
     "optuna-tpe + asha": ("optuna-tpe", {"name": "asha", "max_t": 27, "grace_period": 1}, 2),
+    "smac + asha": ("smac", {"name": "asha", "max_t": 27, "grace_period": 1}, 2),
 }
 
 

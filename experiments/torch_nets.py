@@ -11,6 +11,15 @@ depend on what ran before it. The learning-rate schedule is a pure function of t
 the metrics an uninterrupted run reports, and PBT's new `learning_rate` or `batch_size` takes
 effect at once, with the schedule continuing where it was.
 
+Architecture search, lite: depth, width, activation (MLP) and conv layers, filters, kernel size,
+pooling (CNN) are ordinary hyperparameters. Each layer can also take its own size, `width_1` ..
+`width_4` (MLP) and `filters_1` .. `filters_3` (CNN), made conditional on the depth in the spec
+(`width_3: {choice: [...], when: {depth: [3, 4]}}`; see experiments/torch_nas_digits.yaml), so a
+searcher that honours conditions samples a layer's size only when the layer exists. A layer without
+its own entry takes `width` (every MLP layer) or `filters` doubled per block (CNN), as before, so
+existing specs build the same nets. They are not in the default space, which stays flat: PBT and
+most searchers refuse a conditional space.
+
 Inputs are standardised with the training rows' mean and std (and a regression target too,
 predictions mapped back), so the default ranges suit any tabular data. The CNN reads each row
 as a square one-channel image (digits: 64 features -> 8x8).
@@ -45,8 +54,50 @@ CNN_SPACE = {
     "width": {"choice": [32, 64, 128, 256]},  # the dense layer after the convolutions
 }
 
+# Per-layer sizes a spec may add (see the module docstring): layer i's own width / filters.
+LAYER_WIDTHS = tuple(f"width_{i}" for i in range(1, 5))
+LAYER_FILTERS = tuple(f"filters_{i}" for i in range(1, 4))
+
 # Parameters that change the shapes of the weights: a checkpoint cannot move to other values.
-SHAPE_PARAMS = {"mlp": ("depth", "width"), "cnn": ("conv_layers", "filters", "kernel_size", "pooling", "width")}
+SHAPE_PARAMS = {"mlp": ("depth", "width", *LAYER_WIDTHS),
+                "cnn": ("conv_layers", "filters", *LAYER_FILTERS, "kernel_size", "pooling", "width")}
+
+
+def per_layer_rule(count: str, sizes: tuple[str, ...], default_count: int):
+    """The spec rule for per-layer sizes: layer i's size (`sizes[i-1]`) must be sampled only for nets
+    that have layer i, i.e. be conditional on `count` >= i whenever `count` can be smaller; a size
+    for a layer no net has is refused too. Without it a searcher would sample (and learn from, and
+    importance would rank) a width that most nets never used."""
+    from orchestrator.errors import Problem
+
+    def check(params) -> list:
+        p = params.get(count)
+        if p is None:
+            values = [default_count]
+        elif p.kind in ("constant", "choice", "grid"):
+            values = [int(v) for v in p.values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        else:
+            values = list(range(int(p.args[0]), int(p.args[1]) + 1))
+        if not values:
+            return []
+        problems = []
+        for i, name in enumerate(sizes, start=1):
+            size = params.get(name)
+            if size is None or size.kind == "constant":
+                continue
+            having = [v for v in values if v >= i]
+            if not having:
+                problems.append(Problem(f"space.{name}", f"no net has layer {i}: {count} is at most {max(values)}; "
+                                                         f"remove {name} or let {count} reach {i}"))
+            elif len(having) < len(values) and not (count in size.when and set(size.when[count]) <= set(having)):
+                choice = "" if p is not None and p.kind in ("choice", "grid") else \
+                    f" ({count} must then be a choice: {{choice: {values}}})"
+                problems.append(Problem(f"space.{name}", f"layer {i} exists only when {count} >= {i}, but {count} "
+                                                         f"can be {min(values)}: add `when: {{{count}: {having}}}` so "
+                                                         f"that {name} is sampled only for nets that have it{choice}"))
+        return problems
+
+    return check
 
 
 # --- learning-rate schedules: multiplier of the base learning rate at progress p in [0, 1) ------
@@ -99,14 +150,28 @@ def _activation(name: str):
     return table[name]()
 
 
+def layer_widths(config: dict) -> list[int]:
+    """Each hidden layer's width: its own `width_<i>` (1-based) where the config has one, else `width`."""
+    width = config.get("width", 128)
+    return [int(config.get(f"width_{i}", width)) for i in range(1, int(config.get("depth", 2)) + 1)]
+
+
+def conv_filters(config: dict) -> list[int]:
+    """Each conv block's filters: its own `filters_<i>` where the config has one, else `filters`
+    doubled per block (16, 32, 64 for filters: 16)."""
+    filters = int(config.get("filters", 16))
+    return [int(config.get(f"filters_{i}", filters * 2 ** (i - 1))) for i in range(1, int(config.get("conv_layers", 2)) + 1)]
+
+
 def build_mlp(config: dict, n_in: int, n_out: int):
     import torch.nn as nn
 
-    layers, width = [], int(config.get("width", 128))
-    for i in range(int(config.get("depth", 2))):
-        layers += [nn.Linear(n_in if i == 0 else width, width), _activation(config.get("activation", "relu")),
+    layers, fan_in = [], n_in
+    for width in layer_widths(config):
+        layers += [nn.Linear(fan_in, width), _activation(config.get("activation", "relu")),
                    nn.Dropout(float(config.get("dropout", 0.0)))]
-    layers.append(nn.Linear(width if layers else n_in, n_out))
+        fan_in = width
+    layers.append(nn.Linear(fan_in, n_out))
     return nn.Sequential(*layers)
 
 
@@ -124,12 +189,11 @@ def build_cnn(config: dict, n_in: int, n_out: int):
 
     side = image_side(n_in)
     pool = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d, "none": None}[config.get("pooling", "max")]
-    kernel, filters = int(config.get("kernel_size", 3)), int(config.get("filters", 16))
+    kernel = int(config.get("kernel_size", 3))
     act, dropout = config.get("activation", "relu"), float(config.get("dropout", 0.0))
     layers: list = [nn.Unflatten(1, (1, side, side))]
     channels = 1
-    for i in range(int(config.get("conv_layers", 2))):
-        out = filters * 2 ** i
+    for out in conv_filters(config):
         layers += [nn.Conv2d(channels, out, kernel, padding=kernel // 2), _activation(act)]
         if pool is not None and side >= 2:
             layers.append(pool(2))
@@ -285,8 +349,8 @@ def train_cnn(config, data, trial):
     _train(config, data, trial, "cnn", build_cnn)
 
 
-# params=(): every name train() reads is in the default space; any other is a typo.
+# params: beyond the default space, train() reads only the per-layer sizes; any other name is a typo.
 MLP = Family(name="torch_mlp", train=train_mlp, default_space=MLP_SPACE, iterations_param="epochs", checkpoints=True,
-             params=())
+             params=LAYER_WIDTHS, check_space=per_layer_rule("depth", LAYER_WIDTHS, default_count=2))
 CNN = Family(name="torch_cnn", train=train_cnn, default_space=CNN_SPACE, iterations_param="epochs", checkpoints=True,
-             params=())
+             params=LAYER_FILTERS, check_space=per_layer_rule("conv_layers", LAYER_FILTERS, default_count=2))

@@ -14,7 +14,7 @@ reweights earlier trees every round, so its prediction, like its training, grows
 from __future__ import annotations
 
 from orchestrator.families import Family
-from orchestrator.metrics import needed, score
+from orchestrator.metrics import latency, needed, score, wants
 
 DEFAULT_SPACE = {
     "n_estimators": 100,
@@ -63,11 +63,23 @@ def train(config, data, trial):
             n = done + epoch + 1
             pred = model.predict(dvalid, iteration_range=(0, n))  # cached: see the module docstring
             ckpt = {"model": bytes(model.save_raw()), "rounds": n} if trial.checkpointing else None
-            trial.report(score(data.task, data.y_valid, pred, names=needed(trial, final=n == rounds)), state=ckpt)
+            metrics = score(data.task, data.y_valid, pred, names=needed(trial, final=n == rounds))
+            trial.report({**metrics, **_costs(model, data, trial)} if n == rounds else metrics, state=ckpt)
             return False
 
     xgb.train(params, dtrain, rounds - done, xgb_model=booster, callbacks=[Report()], verbose_eval=False)
 
 
+def _costs(booster, data, trial) -> dict[str, float]:
+    """The finished booster's cost metrics the spec asks for: predicting fresh rows (a new DMatrix,
+    so nothing cached from training helps), and its tree nodes."""
+    import xgboost as xgb
+
+    costs = latency(lambda X: booster.predict(xgb.DMatrix(X, nthread=trial.cpus)), data.X_valid, trial)
+    if wants(trial, "model_size"):
+        costs["model_size"] = float(sum(len(tree.splitlines()) for tree in booster.get_dump()))
+    return costs
+
+
 FAMILY = Family(name="xgboost", train=train, default_space=DEFAULT_SPACE, iterations_param="n_estimators",
-                checkpoints=True, params=PARAMS)
+                checkpoints=True, params=PARAMS, costs=("predict_ms", "model_size"))

@@ -226,6 +226,9 @@ def _run_row(folder: Path, meta: dict[str, Any], trials: pd.DataFrame) -> dict[s
         "valid": evaluation.get("valid"),
         "test_score": evaluation.get("test_score"),
         "gap": evaluation.get("gap"),
+        # several metrics (orchestrator.objectives): their names, and the front's size
+        "objectives": ", ".join(o["name"] for o in meta["objectives"]) if meta.get("objectives") else None,
+        "pareto": int(trials["pareto"].fillna(False).astype(bool).sum()) if "pareto" in trials else None,
     }
 
 
@@ -321,6 +324,9 @@ def describe(runs: Runs) -> list[str]:
                      + (f", {r.running + r.pending} unfinished" if r.running + r.pending else ""))
         if r.best_trial is not None:
             lines.append(f"  best {r.metric}={r.best_score:.6g} (trial {r.best_trial}, mode {r.mode})")
+        if r.objectives:
+            lines.append(f"  Pareto front of {r.objectives}: {r.pareto} trials (trials.parquet, where pareto is "
+                         f"true); 'best' above is on {r.metric} alone")
         if r.test_score is not None and not pd.isna(r.test_score):
             gap = f", gap {r.gap:+.4g}" if r.gap is not None and not pd.isna(r.gap) else ""
             lines.append(f"  test {r.test_metric}={r.test_score:.6g} after refitting the best config "

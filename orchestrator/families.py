@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from orchestrator.metrics import Mode, reported
+from orchestrator.metrics import COSTS, Mode, reported
 
 # Name -> module holding `FAMILY` (or `module:ATTR` where one module holds several families).
 # Adding a family is one module plus one line here.
@@ -52,6 +52,10 @@ class Family:
             naming any other one is refused with a did-you-mean (XGBoost silently ignores
             `learnig_rate`), unless the spec lists it under `extra_params:` on purpose. None: the
             family passes every name on to a library that checks them itself, so nothing is checked.
+        check_space: the family's own rules on the parsed space (`{name: orchestrator.space.Param}`),
+            returning `orchestrator.errors.Problem`s; run by `hpo validate` with every other check.
+        costs: cost metrics (`orchestrator.metrics.COSTS`: `predict_ms`, `model_size`) `train`
+            reports at a trial's last report when the spec lists them (`metrics.wants`).
     """
 
     name: str
@@ -62,13 +66,16 @@ class Family:
     metrics: Mapping[str, Mode] | None = None
     needs_data: bool = True
     params: tuple[str, ...] | None = None
+    check_space: Callable[[Mapping[str, Any]], list] | None = None
+    costs: tuple[str, ...] = ()
 
     def known_params(self) -> list[str] | None:
         """Every hyperparameter name this family understands, or None if it does not say."""
         return None if self.params is None else sorted({*self.default_space, *self.params})
 
     def reports(self, task: str | None) -> dict[str, Mode]:
-        return dict(self.metrics) if self.metrics is not None else reported(task or "classification")
+        known = dict(self.metrics) if self.metrics is not None else reported(task or "classification")
+        return {**known, **{name: COSTS[name] for name in self.costs}}
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,14 @@ CLASSIFICATION: dict[str, Mode] = {"accuracy": "max", "error": "min", "log_loss"
 REGRESSION: dict[str, Mode] = {"rmse": "min", "mae": "min", "r2": "max"}
 # Sorting (AUC) or a confusion count over every class (F1): left out of intermediate reports.
 EXPENSIVE = frozenset({"auc", "f1"})
+# What a model costs rather than how well it predicts: a second objective beside a score
+# (`metric: [{name: val_error}, {name: predict_ms}]`). Measured only when the spec lists one
+# (`wants`), and only at a trial's last report (the finished model), so a search on one metric
+# never pays for them. A family that can measure them says so in `Family.costs`.
+COSTS: dict[str, Mode] = {
+    "predict_ms": "min",  # wall milliseconds to predict 1000 validation rows, with the trial's threads
+    "model_size": "min",  # the fitted model's size in the family's own unit (tree nodes for forests)
+}
 
 
 def reported(task: str, prefix: str = "val_") -> dict[str, Mode]:
@@ -47,6 +55,27 @@ def needed(trial: Any, final: bool) -> frozenset[str] | None:
         return None
     cheap = (CLASSIFICATION.keys() | REGRESSION.keys()) - EXPENSIVE
     return frozenset(cheap | {metric.removeprefix("val_").removesuffix("_std")})
+
+
+def wants(trial: Any, name: str) -> bool:
+    """Whether the spec lists the cost metric `name` among its objectives (`trial.objectives`)."""
+    return name in (getattr(trial, "objectives", None) or ())
+
+
+def predict_ms(predict: Callable[[Any], Any], X: Any, trial: Any) -> tuple[Any, dict[str, float]]:
+    """`predict(X)`, and `{"predict_ms": ...}` (per 1000 rows) when the spec asks for it, else `{}`."""
+    if not wants(trial, "predict_ms"):
+        return predict(X), {}
+    import time
+
+    start = time.perf_counter()
+    out = predict(X)
+    return out, {"predict_ms": (time.perf_counter() - start) * 1e6 / max(1, len(X))}
+
+
+def latency(predict: Callable[[Any], Any], X: Any, trial: Any) -> dict[str, float]:
+    """`{"predict_ms": ...}` from one extra `predict(X)`, made only when the spec asks for it; else `{}`."""
+    return predict_ms(predict, X, trial)[1] if wants(trial, "predict_ms") else {}
 
 
 def score(task: str, y_true: np.ndarray, y_pred: np.ndarray, prefix: str = "val_",

@@ -9,7 +9,8 @@ Files in a run folder:
   where it ran: `node_id`, `cpus`, `gpus` (Ray's grant; 0.5 for a half GPU) and `gpu_ids` (its
   CUDA_VISIBLE_DEVICES, e.g. "1"), recorded in the worker (see orchestrator.placement), so
   GPU-hours = sum(gpus * wall_s) / 3600,
-  `config.<param>`, `metric.<name>` (last reported values).
+  `config.<param>`, `metric.<name>` (last reported values); with several metrics in the spec,
+  `pareto` (bool): on the Pareto front of the completed trials (orchestrator.objectives).
 
 History rows are flushed every few seconds to numbered part files under `history.parts/`, and
 `trials.parquet` is rewritten at each flush, so a crash loses at most one flush interval. At the
@@ -35,6 +36,7 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
+from orchestrator.objectives import front, mark
 from orchestrator.rundir import EXPERIMENT, HISTORY, PARTS, TRIALS, atomic_write, read_json
 from orchestrator.schema import SCHEMA_KEY, SCHEMA_VERSION
 
@@ -181,18 +183,25 @@ class Recorder:
         metric, mode: the spec's target, to keep each trial's best score.
         max_t: iterations after which a scheduler's stop means "completed", not "stopped early".
         flush_every_s: how often buffered history goes to disk.
+        objectives: (name, mode) of every metric of a multi-objective spec; trials.parquet then
+            gets a `pareto` column.
     """
 
     def __init__(self, run_dir: Path, metric: str, mode: str, max_t: int | None = None,
-                 flush_every_s: float = 5.0, on_flush: Callable[["Recorder"], None] | None = None):
+                 flush_every_s: float = 5.0, on_flush: Callable[["Recorder"], None] | None = None,
+                 objectives: tuple[tuple[str, str], ...] = ()):
         self.run_dir = Path(run_dir)
         self.metric, self.mode, self.max_t = metric, mode, max_t
+        self.objectives = tuple(objectives)
         self.flush_every_s = flush_every_s
         self.trials: dict[str, TrialRecord] = {}
         self._pending_rows: list[dict[str, Any]] = []
         self._parts = 0
         self._last_flush = time.monotonic()
         self._on_flush = on_flush
+        # Told of every trial start, history row and trial end, on the driver (so they must be cheap):
+        # orchestrator.tracking.Tracking, which queues them for its own thread.
+        self.listeners: list[Any] = []
 
     @classmethod
     def reopen(cls, run_dir: Path, metric: str, mode: str, max_t: int | None = None, **kwargs) -> "Recorder":
@@ -218,10 +227,20 @@ class Recorder:
                 best = rec
         return best
 
+    def pareto(self) -> list[dict[str, Any]]:
+        """The Pareto front of a multi-objective run (see orchestrator.objectives.front)."""
+        return front([r.row() for r in self.trials.values()], self.objectives)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """trials.parquet's rows, with `pareto` when the spec lists several metrics."""
+        rows = [r.row() for r in self.trials.values()]
+        return mark(rows, self.objectives) if len(self.objectives) > 1 else rows
+
     # -- events -------------------------------------------------------------------------------
     def start(self, trial_id: str, config: Mapping[str, Any]) -> None:
         rec = self.trials.setdefault(trial_id, TrialRecord(trial_id, flatten(config)))
         rec.status, rec.started_at, rec.ended_at = "running", rec.started_at or time.time(), None
+        self._tell("trial_started", rec)
 
     def result(self, trial_id: str, config: Mapping[str, Any], result: Mapping[str, Any]) -> None:
         """One result from Tune; a batched one (see orchestrator.trial) first replays the iterations
@@ -242,6 +261,7 @@ class Recorder:
         rec = self.trials.get(trial_id) or self.trials.setdefault(trial_id, TrialRecord(trial_id, flatten(config)))
         if rec.started_at is None:
             rec.started_at, rec.status = time.time(), "running"
+            self._tell("trial_started", rec)
         rec.config = flatten(config)
         metrics = reported_metrics(values)
         iteration = iteration or rec.iterations + 1
@@ -251,11 +271,13 @@ class Recorder:
         value = metrics.get(self.metric)
         if _finite(value) and (rec.score is None or self._better(value, rec.score)):  # NaN and ±inf never count
             rec.score, rec.score_iteration = value, iteration
+        timestamp = timestamp or time.time()
+        self._tell("iteration", rec, iteration, timestamp, metrics)
         self._pending_rows.append({
             "trial_id": trial_id,
             "iteration": iteration,
             "time_total_s": time_total_s,
-            "timestamp": _ts(timestamp or time.time()),
+            "timestamp": _ts(timestamp),
             **{f"metric.{k}": v for k, v in metrics.items()},
             **{f"config.{k}": v for k, v in rec.config.items()},
         })
@@ -275,10 +297,16 @@ class Recorder:
         rec = self.trials[trial_id]
         early = rec.stop_requested and not ended_itself and (self.max_t is None or rec.iterations < self.max_t)
         rec.status, rec.ended_at = ("stopped" if early else "completed"), time.time()
+        self._tell("trial_ended", rec)
 
     def error(self, trial_id: str, message: str) -> None:
         rec = self.trials[trial_id]
         rec.status, rec.ended_at, rec.error = "errored", time.time(), message
+        self._tell("trial_ended", rec)
+
+    def _tell(self, event: str, *args) -> None:
+        for listener in self.listeners:
+            getattr(listener, event)(*args)
 
     def retry(self, trial_id: str, message: str) -> None:
         """Ray restarts the trial after a failure (a lost node, a crashed worker): it runs again from
@@ -312,7 +340,7 @@ class Recorder:
             _write(frame(self._pending_rows), parts / f"part-{self._parts:05d}.parquet")
             self._pending_rows = []
         if self.trials:
-            _write(frame([r.row() for r in self.trials.values()]), self.run_dir / TRIALS)
+            _write(frame(self.rows()), self.run_dir / TRIALS)
         if self._on_flush:
             self._on_flush(self)
 
@@ -326,6 +354,7 @@ class Recorder:
         for rec in self.trials.values():
             if rec.status in ("running", "pending"):
                 rec.status, rec.ended_at = cut_off, rec.ended_at or time.time()
+                self._tell("trial_ended", rec)
         self.flush()
         parts = sorted((self.run_dir / PARTS).glob("part-*.parquet"))
         history = _merge(parts)

@@ -59,7 +59,7 @@ def resume(run_dir: str | Path, *, quiet: bool = False, ray_address: str | None 
             runner.preflight(exp)
             spent = spent_s(meta, run_dir)
             recorder = Recorder.reopen(run_dir, exp.metric, exp.mode, max_t=exp.max_t,
-                                       on_flush=lambda _: claim.beat())
+                                       on_flush=lambda _: claim.beat(), objectives=exp.objectives)
             kept, lost = reconcile(recorder, ray_api.snapshot_trial_ids(tune_path))
             meta.setdefault("resumes", []).append({"at": rundir.now(), "status_before": meta["status"],
                                                    "spent_s": round(spent, 3), "finished_after_snapshot": kept,

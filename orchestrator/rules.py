@@ -26,6 +26,7 @@ class Strategy:
     scheduler: Any  # orchestrator.schedulers.SchedulerOptions
     params: Mapping[str, Param]
     family: FamilyRef
+    objectives: tuple[str, ...] = ()  # the spec's metric names: more than one for a multi-objective search
 
     @property
     def iterations_param(self) -> str | None:

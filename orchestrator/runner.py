@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from orchestrator import auth, data as data_mod, interrupt, refit, rundir
+from orchestrator import auth, data as data_mod, interrupt, objectives, refit, rundir
 from orchestrator.errors import InputError, Problem, RunError, RunInterrupted, SpecError
 from orchestrator.families import Family, UserTrainable
 from orchestrator.results import Recorder
@@ -27,7 +27,7 @@ from orchestrator.schedulers import SCHEDULERS, build_scheduler
 from orchestrator.schema import SCHEMA_KEY, SCHEMA_VERSION
 from orchestrator.searchers import SearchContext, build_search
 from orchestrator.spec import Experiment
-from orchestrator.summary import RunSummary
+from orchestrator.summary import RunSummary, top_trials
 
 # Ray Tune settings measured to cut per-trial overhead on a small machine (see README, benchmarks/).
 # Ray's own logger callbacks write JSON/CSV/TensorBoard files per trial; our Parquet callback
@@ -61,8 +61,12 @@ def build_tune_config(exp: Experiment):
         points, rewards = [dict(p) for p in exp.warm_points], list(exp.warm_scores)
     else:
         points, rewards = [dict(p) for p in spec.searcher.points_to_evaluate], None
-    plan = build_search(spec.searcher, SearchContext(exp.params, exp.metric, exp.mode, exp.searcher_seed,
-                                                     points, rewards))
+    # Several metrics go to the searcher as lists (Optuna's multi-objective study); Tune's own
+    # metric/mode stay the first one's, for what reads one (FIFO needs none: the only scheduler allowed).
+    metric, mode = ([n for n, _ in exp.objectives], [m for _, m in exp.objectives]) if exp.multi_objective \
+        else (exp.metric, exp.mode)
+    plan = build_search(spec.searcher, SearchContext(exp.params, metric, mode, exp.searcher_seed, points, rewards,
+                                                     trials=exp.total_trials))
     concurrent = min(spec.budget.concurrent, spec.searcher.max_concurrent or spec.budget.concurrent)
     if isinstance(plan.search_alg, tune.search.BasicVariantGenerator):
         # Ray ignores max_concurrent_trials for a generator passed in (with a warning): it must be
@@ -121,7 +125,8 @@ def build_trainable(exp: Experiment, data: Any = None, placement_key: str | None
             run_family_trial, family_ref=exp.spec.family, data=data, seed=exp.spec.seed,
             checkpoint_every=checkpoint_policy(exp).every, base_dir=str(exp.base_dir),
             evaluation=exp.spec.evaluation, metric=exp.metric,
-            report_every_s=scheduler.report_window_s, on_time=scheduler.on_time(exp.spec.scheduler))
+            report_every_s=scheduler.report_window_s, on_time=scheduler.on_time(exp.spec.scheduler),
+            objectives=tuple(n for n, _ in exp.objectives))
     if placement_key is not None:
         from orchestrator.placement import recording
 
@@ -306,11 +311,19 @@ def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, dataset: Any, 
     from orchestrator.nodes import PendingWatch
     from orchestrator.placement import new_key
     from orchestrator.progress import Progress
+    from orchestrator.tracking import open_tracking
 
-    recorder = recorder or Recorder(run_dir, exp.metric, exp.mode, max_t=exp.max_t, on_flush=lambda _: claim.beat())
-    progress = None if quiet else Progress(recorder, exp.total_trials)
+    recorder = recorder or Recorder(run_dir, exp.metric, exp.mode, max_t=exp.max_t, on_flush=lambda _: claim.beat(),
+                                    objectives=exp.objectives)
+    time_s = exp.spec.budget.time_s
+    if time_s is not None and meta.get("resumes"):  # `hpo resume`: the time budget counts the time spent
+        time_s = max(1.0, time_s - meta["resumes"][-1]["spent_s"])
+    progress = None if quiet else Progress(recorder, exp.total_trials, time_s=time_s)
     key = new_key(run_id)  # each trial's node, CPUs and GPU ids travel under it (orchestrator.placement)
     stopper = RunStopper(exp.metric)
+    tracking = open_tracking(exp.spec.tracking, run_dir, run_id, exp.spec.name, meta["spec"], exp.metric)
+    if tracking:  # fed by the Recorder's events, written on its own thread (orchestrator.tracking)
+        recorder.listeners.append(tracking)
     res = exp.spec.resources
     callback = RecorderCallback(recorder, progress.tick if progress else None, key, stopper,
                                 on_note=progress.note if progress else None, pending=PendingWatch(res.cpu, res.gpu))
@@ -329,25 +342,39 @@ def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, dataset: Any, 
         recorder.close(cut_off="interrupted" if signum else "stopped")
     except OSError as exc:  # a full disk: what earlier flushes wrote stays, and history parts are kept
         failure = failure or _explain(exc, exp)
-    best_trial = recorder.best  # chosen among all trials: once
+    # Several metrics have no single best: the Pareto front instead (orchestrator.objectives).
+    best_trial = None if exp.multi_objective else recorder.best  # chosen among all trials: once
     best = best_trial.row() if best_trial else None
+    pareto = recorder.pareto() if exp.multi_objective else None
     counts = {**recorder.counts(), "not_started": max(0, exp.total_trials - len(recorder.trials))}
     if signum:
         failure = (f"interrupted by {signal.Signals(signum).name}: {counts['interrupted']} trials cut off, "
                    f"{counts['not_started']} never started; results so far are in {run_dir}")
-    elif failure is None and best is None:
-        failure = _no_best(recorder, exp)
+    elif failure is None and best is None and not pareto:
+        failure = objectives.no_front(exp.objectives, recorder.rows()) if exp.multi_objective else _no_best(recorder, exp)
     status = "interrupted" if signum else "failed" if failure else "finished"
+    if tracking:
+        for line in tracking.close(status, best):
+            print(line, file=sys.stderr)
+        meta["tracking"] = tracking.stats()
     meta.update(status=status, error=failure, ended_at=rundir.now(), counts=counts, best=_jsonable(best),
                 signal=signal.Signals(signum).name if signum else None)
+    if exp.multi_objective:
+        meta.update(pareto=json.loads(json.dumps(pareto, default=str)))
     _write_meta(run_dir, meta)
     evaluated = None
-    if status == "finished":
+    if status == "finished" and exp.multi_objective:
+        evaluated = objectives.conclude(pareto)
+        meta.update(evaluation=evaluated)
+        _write_meta(run_dir, meta)
+    elif status == "finished":
         evaluated = refit.conclude(exp, dataset, best_trial, lambda d, out: _search_on(exp, d, out), run_dir)
         if evaluated is not None:
             meta.update(evaluation=_jsonable(evaluated), ended_at=rundir.now())
             _write_meta(run_dir, meta)
-    summary = RunSummary(run_dir, run_id, exp.metric, counts, best, evaluated, status, failure)
+    summary = RunSummary(run_dir, run_id, exp.metric, counts, best, evaluated, status, failure,
+                         top=() if exp.multi_objective else top_trials(recorder.trials.values(), exp.mode),
+                         pareto=pareto)
     if signum:
         raise RunInterrupted(failure, signum, summary)
     if failure:
@@ -418,7 +445,8 @@ def _metadata(exp: Experiment, run_id: str, owner: dict[str, Any]) -> dict[str, 
         "spec_hash": exp.spec_hash,
         "spec": exp.resolved(),
         "seed": exp.spec.seed,
-        "metric": {"name": exp.metric, "mode": exp.mode},
+        "metric": {"name": exp.metric, "mode": exp.mode},  # with several metrics, the first; all under objectives
+        **({"objectives": [{"name": n, "mode": m} for n, m in exp.objectives]} if exp.multi_objective else {}),
         "status": "running",
         "started_at": rundir.now(),
         "ended_at": None,

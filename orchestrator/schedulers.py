@@ -23,6 +23,7 @@ from pydantic import Field, field_validator, model_validator
 from orchestrator.base import StrictModel
 from orchestrator.errors import Problem
 from orchestrator.families import Family
+from orchestrator.objectives import one_objective
 from orchestrator.rules import Rule, Strategy, flat_space
 
 
@@ -253,7 +254,7 @@ def _build_pb2(opts: PB2Options, params):
 
 
 _POPULATION = (with_searchers("random", "grid"),  # Ray refuses any SearchGenerator beside PBT/PB2
-               checkpointing_family, flat_space, mutations)
+               checkpointing_family, flat_space, mutations, one_objective)
 _EVERY_REPORT = CheckpointPolicy(every=1)  # a paused trial resumes from its last report
 
 
@@ -267,13 +268,16 @@ LATE_OK_S = 0.5
 
 SCHEDULERS: dict[str, SchedulerEntry] = {
     "fifo": SchedulerEntry(FIFOOptions, _build_fifo, report_window_s=LATE_OK_S),
-    "asha": SchedulerEntry(ASHAOptions, _build_asha, report_window_s=LATE_OK_S, on_time=asha_rungs),
-    "hyperband": SchedulerEntry(HyperBandOptions, _build_hyperband, rules=(checkpointing_family,),
+    # Every scheduler but FIFO ranks trials on the first metric: with several, `one_objective` refuses it.
+    "asha": SchedulerEntry(ASHAOptions, _build_asha, rules=(one_objective,), report_window_s=LATE_OK_S,
+                           on_time=asha_rungs),
+    "hyperband": SchedulerEntry(HyperBandOptions, _build_hyperband, rules=(checkpointing_family, one_objective),
                                 checkpoints=lambda opts: _EVERY_REPORT),
     "bohb-hyperband": SchedulerEntry(BOHBHyperBandOptions, _build_bohb_hyperband,
-                                     rules=(with_searchers("bohb"), checkpointing_family),
+                                     rules=(with_searchers("bohb"), checkpointing_family, one_objective),
                                      checkpoints=lambda opts: _EVERY_REPORT),
-    "median-stopping": SchedulerEntry(MedianStoppingOptions, _build_median, report_window_s=LATE_OK_S),
+    "median-stopping": SchedulerEntry(MedianStoppingOptions, _build_median, rules=(one_objective,),
+                                      report_window_s=LATE_OK_S),
     "pbt": SchedulerEntry(PBTOptions, _build_pbt, rules=_POPULATION, checkpoints=_perturbations),
     "pb2": SchedulerEntry(PB2Options, _build_pb2, rules=(*_POPULATION, numeric_mutations),
                           checkpoints=_perturbations),

@@ -24,6 +24,7 @@ from pydantic import ConfigDict, Field
 
 from orchestrator.base import StrictModel
 from orchestrator.errors import Problem
+from orchestrator.objectives import one_objective
 from orchestrator.rules import Rule, Strategy, flat_space, requires
 from orchestrator.space import Param, active, is_conditional, to_tune
 
@@ -64,6 +65,16 @@ class OptunaTPEOptions(SearcherOptions):
     constant_liar: bool | None = Field(None, description="avoid proposing near running trials (Optuna 5: on)")
 
 
+class OptunaNSGA2Options(SearcherOptions):
+    """Optuna's NSGA-II: a genetic algorithm for several objectives (one works too)."""
+
+    name: Literal["optuna-nsga2"] = "optuna-nsga2"
+    population_size: int | None = Field(None, ge=2, description="trials per generation (Optuna: 50)")
+    mutation_prob: float | None = Field(None, ge=0, le=1, description="None: Optuna's 1/number of parameters")
+    crossover_prob: float | None = Field(None, ge=0, le=1)
+    swapping_prob: float | None = Field(None, ge=0, le=1)
+
+
 class OptunaCmaEsOptions(SearcherOptions):
     name: Literal["optuna-cmaes"] = "optuna-cmaes"
     n_startup_trials: int | None = Field(None, ge=0)
@@ -81,6 +92,13 @@ class HyperOptOptions(SearcherOptions):
     gamma: float | None = Field(None, gt=0, lt=1)
 
 
+class SMACOptions(SearcherOptions):
+    name: Literal["smac"] = "smac"
+    n_configs: int | None = Field(None, ge=1, description="initial design size (SMAC: 10 per parameter, "
+                                                          "at most a quarter of budget.trials)")
+    facade: Literal["hpo", "blackbox"] = Field("hpo", description="hpo: random forest; blackbox: Gaussian process")
+
+
 class BOHBOptions(SearcherOptions):
     name: Literal["bohb"] = "bohb"
     min_points_in_model: int | None = Field(None, ge=1)
@@ -96,11 +114,12 @@ class SearchContext:
     """Everything a factory may use, resolved from the spec."""
 
     params: Mapping[str, Param]
-    metric: str
-    mode: str
+    metric: str | list[str]  # a list for several objectives (Optuna samplers and Ray's generator take one)
+    mode: str | list[str]
     seed: int
     points: list[dict[str, Any]] = field(default_factory=list)
     rewards: list[float] | None = None  # scores of `points` (warm start), for searchers that learn from them
+    trials: int = 100  # budget.trials, for searchers that plan around the budget (SMAC's initial design)
 
 
 @dataclass(frozen=True)
@@ -286,6 +305,13 @@ def _build_optuna_tpe(opts: OptunaTPEOptions, ctx: SearchContext) -> SearchPlan:
     return _optuna_plan(optuna.samplers.TPESampler(seed=ctx.seed, **settings), ctx)
 
 
+def _build_optuna_nsga2(opts: OptunaNSGA2Options, ctx: SearchContext) -> SearchPlan:
+    import optuna
+
+    settings = chosen(opts, "population_size", "mutation_prob", "crossover_prob", "swapping_prob")
+    return _optuna_plan(optuna.samplers.NSGAIISampler(seed=ctx.seed, **settings), ctx)
+
+
 def _build_optuna_cmaes(opts: OptunaCmaEsOptions, ctx: SearchContext) -> SearchPlan:
     import optuna
 
@@ -319,6 +345,13 @@ def _build_bohb(opts: BOHBOptions, ctx: SearchContext) -> SearchPlan:
     return SearchPlan(alg, to_tune(ctx.params))
 
 
+def _build_smac(opts: SMACOptions, ctx: SearchContext) -> SearchPlan:
+    from orchestrator.smac_search import SMACSearch
+
+    return SearchPlan(SMACSearch(ctx.params, ctx.metric, ctx.mode, ctx.seed, ctx.trials, ctx.points or None,
+                                 ctx.rewards, n_configs=opts.n_configs, facade=opts.facade), {})
+
+
 _MODEL_BASED = (picks_values,)
 _OPTUNA = requires("optuna")
 
@@ -326,14 +359,21 @@ SEARCHERS: dict[str, SearcherEntry] = {
     "random": SearcherEntry(RandomOptions, _build_random),
     "grid": SearcherEntry(GridOptions, _build_grid, rules=(flat_space,), enumerates=("grid", "choice")),
     "optuna-tpe": SearcherEntry(OptunaTPEOptions, _build_optuna_tpe, rules=(_OPTUNA, *_MODEL_BASED)),
+    # NSGA-II samples a parameter outside the intersection of every trial's space at random, so
+    # conditions would be sampled but not learnt: refused, as for the other flat-space searchers.
+    "optuna-nsga2": SearcherEntry(OptunaNSGA2Options, _build_optuna_nsga2, rules=(_OPTUNA, *_MODEL_BASED, flat_space)),
     "optuna-cmaes": SearcherEntry(OptunaCmaEsOptions, _build_optuna_cmaes,
-                                  rules=(requires("optuna", "cmaes"), *_MODEL_BASED, numeric_range, flat_space)),
+                                  rules=(requires("optuna", "cmaes"), *_MODEL_BASED, numeric_range, flat_space,
+                                         one_objective)),
     "optuna-gp": SearcherEntry(OptunaGPOptions, _build_optuna_gp,
-                               rules=(requires("optuna", "torch"), *_MODEL_BASED, flat_space)),
+                               rules=(requires("optuna", "torch"), *_MODEL_BASED, flat_space, one_objective)),
     "hyperopt-tpe": SearcherEntry(HyperOptOptions, _build_hyperopt,
-                                  rules=(requires("hyperopt"), *_MODEL_BASED, flat_space)),
+                                  rules=(requires("hyperopt"), *_MODEL_BASED, flat_space, one_objective)),
+    "smac": SearcherEntry(SMACOptions, _build_smac,
+                          rules=(requires("smac", "ConfigSpace"), *_MODEL_BASED, one_objective)),
     "bohb": SearcherEntry(BOHBOptions, _build_bohb, rules=(requires("hpbandster", "ConfigSpace"), *_MODEL_BASED,
-                                                           flat_space, with_scheduler("bohb-hyperband"))),
+                                                           flat_space, with_scheduler("bohb-hyperband"),
+                                                           one_objective)),
 }
 
 

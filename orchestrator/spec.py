@@ -14,28 +14,38 @@ import difflib
 import hashlib
 import json
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Union
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, model_validator
 
 from orchestrator import warmstart
 from orchestrator.base import StrictModel
 from orchestrator.data import DataError, DataSpec, find_file
 from orchestrator.errors import Problem, SpecError
 from orchestrator.families import Family, FamilyNotFound, FamilyRef, UserTrainable, resolve as resolve_family
+from orchestrator.metrics import COSTS
 from orchestrator.protocol import EvaluationSpec, check as check_evaluation
 from orchestrator.rules import Strategy, most_iterations
 from orchestrator.schedulers import SCHEDULERS
 from orchestrator.searchers import SEARCHERS
 from orchestrator.space import Param, merge_space, parse_space
+from orchestrator.tracking import TrackingSpec
 
 
 class MetricSpec(StrictModel):
     name: str = Field(min_length=1)
     mode: Literal["min", "max"] | None = Field(None, description="inferred for the built-in metric names")
+
+
+# `metric:` is one mapping, or a list of two or more for a multi-objective search (orchestrator.objectives).
+# Tagged by shape, so that an error in either form gets the path `metric.name` or `metric[1].name`.
+Metrics = Annotated[Union[Annotated[MetricSpec, Tag("one")],
+                          Annotated[list[MetricSpec], Field(min_length=2), Tag("list")]],
+                    Discriminator(lambda v: "list" if isinstance(v, list) else "one")]
 
 
 class BudgetSpec(StrictModel):
@@ -66,7 +76,7 @@ class ExperimentSpec(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     family: str = Field(min_length=1)
     data: DataSpec = DataSpec(name="digits")
-    metric: MetricSpec
+    metric: Metrics
     space: dict[str, Any] = Field(default_factory=dict)
     searcher: SearcherSpec = Field(default_factory=lambda: SEARCHERS["random"].options())
     scheduler: SchedulerSpec = Field(default_factory=lambda: SCHEDULERS["fifo"].options())
@@ -76,6 +86,7 @@ class ExperimentSpec(StrictModel):
     evaluation: EvaluationSpec = EvaluationSpec()
     extra_params: list[str] = Field(default_factory=list, description="space entries a built-in family does not "
                                     "declare, passed to its library on purpose")
+    tracking: TrackingSpec = TrackingSpec()  # MLflow, TensorBoard, W&B (orchestrator.tracking); off by default
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,11 @@ class Experiment:
     source: str = "<spec>"
     warm_points: tuple[dict[str, Any], ...] = ()  # best configs of an earlier run, best first
     warm_scores: tuple[float, ...] = ()
+    objectives: tuple[tuple[str, str], ...] = ()  # (name, mode) of each metric, when the spec lists several
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
 
     @property
     def total_trials(self) -> int:
@@ -97,7 +113,8 @@ class Experiment:
 
     @property
     def metric(self) -> str:
-        return self.spec.metric.name
+        """The (first) metric: what every single-metric part of a run (progress, checks) follows."""
+        return self.objectives[0][0] if self.objectives else self.spec.metric.name
 
     @property
     def searcher_seed(self) -> int:
@@ -116,9 +133,13 @@ class Experiment:
     def resolved(self) -> dict[str, Any]:
         """The spec as run: defaults filled in, the family's default space merged, mode inferred."""
         out = self.spec.model_dump(mode="json")
-        out["metric"]["mode"] = self.mode
-        out["evaluation"] = self.spec.evaluation.resolved()
+        if self.objectives:
+            out["metric"] = [{"name": name, "mode": mode} for name, mode in self.objectives]
+        else:
+            out["metric"]["mode"] = self.mode
         out["space"] = {name: _entry(p) for name, p in self.params.items()}
+        # A default entry the spec removed (`width: null`) stays removed when this validates again.
+        out["space"].update({name: None for name in getattr(self.family, "default_space", {}) if name not in self.params})
         out["evaluation"] = self.spec.evaluation.resolved()
         return out
 
@@ -194,15 +215,17 @@ def resolve(spec: ExperimentSpec, base_dir: Path, source: str = "<spec>") -> Exp
     params, space_problems = parse_space(space_raw)
     problems += space_problems
     problems += _check_param_names(spec, family)
+    if isinstance(family, Family) and family.check_space is not None:
+        problems += family.check_space(params)
 
     if isinstance(family, Family) and family.needs_data and spec.data.source == "file":
         try:
             find_file(spec.data, base_dir)
         except DataError as exc:
             problems.append(Problem(exc.field, str(exc)))
-    mode, metric_problems = _check_metric(spec, family)
+    mode, objectives, metric_problems = _check_metrics(spec, family)
     problems += metric_problems
-    strategy = Strategy(spec.searcher, spec.scheduler, params, family)
+    strategy = Strategy(spec.searcher, spec.scheduler, params, family, tuple(n for n, _ in objectives))
     problems += SEARCHERS[spec.searcher.name].check(strategy)
     problems += SCHEDULERS[spec.scheduler.name].check(strategy)
     problems += _check_budget(spec, params)
@@ -215,26 +238,53 @@ def resolve(spec: ExperimentSpec, base_dir: Path, source: str = "<spec>") -> Exp
         problems += warm_problems
     if problems:
         raise SpecError(problems, source)
-    return Experiment(spec, family, params, mode, base_dir, source, tuple(warm_points), tuple(warm_scores))
+    return Experiment(spec, family, params, mode, base_dir, source, tuple(warm_points), tuple(warm_scores),
+                      tuple(objectives) if len(objectives) > 1 else ())
 
 
-def _check_metric(spec: ExperimentSpec, family: FamilyRef) -> tuple[str, list[Problem]]:
-    metric = spec.metric
+def _check_metrics(spec: ExperimentSpec, family: FamilyRef) -> tuple[str, list[tuple[str, str]], list[Problem]]:
+    """The first metric's mode, every (name, mode), and the problems, for one metric or a list."""
+    metrics = spec.metric if isinstance(spec.metric, list) else [spec.metric]
+    where = [f"metric[{i}]" for i in range(len(metrics))] if isinstance(spec.metric, list) else ["metric"]
+    objectives, problems = [], []
+    for i, (metric, path) in enumerate(zip(metrics, where)):
+        mode, found = _check_metric(metric, path, spec, family)
+        objectives.append((metric.name, mode))
+        problems += found
+        if metric.name in [m.name for m in metrics[:i]]:
+            problems.append(Problem(f"{path}.name", f"{metric.name!r} is listed twice; list each metric once"))
+    if metrics[0].name in COSTS:
+        problems.append(Problem(f"{where[0]}.name", f"{metrics[0].name} is measured only at a trial's last report, "
+                                                    f"so it cannot come first (progress and checks follow the first "
+                                                    f"metric at every report); list a score first: metric: "
+                                                    f"[{{name: val_error}}, {{name: {metrics[0].name}}}]"))
+    if len(metrics) > 1:
+        if spec.searcher.warm_start:
+            problems.append(Problem("searcher.warm_start", "ranks an earlier run's trials on one metric; with "
+                                                           "several metrics use points_to_evaluate instead"))
+        if spec.evaluation.protocol == "nested":
+            problems.append(Problem("evaluation.protocol", "nested evaluation refits each outer fold's best trial, "
+                                                           "and several metrics have no single best; use holdout "
+                                                           "or kfold, or one metric"))
+    return objectives[0][1], objectives, problems
+
+
+def _check_metric(metric: MetricSpec, path: str, spec: ExperimentSpec, family: FamilyRef) -> tuple[str, list[Problem]]:
     if isinstance(family, UserTrainable):
         if metric.mode is None:
-            return "min", [Problem("metric.mode", f"say whether {metric.name} is minimised or maximised: "
-                                                  f"mode: min or mode: max")]
+            return "min", [Problem(f"{path}.mode", f"say whether {metric.name} is minimised or maximised: "
+                                                   f"mode: min or mode: max")]
         return metric.mode, []  # what a user trainable reports is checked on its first result
     known = family.reports(spec.data.resolved_task if family.needs_data else None)
     if metric.name not in known:
         close = suggest(metric.name, known)
         hint = f"; did you mean {close!r}?" if close else ""
-        return "min", [Problem("metric.name", f"family {family.name} never reports {metric.name!r}{hint} "
-                                              f"It reports: {', '.join(known)}")]
+        return "min", [Problem(f"{path}.name", f"family {family.name} never reports {metric.name!r}{hint} "
+                                               f"It reports: {', '.join(known)}")]
     natural = known[metric.name]
     if metric.mode is not None and metric.mode != natural:
-        return natural, [Problem("metric.mode", f"{metric.name} is better when {'lower' if natural == 'min' else 'higher'}"
-                                                f": use mode: {natural} (or leave mode out), got {metric.mode}")]
+        return natural, [Problem(f"{path}.mode", f"{metric.name} is better when {'lower' if natural == 'min' else 'higher'}"
+                                                 f": use mode: {natural} (or leave mode out), got {metric.mode}")]
     return natural, []
 
 
@@ -276,12 +326,13 @@ def _entry(p: Param) -> Any:
 # --- pydantic errors -> Problems with YAML paths and fixes ------------------------------------
 
 _UNIONS = {"searcher": SEARCHERS, "scheduler": SCHEDULERS}
+_SHAPES = ("one", "list")  # the tags of `metric:` (Metrics)
 
 
 def _problem(err: Mapping[str, Any]) -> Problem:
     loc = list(err["loc"])
     # Discriminated unions put the chosen tag into the path (searcher.asha.max_t): drop it.
-    if len(loc) > 1 and loc[0] in _UNIONS and loc[1] in _UNIONS[loc[0]]:
+    if len(loc) > 1 and (loc[0] in _UNIONS and loc[1] in _UNIONS[loc[0]] or loc[0] == "metric" and loc[1] in _SHAPES):
         loc.pop(1)
     path = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
     kind, msg = err["type"], err["msg"]
@@ -298,6 +349,9 @@ def _problem(err: Mapping[str, Any]) -> Problem:
         return Problem(f"{path}.name", f"missing; known: {', '.join(_UNIONS[loc[0]])}")
     if kind == "missing":
         return Problem(path, "required; add it to the spec")
+    if kind == "too_short" and path == "metric":
+        return Problem(path, "a list names two or more metrics (a multi-objective search); for one, write "
+                             "metric: {name: ..., mode: ...}")
     if kind == "literal_error":
         return Problem(path, f"{msg}, got {err['input']!r}")
     if kind == "string_pattern_mismatch" and path == "name":
@@ -324,8 +378,13 @@ def _valid_keys(loc: tuple) -> list[str]:
         if part in _UNIONS and parts and parts[0] in _UNIONS[part]:
             model = _UNIONS[part][parts.pop(0)].options
             continue
+        if part == "metric":  # either shape holds MetricSpec entries
+            parts = [p for p in parts if p not in _SHAPES and not isinstance(p, int)]
+            model = MetricSpec
+            continue
         field = model.model_fields.get(part)
         ann = field.annotation if field else None
+        ann = next((a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)), ann)  # X | None
         model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
     return list(model.model_fields) if model is not None else []
 

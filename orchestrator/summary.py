@@ -7,9 +7,15 @@ both read them from here rather than one calling the other.
 from __future__ import annotations
 
 import json
+import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
+
+from orchestrator.objectives import summary_lines
+
+TOP_K = 5  # trials in the table printed after a run
 
 
 @dataclass(frozen=True)
@@ -22,10 +28,21 @@ class RunSummary:
     evaluation: dict[str, Any] | None = None  # refit on train+valid and test score; see orchestrator.refit
     status: str = "finished"  # as experiment.json: finished | failed | interrupted
     error: str | None = None  # why it failed or was interrupted
+    top: tuple[dict[str, Any], ...] = ()  # the best trials, best first (top_trials)
+    pareto: list[dict[str, Any]] | None = None  # several metrics: the front, best first on the first metric
 
 
 def lines(summary: RunSummary) -> list[str]:
-    """The run's counts, its best trial and config, the test score, and where the results are."""
+    """The run's counts, its best trial and config, the top trials, the test score, and where the
+    results are: plain text, for logs (`report` draws the table with rich on a terminal)."""
+    out: list[str] = []
+    for part in _parts(summary):
+        out += _plain(part) if not isinstance(part, str) else [part]
+    return out
+
+
+def _parts(summary: RunSummary) -> list:
+    """The summary's lines, with the top-trials table as a rich Table in its place."""
     c = summary.counts
     ended = "" if summary.status == "finished" else f" ({summary.status})"
     extra = "".join(f", {c[k]} {what}" for k, what in (("interrupted", "interrupted"), ("not_started", "never started"))
@@ -38,6 +55,9 @@ def lines(summary: RunSummary) -> list[str]:
         out.append(f"best trial {best['trial_id']}: {summary.metric}={best['score']:.6g} "
                    f"at iteration {best['score_iteration']}")
         out.append(f"  config: {json.dumps(cfg, default=str)}")
+    if len(summary.top) > 1:  # one trial is the best trial above
+        out.append(top_table(summary.top, summary.metric))
+    out += summary_lines(summary.pareto)
     out += evaluation_lines(summary.evaluation)
     out.append(f"results: {summary.run_dir}/ (trials.parquet, history.parquet, experiment.json)")
     return out
@@ -46,8 +66,75 @@ def lines(summary: RunSummary) -> list[str]:
 def report(summary: RunSummary) -> int:
     """Prints a finished run's summary; returns its exit code, 0. (A failed or interrupted run
     raises RunError carrying its summary, which the CLI and the job entry print the same way.)"""
-    print("\n".join(lines(summary)))
+    if sys.stdout.isatty():
+        from rich.console import Console
+
+        console = Console()
+        for part in _parts(summary):
+            if isinstance(part, str):
+                console.print(part, highlight=False, markup=False, soft_wrap=True)
+            else:
+                console.print(part)
+    else:
+        print("\n".join(lines(summary)))
     return 0
+
+
+def top_trials(trials, mode: str, k: int = TOP_K) -> tuple[dict[str, Any], ...]:
+    """The k best trials among those that ended normally with a finite score (the ones the best
+    trial is chosen from: orchestrator.results.ELIGIBLE), best first, as trials.parquet rows with
+    only the config parameters that varied across all trials."""
+    from orchestrator.results import ELIGIBLE
+
+    trials = list(trials)
+    ok = [t for t in trials if t.status in ELIGIBLE and t.score is not None and math.isfinite(t.score)]
+    ok.sort(key=lambda t: t.score if mode == "min" else -t.score)
+    varied = {k for k in {k for t in trials for k in t.config}
+              if len({json.dumps(t.config.get(k), default=str) for t in trials}) > 1}
+    keep = ("trial_id", "status", "score", "score_iteration", "iterations", "wall_s")
+    return tuple({**{c: row[c] for c in keep},
+                  **{c: v for c, v in row.items() if c.startswith("config.") and c[7:] in varied}}
+                 for row in (t.row() for t in ok[:k]))
+
+
+def top_table(top: tuple[dict[str, Any], ...], metric: str):
+    """The top trials as a rich Table: rank, trial, status, score, where it was reached, wall time,
+    and the parameters that varied (a parameter a trial did not have, being inactive, is blank)."""
+    from rich.table import Table
+
+    params = list(dict.fromkeys(c for row in top for c in row if c.startswith("config.")))
+    table = Table(title=f"top {len(top)} trials", title_justify="left")
+    rows = [[str(rank), row["trial_id"], row["status"], f"{row['score']:.6g}", str(row["score_iteration"]),
+             str(row["iterations"]), f"{row['wall_s']:.1f}" if row.get("wall_s") is not None else "",
+             *(_cell(row.get(p)) for p in params)] for rank, row in enumerate(top, 1)]
+    for i, name in enumerate(("#", "trial", "status", metric, "at iter", "iters", "wall s", *(p[7:] for p in params))):
+        if i < 7:  # never squeezed on a narrow terminal: the parameters wrap instead
+            width = max(len(name), *(len(r[i]) for r in rows))
+            table.add_column(name, justify="left" if i in (1, 2) else "right", min_width=width, no_wrap=True)
+        else:
+            table.add_column(name, justify="right", overflow="fold")
+    for r in rows:
+        table.add_row(*r)
+    return table
+
+
+def _cell(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _plain(table) -> list[str]:
+    """A rich Table as plain lines: no colours, no box characters, wide enough not to wrap."""
+    import io
+
+    from rich import box
+    from rich.console import Console
+
+    table.box, table.title_style, table.header_style = box.SIMPLE_HEAD, "", ""
+    buf = io.StringIO()
+    Console(file=buf, width=400, color_system=None, force_terminal=False).print(table)
+    return [ln.rstrip() for ln in buf.getvalue().splitlines() if ln.strip()]
 
 
 def evaluation_lines(entry: Mapping[str, Any] | None) -> list[str]:

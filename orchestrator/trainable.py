@@ -18,9 +18,9 @@ from orchestrator.trial import TrialContext
 def run_family_trial(config: dict, *, family_ref: str, data=None, seed: int = 0, checkpoint_every: int = 0,
                      base_dir: str | None = None, evaluation: EvaluationSpec | None = None,
                      metric: str | None = None, report_every_s: float = 0.0,
-                     on_time: frozenset[int] = frozenset()) -> None:
+                     on_time: frozenset[int] = frozenset(), objectives: tuple[str, ...] = ()) -> None:
     family = resolve(family_ref, Path(base_dir) if base_dir else None)
-    trial = TrialContext.current(seed, checkpoint_every, metric, report_every_s, on_time)
+    trial = TrialContext.current(seed, checkpoint_every, metric, report_every_s, on_time, objectives)
     # The evaluation protocol (holdout, k-fold) decides what data each `train` call sees.
     run_trial(family, dict(config), data, trial, evaluation)
     trial.flush()  # the iterations held back since the last report (see orchestrator.trial)

@@ -79,6 +79,7 @@ class TrialContext:
     metric: str | None = None
     report_every_s: float = 0.0  # hold reports back for this long (see the module docstring); 0: never
     on_time: frozenset[int] = frozenset()  # iterations the scheduler decides at: never held
+    objectives: tuple[str, ...] = ()  # every metric of a multi-objective spec (cost metrics: metrics.wants)
     _reports: int = 0
     _held: list[dict[str, Any]] = field(default_factory=list)
     _last_sent: float = -float("inf")
@@ -89,18 +90,19 @@ class TrialContext:
 
     @classmethod
     def current(cls, seed: int = 0, checkpoint_every: int = 0, metric: str | None = None,
-                report_every_s: float = 0.0, on_time: frozenset[int] = frozenset()) -> "TrialContext":
+                report_every_s: float = 0.0, on_time: frozenset[int] = frozenset(),
+                objectives: tuple[str, ...] = ()) -> "TrialContext":
         """The context of the Ray trial this code runs in (or a 1-CPU one outside Ray)."""
         import ray
 
         if not ray.is_initialized():
-            return cls(seed, 1, 0.0, (), checkpoint_every, metric, report_every_s, on_time)
+            return cls(seed, 1, 0.0, (), checkpoint_every, metric, report_every_s, on_time, tuple(objectives))
         assigned = ray.get_runtime_context().get_assigned_resources()
         # Fractional CPU requests still get one thread: a thread cannot be split.
         cpus = max(1, int(assigned.get("CPU", 1)))
         gpus = float(assigned.get("GPU", 0.0))
         gpu_ids = tuple(str(i) for i in ray.get_gpu_ids()) if gpus else ()
-        return cls(seed, cpus, gpus, gpu_ids, checkpoint_every, metric, report_every_s, on_time)
+        return cls(seed, cpus, gpus, gpu_ids, checkpoint_every, metric, report_every_s, on_time, tuple(objectives))
 
     @property
     def device(self) -> str:

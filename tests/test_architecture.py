@@ -14,7 +14,9 @@ from orchestrator.trial import Trial, TrialContext
 PACKAGE = Path(__file__).resolve().parent.parent / "orchestrator"
 # Modules that may import ray.tune: the driver and the Tune objects it builds, and the one place
 # a trial's Ray calls go through.
-RAY_TUNE_MODULES = {"runner", "callbacks", "searchers", "schedulers", "ray_schedulers", "space", "ray_api"}
+# smac_search: SMAC behind Ray's Searcher base class, its space from Ray's ConfigSpace converter.
+RAY_TUNE_MODULES = {"runner", "callbacks", "searchers", "schedulers", "ray_schedulers", "space", "ray_api",
+                    "smac_search"}
 
 
 def imports() -> dict[str, set[str]]:

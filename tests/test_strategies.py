@@ -62,10 +62,12 @@ EXPECTED_CLASSES = {
     "random": ("BasicVariantGenerator", None),
     "grid": ("BasicVariantGenerator", None),
     "optuna-tpe": ("OptunaSearch", "TPESampler"),
+    "optuna-nsga2": ("OptunaSearch", "NSGAIISampler"),
     "optuna-cmaes": ("OptunaSearch", "CmaEsSampler"),
     "optuna-gp": ("OptunaSearch", "GPSampler"),
     "hyperopt-tpe": ("HyperOptSearch", None),
     "bohb": ("TuneBOHB", None),
+    "smac": ("SMACSearch", None),
 }
 EXPECTED_SCHEDULERS = {"fifo": "FIFOScheduler", "asha": "AsyncHyperBandScheduler", "hyperband": "FinishingHyperBand",
                        "bohb-hyperband": "FinishingHyperBandForBOHB",
@@ -116,7 +118,7 @@ SVM_LIKE = {
 }
 
 
-@pytest.mark.parametrize("searcher", ["optuna-tpe", "random"])
+@pytest.mark.parametrize("searcher", ["optuna-tpe", "random", "smac"])
 def test_conditional_parameters_appear_only_when_active(searcher):
     """Asks the searcher for configs directly: no trials needed to see what it proposes."""
     exp = validate({"name": "c", "family": "synthetic", "metric": {"name": "loss"},
@@ -264,7 +266,7 @@ def _checkpoints_per_trial(run_dir) -> set[int]:
 
 # --- seeding and warm start -------------------------------------------------------------------
 
-@pytest.mark.parametrize("searcher", ["random", "optuna-tpe", "optuna-cmaes", "hyperopt-tpe", "bohb"])
+@pytest.mark.parametrize("searcher", ["random", "optuna-tpe", "optuna-cmaes", "hyperopt-tpe", "bohb", "smac"])
 def test_same_seed_same_first_proposals(searcher):
     def proposals(seed):
         sched = "bohb-hyperband" if searcher == "bohb" else "fifo"
@@ -334,7 +336,7 @@ def test_warm_start_refuses_another_metric_and_missing_files(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("searcher, scheduler", [("random", "median-stopping"), ("random", "hyperband"),
-                                                 ("bohb", "bohb-hyperband")])
+                                                 ("bohb", "bohb-hyperband"), ("smac", "hyperband")])
 def test_no_trial_repeats_an_iteration(ray_local, tmp_path, searcher, scheduler):
     """Schedulers that pause trials must resume them where they were, not from iteration 1."""
     raw = synthetic(searcher, scheduler, trials=6)
