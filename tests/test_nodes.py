@@ -69,3 +69,16 @@ def test_trials_pending_long_are_explained_once_per_period():
     now[0] = 200
     assert watch.update(["t3"]).startswith("1 trial pending for 75 s: ")  # t2 started; t3 still waits
     assert watch.update([]) is None and watch.since == {}
+
+
+def test_a_note_is_a_line_of_its_own_in_a_log(tmp_path):
+    import io
+
+    from orchestrator.progress import Progress
+    from orchestrator.results import Recorder
+
+    out = io.StringIO()  # not a terminal: plain lines, as in `hpo logs`
+    progress = Progress(Recorder(tmp_path, "loss", "min"), 3, stream=out)
+    progress.note("trial t1 failed (its worker on node 10.0.0.2 was lost: ...); retrying, 1 of budget.max_failures=1")
+    assert out.getvalue() == ("trial t1 failed (its worker on node 10.0.0.2 was lost: ...); retrying, 1 of "
+                              "budget.max_failures=1\n")
