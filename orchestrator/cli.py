@@ -186,11 +186,11 @@ def cmd_cluster(args) -> int:
             raise cluster.ClusterError(f"{args.file} reads its token from ${c.hpo.auth.token_env}, not a file")
         print(f"token file: {auth.ensure_private_token(path)} (mode 0600)")
     elif args.action == "up":
-        if state := localcluster.running(c):
+        if (state := localcluster.running(c)) and not localcluster.dead_nodes(state):
             print(f"cluster {c.name} is already up (Jobs API {state.jobs_address}); stop it with "
                   f"`hpo cluster down {args.file}`")
             return 0
-        state = localcluster.up(c)
+        state = localcluster.up(c)  # restarts dead workers of a running cluster
         nodes = ", ".join(n.node_type for n in state.nodes)
         print(f"cluster {c.name} up in {state.started_s:.1f}s: {nodes}\n"
               f"Jobs API {state.jobs_address} (token in {c.hpo.auth.path()}); GCS {state.gcs_address}\n"

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from orchestrator import storage
+from orchestrator import nodes, storage
 from orchestrator.cluster import Capacity, Cluster, ClusterError, check_capacity
 from orchestrator.errors import Problem, SpecError
 from orchestrator.rundir import PARTS, RESULT_FILES, new_run_id
@@ -53,6 +53,8 @@ class Submission:
     metadata: dict[str, str]
     results: str
     capacity: Capacity
+    cpu: float = 1.0  # per trial, for the pre-flight against live nodes
+    gpu: float = 0.0
 
 
 def package(cluster: Cluster, spec_path: str | Path, overrides: list[str] | None = None,
@@ -85,7 +87,7 @@ def package(cluster: Cluster, spec_path: str | Path, overrides: list[str] | None
     if cluster.hpo.runtime_env.pip:
         runtime_env["pip"] = {"packages": pinned_requirements(cluster), "pip_check": False}
     metadata = {META_RESULTS: results, META_NAME: exp.spec.name, META_SPEC: spec_rel.as_posix()}
-    return Submission(job_id, shlex.join(args), runtime_env, metadata, results, capacity)
+    return Submission(job_id, shlex.join(args), runtime_env, metadata, results, capacity, res.cpu, res.gpu)
 
 
 def _inside(path: Path, wd: Path, field: str, source: str) -> Path:
@@ -167,9 +169,36 @@ def submit(cluster: Cluster, spec_path: str | Path, overrides: list[str] | None 
     client = connect(cluster)
     if (warning := check_ray_version(cluster)) and log:
         log(warning)
+    check_live_nodes(cluster, sub, spec_path)
     client.submit_job(entrypoint=sub.entrypoint, submission_id=sub.job_id, runtime_env=sub.runtime_env,
                       metadata=sub.metadata)
     return sub
+
+
+def live_nodes(cluster: Cluster) -> list[nodes.LiveNode] | None:
+    """The cluster's nodes alive now (Ray's state API over the Jobs API address); None if unreadable."""
+    import requests
+
+    try:
+        r = requests.get(f"{cluster.hpo.jobs_address}/api/v0/nodes", params={"limit": 1000},
+                         headers=cluster.headers(), timeout=10)
+        return nodes.from_state_rows(r.json()["data"]["result"]["result"])
+    except (requests.RequestException, KeyError, TypeError, ValueError):
+        return None
+
+
+def check_live_nodes(cluster: Cluster, sub: Submission, spec_path: str | Path) -> None:
+    """The pre-flight again, against the nodes alive now: the cluster file says what the cluster
+    can hold, but a lost node (issue 15: a killed GPU worker) leaves a trial pending forever.
+
+    Skipped where an autoscaler may still add a node that fits (a node type below its max_workers).
+    """
+    fitting = [cluster.node_types[name] for name in sub.capacity.per_type]
+    if any(t.max_workers > t.min_workers for t in fitting if not t.head) or (live := live_nodes(cluster)) is None:
+        return
+    fix = (f"start the lost node again with `hpo cluster up {cluster.source}`" if cluster.is_local else
+           "bring the lost node back, or lower resources")
+    nodes.check_live(live, sub.cpu, sub.gpu, f"cluster {cluster.name}", str(spec_path), fix)
 
 
 def info(cluster: Cluster, job_id: str):

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from orchestrator import auth
+from orchestrator import auth, rundir
 from orchestrator.cluster import Cluster, ClusterError, NodeType, free_port, is_loopback
 
 STATE_FILE = "nodes.json"
@@ -81,11 +81,17 @@ def state_path(cluster: Cluster) -> Path:
 
 
 def running(cluster: Cluster) -> LocalState | None:
-    """The state of this cluster if its head process is still alive."""
+    """The state of this cluster if its head is still up (its `ray start` and its raylet)."""
     state = LocalState.read(state_path(cluster))
-    if state and any(n.head and _alive(n) for n in state.nodes):
+    if state and any(n.head and healthy(n) for n in state.nodes):
         return state
     return None
+
+
+def dead_nodes(state: LocalState) -> list[NodeProcess]:
+    """The worker nodes of a running cluster that are gone: their `ray start --block` exited, or
+    their raylet did (kill -9, OOM). Ray marks such a node DEAD and never brings it back."""
+    return [n for n in state.nodes if not n.head and not healthy(n)]
 
 
 def up(cluster: Cluster, *, timeout_s: float = 120.0, log=print, die_with_parent: bool = False) -> LocalState:
@@ -96,8 +102,12 @@ def up(cluster: Cluster, *, timeout_s: float = 120.0, log=print, die_with_parent
     """
     _require_local(cluster)
     if state := running(cluster):
+        if dead := dead_nodes(state):
+            return _restart(cluster, state, dead, timeout_s, log, die_with_parent)
         log(f"cluster {cluster.name} is already up (Jobs API {state.jobs_address})")
         return state
+    if stale := LocalState.read(state_path(cluster)):
+        _stop(stale.nodes, grace_s=10)  # the head is gone: whatever is left of its workers too
     local = cluster.hpo.local
     mode = os.environ.get(auth.MODE_VAR, "token").lower()
     if mode != "token":
@@ -136,8 +146,33 @@ def up(cluster: Cluster, *, timeout_s: float = 120.0, log=print, die_with_parent
         raise
     state = LocalState(cluster.name, cluster.hpo.jobs_address, gcs, str(cluster.temp_dir), nodes,
                        round(time.monotonic() - started, 2))
-    path = state_path(cluster)
-    path.write_text(state.to_json())
+    _save(cluster, state)
+    return state
+
+
+def _save(cluster: Cluster, state: LocalState) -> None:
+    """Atomically: a crash mid-write must not leave a state file `down` cannot read (nodes orphaned)."""
+    text = state.to_json()
+    rundir.atomic_write(state_path(cluster), lambda tmp: tmp.write_text(text))
+
+
+def _restart(cluster: Cluster, state: LocalState, dead: list[NodeProcess], timeout_s: float, log,
+             die_with_parent: bool) -> LocalState:
+    """Starts each dead worker again, as the same node type and label, and waits for all to register."""
+    _stop(dead, grace_s=10)  # what is left of them (a `ray start` whose raylet died, its agents)
+    env = _node_env(cluster, cluster.hpo.auth.path())
+    started = time.monotonic()
+    nodes, old = list(state.nodes), list(state.nodes)
+    for n in dead:
+        label = Path(n.log).stem
+        log(f"node {label} ({n.node_type}, pid {n.pid}) is dead; starting it again")
+        new = _start(cluster, cluster.node_types[n.node_type], [f"--address={state.gcs_address}"], env, label,
+                     die_with_parent)
+        nodes[nodes.index(n)] = new
+    state = LocalState(state.cluster_name, state.jobs_address, state.gcs_address, state.temp_dir, nodes,
+                       round(time.monotonic() - started, 2))
+    _save(cluster, state)  # before waiting: `down` must find the new processes whatever happens next
+    _wait_nodes(cluster, nodes, len(nodes), started + timeout_s, fresh=[n for n in nodes if n not in old])
     return state
 
 
@@ -234,8 +269,13 @@ def _wait_head(cluster: Cluster, head: NodeProcess, deadline: float) -> None:
         time.sleep(0.3)
 
 
-def _wait_nodes(cluster: Cluster, nodes: list[NodeProcess], expected: int, deadline: float) -> None:
+def _wait_nodes(cluster: Cluster, nodes: list[NodeProcess], expected: int, deadline: float,
+                fresh: list[NodeProcess] = ()) -> None:
+    """Until `expected` nodes are ALIVE, each of `fresh` among them (restarted nodes: counting
+    alone could be fooled by a killed node Ray has not marked DEAD yet)."""
     import requests
+
+    since_ms = min((n.create_time for n in fresh), default=0) * 1000 - 1000
 
     headers = cluster.headers()
     alive = 0
@@ -243,12 +283,14 @@ def _wait_nodes(cluster: Cluster, nodes: list[NodeProcess], expected: int, deadl
         for n in nodes:
             _check_alive(n)
         try:
-            r = requests.get(f"{cluster.hpo.jobs_address}/api/v0/nodes", params={"limit": 1000},
+            r = requests.get(f"{cluster.hpo.jobs_address}/api/v0/nodes",  # detail: start_time_ms
+                             params={"limit": 1000, **({"detail": "true"} if fresh else {})},
                              headers=headers, timeout=5)
             if r.status_code == 200:
                 rows = r.json()["data"]["result"]["result"]
                 alive = sum(1 for row in rows if row.get("state") == "ALIVE")
-                if alive >= expected:
+                new = sum(1 for row in rows if row.get("state") == "ALIVE" and row.get("start_time_ms", 0) >= since_ms)
+                if alive >= expected and new >= len(fresh):
                     return
         except (requests.RequestException, KeyError, ValueError):
             pass
@@ -264,6 +306,17 @@ def _alive(n: NodeProcess) -> bool:
     try:
         p = psutil.Process(n.pid)
         return abs(p.create_time() - n.create_time) < 1e-3 and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def healthy(n: NodeProcess) -> bool:
+    """Its `ray start --block` runs and so does its raylet (the node as Ray knows it)."""
+    if not _alive(n):
+        return False
+    psutil = _psutil()
+    try:
+        return any(p.name() == "raylet" for p in psutil.Process(n.pid).children(recursive=True))
     except psutil.NoSuchProcess:
         return False
 

@@ -126,6 +126,15 @@ class Progress:
         self._printed = text
         self.stream.flush()
 
+    def note(self, text: str) -> None:
+        """A line of its own (a retried trial, trials waiting long): above the live bar on a
+        terminal (rich prints it there), else a plain line in the log."""
+        if self._bar is not None and not self._bar.stopped:
+            self._bar.rich.console.print(text, markup=False, highlight=False, soft_wrap=True)
+            return
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
     def finish(self) -> None:
         """The last update; on a terminal the bar stays on screen, final. Safe to call twice."""
         self.tick(force=True)

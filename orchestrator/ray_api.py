@@ -11,7 +11,8 @@ Some things only Ray's private modules do. Each is imported here and nowhere els
 - the GCS key-value store, where each trial's worker records where it ran (orchestrator.placement);
 - `ray._raylet.Config.initialize`, which re-reads the auth mode Ray cached at import (orchestrator.auth);
 - `ray up`'s own cluster-file checks and KubeRay's translation (orchestrator.cluster);
-- scheduler internals our subclasses override (orchestrator.ray_schedulers), listed only;
+- scheduler internals our subclasses override (orchestrator.ray_schedulers), and the trial's
+  retry decision (orchestrator.callbacks.RetryLostWorkersOnly), listed only;
 - the driver's handler of worker output, to drop one traceback Ray prints on every run that
   reuses actors (`quiet_worker_exits`).
 
@@ -46,6 +47,8 @@ PRIVATE_APIS: tuple[tuple[str, str, str], ...] = (
     ("ray.tune.execution.experiment_state", "_find_newest_experiment_checkpoint",
      "resume: which trials Tune's last snapshot knows (the file's trial_data)"),
     ("ray._private.ray_logging", "global_worker_stdstream_dispatcher", "runner: drop workers' SIGTERM tracebacks"),
+    ("ray.tune.experiment.trial", "Trial.should_recover",
+     "callbacks: retry a trial (budget.max_failures) only when its worker or node was lost"),
     ("ray.tune.schedulers.hyperband", "HyperBandScheduler._trial_info", "ray_schedulers: a trial's bracket"),
     ("ray.tune.schedulers.hyperband", "_Bracket.cleanup_full", "ray_schedulers: stop a finished bracket's trials"),
     ("ray.tune.schedulers.median_stopping_rule", "MedianStoppingRule._on_insufficient_samples",

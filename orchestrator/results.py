@@ -83,7 +83,8 @@ class TrialRecord:
     cpus: float | None = None
     gpus: float | None = None
     gpu_ids: str | None = None
-    error: str | None = None
+    error: str | None = None  # also why it was last retried, when it then finished (retries > 0)
+    retries: int = 0  # times Ray restarted it after a failure (budget.max_failures)
     stop_requested: bool = False  # its last result ended it (the scheduler, a stopper, or itself)
     schedule: list[dict[str, Any]] | None = None  # the configs its final state trained with (PBT), see SCHEDULE
 
@@ -104,6 +105,7 @@ class TrialRecord:
             "gpus": self.gpus,
             "gpu_ids": self.gpu_ids,
             "error": self.error,
+            "retries": self.retries,
             **{f"config.{k}": v for k, v in self.config.items()},
             **{f"metric.{k}": v for k, v in self.last.items()},
         }
@@ -119,6 +121,7 @@ def trial_from_row(row: Mapping[str, Any]) -> TrialRecord:
 
     rec = TrialRecord(row["trial_id"], {k[7:]: value(v) for k, v in row.items() if k.startswith("config.")})
     rec.status, rec.iterations, rec.error = row["status"], int(row["iterations"] or 0), value(row.get("error"))
+    rec.retries = int(value(row.get("retries")) or 0)
     rec.score, rec.score_iteration = value(row.get("score")), value(row.get("score_iteration"))
     rec.started_at, rec.ended_at = seconds(row.get("started_at")), seconds(row.get("ended_at"))
     rec.last = {k[7:]: v for k, v in row.items() if k.startswith("metric.") and value(v) is not None}
@@ -313,6 +316,13 @@ class Recorder:
     def _tell(self, event: str, *args) -> None:
         for listener in self.listeners:
             getattr(listener, event)(*args)
+
+    def retry(self, trial_id: str, message: str) -> None:
+        """Ray restarts the trial after a failure (a lost node, a crashed worker): it runs again from
+        its last checkpoint, or from the start, and its history repeats those iterations."""
+        rec = self.trials.get(trial_id)
+        if rec is not None:
+            rec.status, rec.error, rec.retries = "pending", message, rec.retries + 1
 
     def _better(self, a: float, b: float) -> bool:
         return a < b if self.mode == "min" else a > b

@@ -141,12 +141,15 @@ def checkpoint_policy(exp: Experiment):
 
 
 def with_pruner(exp: Experiment, callbacks: list) -> list:
-    """The run's callbacks, plus checkpoint pruning where the scheduler makes trials checkpoint."""
+    """The run's callbacks, plus checkpoint pruning where the scheduler makes trials checkpoint,
+    plus retries for lost workers only where budget.max_failures allows any."""
+    from orchestrator.callbacks import CheckpointPruner, RetryLostWorkersOnly
+
+    if exp.spec.budget.max_failures:
+        callbacks = [*callbacks, RetryLostWorkersOnly()]
     policy = checkpoint_policy(exp)
     if not policy.every:
         return callbacks
-    from orchestrator.callbacks import CheckpointPruner
-
     # Not Ray's num_to_keep, which deletes checkpoints still in use: see orchestrator.checkpoints.
     return [*callbacks, CheckpointPruner(policy.shared)]
 
@@ -165,6 +168,8 @@ def build_tuner(exp: Experiment, run_dir: Path, callbacks: list, data: Any = Non
         storage_path=str(Path(run_dir).resolve()),
         callbacks=callbacks,
         stop=stopper or RunStopper(exp.metric),
+        # lost workers only: callbacks.RetryLostWorkersOnly
+        failure_config=tune.FailureConfig(max_failures=exp.spec.budget.max_failures),
         verbose=0,
         log_to_file=False,
     )
@@ -303,6 +308,7 @@ def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, dataset: Any, 
     """Fits the Tuner into `run_dir` and writes the outcome. `hpo resume` passes the earlier run's
     Recorder and a factory that restores Tune's own state (orchestrator.resume)."""
     from orchestrator.callbacks import RecorderCallback, RunStopper
+    from orchestrator.nodes import PendingWatch
     from orchestrator.placement import new_key
     from orchestrator.progress import Progress
     from orchestrator.tracking import open_tracking
@@ -318,7 +324,9 @@ def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, dataset: Any, 
     tracking = open_tracking(exp.spec.tracking, run_dir, run_id, exp.spec.name, meta["spec"], exp.metric)
     if tracking:  # fed by the Recorder's events, written on its own thread (orchestrator.tracking)
         recorder.listeners.append(tracking)
-    callback = RecorderCallback(recorder, progress.tick if progress else None, key, stopper)
+    res = exp.spec.resources
+    callback = RecorderCallback(recorder, progress.tick if progress else None, key, stopper,
+                                on_note=progress.note if progress else None, pending=PendingWatch(res.cpu, res.gpu))
     tuner = (make_tuner or build_tuner)(exp, run_dir, [callback], dataset, key, stopper)
     signum, failure = None, None
     try:

@@ -52,6 +52,8 @@ class BudgetSpec(StrictModel):
     trials: int = Field(20, ge=1, description="number of trials (Ray's num_samples)")
     concurrent: int = Field(1, ge=1, description="trials running at once, at most")
     time_s: float | None = Field(None, gt=0, description="wall-clock budget for the whole search")
+    max_failures: int = Field(1, ge=0, description="times a trial whose worker or node was lost is retried "
+                              "(Ray's FailureConfig); a trainable's own exception is never retried")
 
 
 class ResourcesSpec(StrictModel):

@@ -388,3 +388,90 @@ def test_placement_columns_for_a_trainable_class_too(ray_local, tmp_path):
     trials = pd.read_parquet(summary.run_dir / "trials.parquet")
     assert len(trials) == 2 and trials["node_id"].notna().all()
     assert (trials["cpus"] == 1).all() and (trials["gpus"] == 0).all() and trials["gpu_ids"].isna().all()
+
+
+
+NODE_LOSS = '''
+import os, time
+import ray
+from ray import tune
+
+
+def train(config):
+    """Marks which node it runs on, then reports every 0.1 s until the test releases it."""
+    node = ray.get_runtime_context().get_node_id()
+    open(os.path.join(config["marks"], f"{node}-{os.getpid()}"), "w").close()
+    for i in range(1200):  # 2 min at most: a broken test fails, it cannot hang
+        time.sleep(0.1)
+        tune.report({"loss": config["x"] + 1 / (i + 1)})
+        if i >= 5 and os.path.exists(config["release"]):
+            return
+'''
+
+
+def _worker_raylet(state: localcluster.LocalState):
+    psutil = localcluster._psutil()
+    worker = next(n for n in state.nodes if not n.head)
+    return next(p for p in psutil.Process(worker.pid).children(recursive=True) if p.name() == "raylet")
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_a_killed_worker_node_is_retried_named_refused_and_restarted(local_cluster, tmp_path):
+    """kill -9 the worker's raylet while 2 of 3 trials run there: those trials are retried on the
+    head (budget.max_failures, default 1) and the job succeeds; each retried trial's `error` names
+    the lost node; a `gpu: 1` submit is then refused against the live nodes (the cluster file
+    still lists the GPU worker); `hpo cluster up` notices the dead worker and starts it again."""
+    import requests
+
+    c, state = local_cluster
+    marks, release = tmp_path / "marks", tmp_path / "release"
+    marks.mkdir()
+    (tmp_path / "node_loss.py").write_text(NODE_LOSS)
+    spec = tmp_path / "node-loss.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "node-loss", "family": "node_loss.py:train", "metric": {"name": "loss", "mode": "min"},
+        "space": {"marks": str(marks), "release": str(release), "x": {"uniform": [0, 1]}},
+        "budget": {"trials": 3, "concurrent": 3}, "resources": {"cpu": 1, "gpu": 0}}))
+
+    def alive_nodes():
+        rows = requests.get(f"{c.hpo.jobs_address}/api/v0/nodes", headers=c.headers(), timeout=10).json()
+        return {r["node_id"]: r for r in rows["data"]["result"]["result"] if r["state"] == "ALIVE"}
+
+    head_id = next(i for i, r in alive_nodes().items() if r["is_head_node"])
+    sub = jobs.submit(c, spec, [], tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(marks.iterdir())) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)  # all three trials run: 1 on the head's CPU, 2 on the worker's
+        started = {p.name.split("-")[0] for p in marks.iterdir()}
+        assert len(started) == 2 and head_id in started, jobs.logs(c, sub.job_id)
+        worker_id = (started - {head_id}).pop()
+        _worker_raylet(state).kill()
+        while jobs.logs(c, sub.job_id).count("retrying, ") < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)  # the driver saw both failures (a worker may outlive its raylet a while)
+        release.touch()
+        out = io.StringIO()
+        status = jobs.follow(c, sub.job_id, out)
+        logs = out.getvalue()
+        assert status == "SUCCEEDED", logs
+        t = pd.read_parquet(jobs.fetch(c, sub.job_id, tmp_path / "fetched") / "trials.parquet")
+        assert len(t) == 3 and (t["status"] == "completed").all(), t.to_string()
+        retried = t[t["retries"] > 0]
+        assert len(retried) == 2 and (retried["retries"] == 1).all(), t.to_string()
+        assert (retried["node_id"] == head_id).all()  # ran again, on the node still alive
+        assert retried["error"].str.startswith(f"its worker on node {retried['node_ip'].iloc[0]} "
+                                               f"(id {worker_id[:12]}) was lost: ").all(), t.to_string()
+        assert t.loc[t["retries"] == 0, "error"].isna().all()
+        assert logs.count(f"(id {worker_id[:12]}) was lost") == 2 and "retrying, 1 of budget.max_failures=1" in logs
+
+        deadline = time.monotonic() + 60
+        while worker_id in alive_nodes() and time.monotonic() < deadline:
+            time.sleep(0.5)  # Ray marks a node DEAD after its health checks fail (seconds)
+        with pytest.raises(SpecError, match=r"resources.gpu: no live node of cluster hpo-local can run a trial "
+                                            r"needing cpu=0.5, gpu=1 \(live nodes: .*head.*\); start the lost node"):
+            jobs.submit(c, _gpu_spec(tmp_path, "gpu-after-loss", 0.5, 1, wait_for=1), [], tmp_path)
+    finally:
+        restarted = localcluster.up(c, log=lambda m: None, die_with_parent=True)
+    assert len(alive_nodes()) == 2 and restarted.nodes[1].pid != state.nodes[1].pid
+    assert localcluster.running(c) == restarted and localcluster.dead_nodes(restarted) == []

@@ -294,6 +294,9 @@ def test_errored_and_infinite_scores_are_never_best_and_no_best_means_failed(ray
         run(exp, tmp_path / "run", quiet=True)
     meta = json.loads((tmp_path / "run" / "experiment.json").read_text())
     assert meta["status"] == "failed" and meta["best"] is None and caught.value.summary.best is None
+    trials = pd.read_parquet(tmp_path / "run" / "trials.parquet")
+    assert (trials["retries"] == 0).all()  # a trainable's own exception is not retried (budget.max_failures)
+    assert not trials["error"].str.contains("was lost").any()
     assert "Infinity" not in (tmp_path / "run" / "experiment.json").read_text()
 
 
@@ -381,3 +384,50 @@ def test_only_rays_sigterm_exit_traceback_is_dropped():
     assert without_sigterm_exits(["a", *users, "b"]) == ["a", *users, "b"]  # a user's own exit stays
     value_error = ["Traceback (most recent call last):", "  File 'x'", "ValueError: sigterm_handler broke"]
     assert without_sigterm_exits(value_error) == value_error
+
+
+# --- 7. a lost worker (issue 15, node loss; the 2-node version is in tests/test_cluster.py) ------
+
+@pytest.mark.slow
+def test_a_trial_whose_worker_dies_is_retried_and_its_error_names_the_node(ray_local, write_spec, tmp_path):
+    """The worker process of each trial's first attempt is killed (SIGKILL, as the OOM killer or a
+    lost node would end it): Ray retries it once (budget.max_failures default 1); the retry finishes,
+    and the trial's `error` says which node was lost."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    exp = _user_spec(write_spec, tmp_path, f"""    import os, signal
+    mark = os.path.join({str(marks)!r}, str(config['x']))
+    tune.report({{'loss': config['x']}})
+    if not os.path.exists(mark):
+        open(mark, 'w').close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    tune.report({{'loss': config['x'] / 2}})
+""")
+    summary = run(exp, tmp_path / "run", quiet=True)
+    trials = pd.read_parquet(tmp_path / "run" / "trials.parquet")
+    node = ray_local.get_runtime_context().get_node_id()
+    assert summary.counts["completed"] == 2 and (trials["retries"] == 1).all(), trials.to_string()
+    assert trials["error"].str.match(rf"its worker on node \S+ \(id {node[:12]}\) was lost: ").all(), trials["error"]
+    assert (trials["score"] == trials["config.x"] / 2).all()  # the retry ran to its end
+
+
+@pytest.mark.parametrize("value, ok", [(0, True), (3, True), (-1, False), (True, False)])
+def test_max_failures_is_a_count_from_zero(write_spec, value, ok):
+    path = write_spec(f"name: t\nfamily: synthetic\nmetric: {{name: loss}}\nbudget: {{max_failures: {str(value).lower()}}}\n")
+    if ok:
+        assert load_spec(path).spec.budget.max_failures == value
+    else:
+        with pytest.raises(SpecError, match="max_failures"):
+            load_spec(path)
+
+
+def test_max_failures_defaults_to_one_retry_and_reaches_rays_failure_config(write_spec, tmp_path):
+    from orchestrator.callbacks import RetryLostWorkersOnly
+    from orchestrator.runner import build_tuner
+
+    exp = load_spec(write_spec("name: t\nfamily: synthetic\nmetric: {name: loss}\n"))
+    assert exp.spec.budget.max_failures == 1
+    tuner = build_tuner(exp, tmp_path, [])
+    run_config = tuner._local_tuner.get_run_config()
+    assert run_config.failure_config.max_failures == 1
+    assert any(isinstance(c, RetryLostWorkersOnly) for c in run_config.callbacks)
