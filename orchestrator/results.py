@@ -28,6 +28,7 @@ table from the history parts if trials.parquet was never written.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -108,6 +109,7 @@ class TrialRecord:
             "retries": self.retries,
             **{f"config.{k}": v for k, v in self.config.items()},
             **{f"metric.{k}": v for k, v in self.last.items()},
+            **({"schedule": json.dumps(self.schedule, default=_plain)} if self.schedule else {}),
         }
 
 
@@ -128,7 +130,13 @@ def trial_from_row(row: Mapping[str, Any]) -> TrialRecord:
     for name in ("node_ip", "node_id", "cpus", "gpus", "gpu_ids"):
         setattr(rec, name, value(row.get(name)))
     rec.config = {k: v for k, v in rec.config.items() if v is not None}  # inactive conditional parameters
+    rec.schedule = json.loads(value(row.get("schedule"))) if value(row.get("schedule")) else None
     return rec
+
+
+def _plain(v: Any) -> Any:
+    """A numpy scalar in a config (Ray's domains sample them) as the Python value JSON can hold."""
+    return v.item() if hasattr(v, "item") else str(v)
 
 
 def _ts(t: float | None):

@@ -72,7 +72,7 @@ def resume(run_dir: str | Path, *, quiet: bool = False, ray_address: str | None 
                                            resume_unfinished=True, resume_errored=False, restart_errored=False)
                 ray_api.replace_run_hooks(tuner, runner.with_pruner(exp, callbacks), stopper)
                 if exp.spec.budget.time_s is not None:
-                    ray_api.set_time_budget(tuner, max(1.0, exp.spec.budget.time_s - spent))
+                    ray_api.set_time_budget(tuner, rundir.time_left_s(exp.spec.budget.time_s, meta))
                 return tuner
 
             return runner._fit(exp, run_dir, meta["run_id"], meta, dataset, quiet, claim, recorder=recorder,

@@ -195,3 +195,13 @@ def _pid_alive(pid: Any) -> bool:
 def disk_full(exc: BaseException) -> bool:
     """A write failed for want of space (or quota): the machine's problem, not the run's."""
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def time_left_s(time_s: float | None, meta: dict[str, Any]) -> float | None:
+    """What is left of `budget.time_s` after the sessions before the last `hpo resume` of this run
+    (experiment.json's `resumes`); at least 1 s, so Tune still starts and ends at once."""
+    resumes = meta.get("resumes") or []
+    if time_s is None or not resumes:
+        return time_s
+    return max(1.0, time_s - resumes[-1]["spent_s"])
+

@@ -315,9 +315,7 @@ def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, dataset: Any, 
 
     recorder = recorder or Recorder(run_dir, exp.metric, exp.mode, max_t=exp.max_t, on_flush=lambda _: claim.beat(),
                                     objectives=exp.objectives)
-    time_s = exp.spec.budget.time_s
-    if time_s is not None and meta.get("resumes"):  # `hpo resume`: the time budget counts the time spent
-        time_s = max(1.0, time_s - meta["resumes"][-1]["spent_s"])
+    time_s = rundir.time_left_s(exp.spec.budget.time_s, meta)  # after `hpo resume`, what is left
     progress = None if quiet else Progress(recorder, exp.total_trials, time_s=time_s)
     key = new_key(run_id)  # each trial's node, CPUs and GPU ids travel under it (orchestrator.placement)
     stopper = RunStopper(exp.metric)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import errno
+import json
 
 import pandas as pd
 import pytest
 
-from orchestrator.results import HISTORY, PARTS, TRIALS, Recorder, load, metric_problem
+from orchestrator.results import HISTORY, PARTS, SCHEDULE, TRIALS, Recorder, load, metric_problem
 
 
 def feed(rec: Recorder, trial_id: str, config: dict, values: list[float], stopped_at: int | None = None):
@@ -197,3 +198,21 @@ def test_a_trial_stopped_while_paused_is_stopped_unless_it_had_reached_max_t(tmp
             rec.result(trial_id, {"x": iterations}, {"training_iteration": i, "loss": 1 / i})
         rec.complete(trial_id, stopped_waiting=True)  # "finished" waited at max_t until its bracket ended
     assert {t: r.status for t, r in rec.trials.items()} == {"loser": "stopped", "finished": "completed"}
+
+
+def test_a_pbt_schedule_is_written_to_trials_parquet_and_read_back_on_resume(tmp_path):
+    """The refit after PBT replays the best trial's schedule: it must survive a crash (`hpo resume`
+    rebuilds the Recorder from trials.parquet), not live only in the driver's memory."""
+    schedule = [{"from_iteration": 0, "config": {"lr": 0.3}}, {"from_iteration": 4, "config": {"lr": 0.02}}]
+    rec = Recorder(tmp_path, "loss", "min")
+    rec.start("a", {"lr": 0.02})
+    rec.result("a", {"lr": 0.02}, {"training_iteration": 5, "loss": 0.1, "done": True, SCHEDULE: schedule})
+    rec.complete("a")
+    feed(rec, "b", {"lr": 0.5}, [0.4])  # never exploited: no schedule
+    rec.close()
+
+    trials, _ = load(tmp_path)
+    by_id = trials.set_index("trial_id")
+    assert json.loads(by_id.loc["a", "schedule"]) == schedule and pd.isna(by_id.loc["b", "schedule"])
+    again = Recorder.reopen(tmp_path, "loss", "min")
+    assert again.trials["a"].schedule == schedule and again.trials["b"].schedule is None
