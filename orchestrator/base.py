@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
 
 BOOLEAN_FOR_NUMBER = "boolean_for_number"  # the error type; its context names the field
+SECRET_INPUT = "secret_input"  # an error whose input holds a credential: reported without echoing it
 
 
 class StrictModel(BaseModel):

@@ -96,7 +96,8 @@ class RecorderCallback(Callback):
         text = self._failure(trial)
         self.recorder.retry(trial.trial_id, text)
         if self.on_note:
-            self.on_note(f"trial {trial.trial_id} failed ({text}); retrying, {trial.num_failures} of "
+            short = text.split(". ")[0]  # Ray's message runs on for lines; the whole one is in trials.parquet
+            self.on_note(f"trial {trial.trial_id} failed ({short}); retrying, {trial.num_failures} of "
                          f"budget.max_failures={trial.max_failures}")
 
     def _failure(self, trial) -> str:

@@ -52,7 +52,10 @@ class _FillsBracketsUnderTheCap:
     needs this.
     """
 
-    _cap: int | None = None  # budget.concurrent as built; the limiter's value is that plus the paused
+    # The run's cap (budget.concurrent), set by the runner when the scheduler is built, so that it
+    # travels in Tune's tuner.pkl: the limiter's own value (the cap plus the paused trials) is what
+    # Tune's searcher snapshot restores on `hpo resume`, and must not become the new cap.
+    cap: int | None = None
 
     def on_trial_result(self, tune_controller, trial, result):
         bracket, _ = self._trial_info[trial]
@@ -87,13 +90,13 @@ class _FillsBracketsUnderTheCap:
         limiter = _limiter(tune_controller.search_alg)
         if limiter is None:
             return
-        if self._cap is None:
-            self._cap = limiter.max_concurrent
-        if not self._cap:  # 0: the generator has no cap
+        if self.cap is None:  # built outside the runner
+            self.cap = limiter.max_concurrent
+        if not self.cap:  # 0: the generator has no cap
             return
         paused = {t for bracket in self._brackets() for t in bracket.current_trials()
                   if t is pausing or (t.status == Trial.PAUSED and t not in bracket.trials_to_unpause)}
-        limiter.max_concurrent = self._cap + len(paused)
+        limiter.max_concurrent = self.cap + len(paused)
 
 
 def _limiter(search_alg):

@@ -67,16 +67,19 @@ def build_tune_config(exp: Experiment):
         else (exp.metric, exp.mode)
     plan = build_search(spec.searcher, SearchContext(exp.params, metric, mode, exp.searcher_seed, points, rewards,
                                                      trials=exp.total_trials))
-    concurrent = min(spec.budget.concurrent, spec.searcher.max_concurrent or spec.budget.concurrent)
+    cap = concurrent = min(spec.budget.concurrent, spec.searcher.max_concurrent or spec.budget.concurrent)
     if isinstance(plan.search_alg, tune.search.BasicVariantGenerator):
         # Ray ignores max_concurrent_trials for a generator passed in (with a warning): it must be
         # set on the generator itself.
         plan.search_alg.max_concurrent, concurrent = concurrent, None
+    scheduler = build_scheduler(spec.scheduler, exp.params)
+    if hasattr(scheduler, "cap"):  # HyperBand widens the searcher's cap by its paused trials (ray_schedulers)
+        scheduler.cap = cap
     config = tune.TuneConfig(
         metric=exp.metric,
         mode=exp.mode,
         search_alg=plan.search_alg,
-        scheduler=build_scheduler(spec.scheduler, exp.params),
+        scheduler=scheduler,
         num_samples=spec.budget.trials,
         max_concurrent_trials=concurrent,
         time_budget_s=spec.budget.time_s,
@@ -324,11 +327,10 @@ def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, dataset: Any, 
         recorder.listeners.append(tracking)
     res = exp.spec.resources
     callback = RecorderCallback(recorder, progress.tick if progress else None, key, stopper,
-                                on_note=progress.note if progress else None, pending=PendingWatch(res.cpu, res.gpu))
-    tuner = (make_tuner or build_tuner)(exp, run_dir, [callback], dataset, key, stopper)
+                                on_note=progress.note if progress else _warn, pending=PendingWatch(res.cpu, res.gpu))
     signum, failure = None, None
-    try:
-        tuner.fit()
+    try:  # building the Tuner can fail too (Tune's restore, a trainable that will not pickle)
+        (make_tuner or build_tuner)(exp, run_dir, [callback], dataset, key, stopper).fit()
     except (KeyboardInterrupt, interrupt.Interrupted) as exc:  # a second Ctrl-C; SIGTERM (`hpo stop`)
         signum = getattr(exc, "signum", signal.SIGINT)
     except Exception as exc:  # noqa: BLE001 - every failure ends here; results are flushed below
@@ -380,6 +382,11 @@ def _fit(exp: Experiment, run_dir: Path, run_id: str, meta: dict, dataset: Any, 
     return summary
 
 
+def _warn(text: str) -> None:
+    """A note that `--quiet` still shows (a lost node, trials pending long): it asks for action."""
+    print(text, file=sys.stderr, flush=True)
+
+
 def _write_meta(run_dir: Path, meta: dict) -> None:
     """experiment.json, where the disk still allows: on a full disk the run's error says so already."""
     try:
@@ -410,7 +417,7 @@ def _explain(exc: BaseException, exp: Experiment) -> str:
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__
     for e in chain:
-        if isinstance(e, RunError):
+        if isinstance(e, (RunError, SpecError)):
             return str(e)
     for e in chain:
         if isinstance(e, OSError) and e.errno is not None:

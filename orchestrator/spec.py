@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, model_validator
 
 from orchestrator import warmstart
-from orchestrator.base import BOOLEAN_FOR_NUMBER, StrictModel
+from orchestrator.base import BOOLEAN_FOR_NUMBER, SECRET_INPUT, StrictModel
 from orchestrator.data import DataError, DataSpec, find_file
 from orchestrator.errors import Problem, SpecError
 from orchestrator.families import Family, FamilyNotFound, FamilyRef, UserTrainable, resolve as resolve_family
@@ -338,7 +338,7 @@ def _problem(err: Mapping[str, Any]) -> Problem:
         loc.append(err["ctx"]["field"])
     path = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
     kind, msg = err["type"], err["msg"]
-    if kind == BOOLEAN_FOR_NUMBER:
+    if kind in (BOOLEAN_FOR_NUMBER, SECRET_INPUT):
         return Problem(path, msg)
     if kind == "extra_forbidden":
         valid = _valid_keys(err["loc"])

@@ -32,7 +32,7 @@ Where the data goes, by default inside the run folder (`run_dir`):
 
 Secrets: nothing here reads or writes an API key or token. W&B and MLflow take theirs from their
 own environment variables or files, which are never logged; a `tracking_uri` carrying a
-password is refused at validation (it would be written to experiment.json).
+credential is refused at validation (it would be written to experiment.json).
 """
 
 from __future__ import annotations
@@ -40,15 +40,17 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import re
 import threading
 import time
 from pathlib import Path
 from typing import Any, Literal, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from orchestrator.base import StrictModel
+from orchestrator.base import SECRET_INPUT, StrictModel
 
 log = logging.getLogger(__name__)
 
@@ -57,20 +59,27 @@ TENSORBOARD_DIR = "tensorboard"
 WANDB_DIR = "wandb"  # W&B makes RUN_DIR/wandb/ itself from dir=RUN_DIR
 
 
+# Query keys that name a credential (`?token=`, `?api_key=`, `?sig=`...): refused in a tracking URI.
+_SECRET_KEY = re.compile(r"token|key|secret|passw|auth|sig|cred", re.IGNORECASE)
+
+
 class MlflowSpec(StrictModel):
     tracking_uri: str | None = Field(None, description="default: sqlite:///RUN_DIR/mlflow.db")
     experiment_name: str | None = Field(None, description="default: the spec's name")
 
     @field_validator("tracking_uri")
     @classmethod
-    def _no_password(cls, uri):
-        if uri is not None and urlsplit(uri).password:
-            parts = urlsplit(uri)
-            shown = parts._replace(netloc=f"{parts.username}:***@{parts.hostname}"
-                                   + (f":{parts.port}" if parts.port else "")).geturl()
-            raise ValueError(f"holds a password (got {shown}), which would be written to experiment.json; "
-                             f"give it in MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD "
-                             f"(or MLFLOW_TRACKING_TOKEN) instead")
+    def _no_secret(cls, uri):
+        """A URI is written to experiment.json and the logs: it must not carry a credential."""
+        if uri is None:
+            return uri
+        parts = urlsplit(uri)
+        secret_keys = [k for k, _ in parse_qsl(parts.query) if _SECRET_KEY.search(k)]
+        if parts.username or parts.password or secret_keys:
+            what = "user info before '@'" if parts.username or parts.password else f"query key {secret_keys[0]!r}"
+            raise PydanticCustomError(SECRET_INPUT, f"carries a credential ({what}), which would be written "
+                                      f"to experiment.json; give it in MLFLOW_TRACKING_USERNAME/"
+                                      f"MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead")
         return uri
 
 
@@ -425,7 +434,8 @@ def open_tracking(spec: TrackingSpec, run_dir: Path, run_id: str, name: str, res
     run_dir = Path(run_dir)
     backends: list[Backend] = []
     if spec.mlflow:
-        backends.append(MlflowBackend(spec.mlflow, run_dir, run_id, name, flat_params(resolved), metric))
+        params = flat_params({k: v for k, v in resolved.items() if k != "tracking"})  # no URIs as params
+        backends.append(MlflowBackend(spec.mlflow, run_dir, run_id, name, params, metric))
     if spec.tensorboard:
         backends.append(TensorboardBackend(run_dir))
     if spec.wandb:

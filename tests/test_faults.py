@@ -260,10 +260,12 @@ def test_a_disk_that_fills_mid_run_fails_the_run_and_keeps_what_was_written(moun
 
 # --- 6. honest outcomes -----------------------------------------------------------------------
 
-def _user_spec(write_spec, tmp_path, body: str, metric: str = "loss", trials: int = 2, concurrent: int = 1):
+def _user_spec(write_spec, tmp_path, body: str, metric: str = "loss", trials: int = 2, concurrent: int = 1,
+               extra: str = ""):
     (tmp_path / "t.py").write_text("import math\nfrom ray import tune\n\n\ndef train(config):\n" + body)
     return load_spec(write_spec(f"name: t\nfamily: t.py:train\nmetric: {{name: {metric}, mode: min}}\n"
-                                f"space: {{x: {{uniform: [0, 1]}}}}\nbudget: {{trials: {trials}, concurrent: {concurrent}}}\n"))
+                                f"space: {{x: {{uniform: [0, 1]}}}}\nbudget: {{trials: {trials}, concurrent: {concurrent}}}\n"
+                                + extra))
 
 
 @pytest.mark.slow
@@ -389,10 +391,13 @@ def test_only_rays_sigterm_exit_traceback_is_dropped():
 # --- 7. a lost worker (issue 15, node loss; the 2-node version is in tests/test_cluster.py) ------
 
 @pytest.mark.slow
-def test_a_trial_whose_worker_dies_is_retried_and_its_error_names_the_node(ray_local, write_spec, tmp_path):
+@pytest.mark.parametrize("scheduler", ["", "scheduler: {name: hyperband, max_t: 2}\n"], ids=["fifo", "hyperband"])
+def test_a_trial_whose_worker_dies_is_retried_and_its_error_names_the_node(ray_local, write_spec, tmp_path, scheduler,
+                                                                          capfd):
     """The worker process of each trial's first attempt is killed (SIGKILL, as the OOM killer or a
     lost node would end it): Ray retries it once (budget.max_failures default 1); the retry finishes,
-    and the trial's `error` says which node was lost."""
+    and the trial's `error` says which node was lost. Under HyperBand too: Tune takes the retried
+    trial out of its bracket and adds it again, and the run must go on to its end."""
     marks = tmp_path / "marks"
     marks.mkdir()
     exp = _user_spec(write_spec, tmp_path, f"""    import os, signal
@@ -402,13 +407,31 @@ def test_a_trial_whose_worker_dies_is_retried_and_its_error_names_the_node(ray_l
         open(mark, 'w').close()
         os.kill(os.getpid(), signal.SIGKILL)
     tune.report({{'loss': config['x'] / 2}})
-""")
+""", extra=scheduler)
     summary = run(exp, tmp_path / "run", quiet=True)
     trials = pd.read_parquet(tmp_path / "run" / "trials.parquet")
     node = ray_local.get_runtime_context().get_node_id()
     assert summary.counts["completed"] == 2 and (trials["retries"] == 1).all(), trials.to_string()
     assert trials["error"].str.match(rf"its worker on node \S+ \(id {node[:12]}\) was lost: ").all(), trials["error"]
     assert (trials["score"] == trials["config.x"] / 2).all()  # the retry ran to its end
+    retried = [line for line in capfd.readouterr().err.splitlines() if "; retrying, 1 of budget.max_failures=1" in line]
+    assert len(retried) == 2, retried  # --quiet hides the progress, not a lost worker
+
+
+def test_a_tuner_that_cannot_be_built_ends_the_run_failed_not_running(ray_local, write_spec, tmp_path, monkeypatch):
+    """Building the Tuner is inside the run's one failure path: the error is the run's, and
+    experiment.json says failed (it said `running` forever when Tune's restore raised)."""
+    import orchestrator.runner as runner_mod
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("cannot restore")
+
+    monkeypatch.setattr(runner_mod, "build_tuner", broken)
+    exp = _user_spec(write_spec, tmp_path, "    tune.report({'loss': 1.0})\n")
+    with pytest.raises(RunError, match="RuntimeError: cannot restore"):
+        run(exp, tmp_path / "run", quiet=True)
+    meta = json.loads((tmp_path / "run" / "experiment.json").read_text())
+    assert meta["status"] == "failed" and "cannot restore" in meta["error"]
 
 
 @pytest.mark.parametrize("value, ok", [(0, True), (3, True), (-1, False), (True, False)])

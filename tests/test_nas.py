@@ -82,7 +82,8 @@ def test_a_conditional_search_samples_only_the_widths_a_net_has_and_builds_them(
         states = sorted((summary.run_dir / "tune").glob(f"{tid}/checkpoint_*/state.pkl"))
         if not states:
             continue
-        state = pickle.loads(states[-1].read_bytes())
+        saved = pickle.loads(states[-1].read_bytes())
+        state = getattr(saved, "state", saved)  # the family's state inside orchestrator.trial._Saved
         weights = [w for name, w in state["model"].items() if name.endswith("weight") and w.ndim == 2]
         widths = [int(row[f"config.width_{i}"]) for i in range(1, int(row["config.depth"]) + 1)]
         assert [w.shape[0] for w in weights] == [*widths, 10], (tid, widths)

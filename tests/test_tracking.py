@@ -117,11 +117,22 @@ def test_tracking_mistakes_are_reported_with_their_path_and_a_password_is_never_
     with pytest.raises(SpecError) as info:
         validate(raw)
     text = str(info.value)
-    assert "hunter2" not in text and "https://bob:***@mlflow.example.com" in text
-    assert "tracking.mlflow.tracking_uri: holds a password" in text
+    assert "hunter2" not in text
+    assert "tracking.mlflow.tracking_uri: carries a credential (user info before '@')" in text
     assert "tracking.mlflow.experimnt_name: unknown key; did you mean 'experiment_name'?" in text
     assert "tracking.tensorbord: unknown key; did you mean 'tensorboard'?" in text
     assert "tracking.wandb.mode:" in text
+
+
+@pytest.mark.parametrize("uri", ["https://bob@mlflow.example.com", "https://mlflow.example.com/?api_token=s3cr3t",
+                                 "databricks://x?Authorization=s3cr3t"])
+def test_a_tracking_uri_with_any_credential_is_refused_without_echoing_it(uri):
+    raw = {"name": "t", "family": "synthetic", "metric": {"name": "loss"},
+           "tracking": {"mlflow": {"tracking_uri": uri}}}
+    with pytest.raises(SpecError) as info:
+        validate(raw)
+    assert "tracking.mlflow.tracking_uri: carries a credential" in str(info.value)
+    assert "s3cr3t" not in str(info.value) and "bob" not in str(info.value)
 
 
 def test_a_run_without_tracking_imports_no_tracker():
