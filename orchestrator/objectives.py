@@ -41,12 +41,18 @@ def pareto_mask(values: np.ndarray, modes: Sequence[str], eligible: Iterable[boo
     if eligible is not None:
         ok &= np.asarray(list(eligible), dtype=bool)
     signed = values * np.array([1.0 if m == "min" else -1.0 for m in modes])
+    # Each survivor in turn removes every row it dominates: the front is what is left (a row
+    # dominated by a removed one is dominated by whoever removed it). O(n * front size * k), where
+    # comparing every pair took 0.4 s at 3,000 trials, on every progress update that followed an end.
     idx = np.flatnonzero(ok)
+    i = 0
+    while i < len(idx):
+        rows, me = signed[idx], signed[idx[i]]
+        dominated = (me <= rows).all(axis=1) & (me < rows).any(axis=1)
+        idx = idx[~dominated]
+        i = int((~dominated[:i]).sum()) + 1
     front = np.zeros(len(values), dtype=bool)
-    for i in idx:  # O(n^2 k): fine for the hundreds of trials of a search
-        others = signed[idx]
-        beaten = (others <= signed[i]).all(axis=1) & (others < signed[i]).any(axis=1)
-        front[i] = not beaten.any()
+    front[idx] = True
     return front
 
 

@@ -74,6 +74,7 @@ class Progress:
         self._printed = ""
         # Trials finished before this process (`hpo resume`) say nothing of this run's rate.
         self._finished = 0  # trials finished at the last update (read by the bar's redraws)
+        self._front = (-1, 0)  # (trials finished, Pareto front size) at the last count
         self._base = self.counts()[1]
         self._bar: _LiveBar | None = None
         if self.tty:
@@ -108,7 +109,9 @@ class Progress:
 
     def _best(self) -> str:
         if len(self.recorder.objectives) > 1:  # several metrics: no single best (orchestrator.objectives)
-            return f" | Pareto front: {len(self.recorder.pareto())} trials"
+            if self._front[0] != self._finished:  # the front moves only when a trial ends: O(n^2) to find
+                self._front = (self._finished, len(self.recorder.pareto()))
+            return f" | Pareto front: {self._front[1]} trials"
         best = self.recorder.best
         return "" if best is None else f" | best {self.recorder.metric}={best.score:.6g} ({best.trial_id})"
 

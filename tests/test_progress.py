@@ -195,3 +195,22 @@ def test_after_a_resume_the_eta_counts_only_this_process_s_trials(tmp_path, monk
     now[0] += 20.0
     progress.tick()
     assert progress.eta() == 60.0  # one trial in this process's 20 s, 3 to go (not 7 in 20 s)
+
+
+def test_the_pareto_front_is_counted_again_only_when_a_trial_has_ended(tmp_path, monkeypatch):
+    """Finding the front is O(n * front) per count: a redraw with no newly ended trial reuses it."""
+    rec = Recorder(tmp_path, "a", "min", objectives=[("a", "min"), ("b", "min")])
+    calls = []
+    real = rec.pareto
+    monkeypatch.setattr(rec, "pareto", lambda: calls.append(1) or real())
+
+    def finish(i: int, a: float) -> None:
+        rec.start(f"t{i}", {"x": i})
+        rec.result(f"t{i}", {"x": i}, {"a": a, "b": 1 - a, "training_iteration": 1})
+        rec.complete(f"t{i}", ended_itself=True)
+
+    finish(0, 0.2)
+    progress = Progress(rec, 3, stream=io.StringIO())
+    assert progress.line().endswith("Pareto front: 1 trials") and progress.line() and len(calls) == 1
+    finish(1, 0.6)
+    assert progress.line().endswith("Pareto front: 2 trials") and len(calls) == 2
