@@ -182,21 +182,14 @@ def build_tuner(exp: Experiment, run_dir: Path, callbacks: list, data: Any = Non
 
 def preflight(exp: Experiment) -> None:
     """Refuses a per-trial request that no alive node can hold: Ray would wait for it forever."""
-    import ray
-
     if os.environ.get("RAY_ADDRESS"):
         # Joined to a cluster (a Ray job): an autoscaler may still add nodes, so the check is by node
         # type, made at submit time against the cluster file (orchestrator.cluster.check_capacity).
         return
-    need = {"CPU": exp.spec.resources.cpu, "GPU": exp.spec.resources.gpu}
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    fits = [n for n in nodes if all(n["Resources"].get(k, 0) >= v for k, v in need.items() if v)]
-    if not fits:
-        have = "; ".join(f"{n.get('NodeManagerAddress')}: {n['Resources'].get('CPU', 0):g} CPU, "
-                         f"{n['Resources'].get('GPU', 0):g} GPU" for n in nodes)
-        raise SpecError(Problem("resources", f"no node can run a trial needing cpu={need['CPU']:g}, "
-                                             f"gpu={need['GPU']:g} (nodes: {have}); lower resources or "
-                                             f"add a node with enough"), exp.source)
+    from orchestrator.nodes import check_live, live_nodes
+
+    res = exp.spec.resources
+    check_live(live_nodes(), res.cpu, res.gpu, "this Ray", exp.source)
 
 
 def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None, address: str | None = None) -> bool:

@@ -418,6 +418,16 @@ def test_a_trial_whose_worker_dies_is_retried_and_its_error_names_the_node(ray_l
     assert len(retried) == 2, retried  # --quiet hides the progress, not a lost worker
 
 
+def test_a_trial_no_live_node_can_hold_is_refused_before_the_run_and_leaves_the_folder_free(
+        ray_local, write_spec, tmp_path):
+    """The embedded Ray has no GPU: `gpu: 1` would leave every trial pending forever."""
+    exp = _user_spec(write_spec, tmp_path, "    tune.report({'loss': 1.0})\n", extra="resources: {gpu: 1}\n")
+    with pytest.raises(SpecError, match=r"resources.gpu: no live node of this Ray can run a trial needing "
+                                        r"cpu=1, gpu=1 \(live nodes: "):
+        run(exp, tmp_path / "run", quiet=True)
+    assert not list((tmp_path / "run").glob("*"))
+
+
 def test_a_tuner_that_cannot_be_built_ends_the_run_failed_not_running(ray_local, write_spec, tmp_path, monkeypatch):
     """Building the Tuner is inside the run's one failure path: the error is the run's, and
     experiment.json says failed (it said `running` forever when Tune's restore raised)."""
