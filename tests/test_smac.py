@@ -86,11 +86,21 @@ def test_pending_trials_get_distinct_configs_also_from_the_model():
 
 
 def test_smac_learns_from_what_it_is_told():
-    """In 30 trials SMAC finds the narrow optimum (poly, degree 2, C near 0.01: random search hits
-    loss < -1.5 in about 1 run of 5) and spends over half its trials on the poly kernel (random: a third)."""
-    configs = drive(searcher(trials=30), 30)
-    assert min(map(loss, configs)) < -1.5
-    assert sum(c["kernel"] == "poly" for c in configs) >= 15, [c["kernel"] for c in configs]
+    """Over 30 trials SMAC moves towards the optimum (poly kernel, degree 2, small C): in its last 15
+    trials the median loss is about 1.9 (random search: 4.1), and over half its trials are poly
+    (random: a third).
+
+    Three seeds, judged together: SMAC's proposals also depend on PYTHONHASHSEED (a `set` in its
+    local search), so one seed is not one search. Measured over 6 hash seeds x 3 seeds: mean of the
+    late medians 1.4 to 2.4, poly 16 to 21 of 30. Random search passes either check well under 1% of
+    the time (the late-median one by simulation; poly >= 15 of 30 is 4% per run)."""
+    import statistics
+
+    runs = [drive(searcher(seed=seed, trials=30), 30) for seed in range(3)]
+    late = [statistics.median(map(loss, configs[15:])) for configs in runs]
+    poly = sorted(sum(c["kernel"] == "poly" for c in configs) for configs in runs)
+    assert statistics.mean(late) < 3.0, late
+    assert poly[1] >= 15, poly  # the median run
 
 
 def test_maximising_negates_the_cost():
