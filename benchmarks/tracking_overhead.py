@@ -9,13 +9,14 @@ Two measurements, back to back in one invocation:
    `tracker ms/report` is the tracker's own time on its thread (`Tracking.busy_s`), including
    opening its store and one run per trial; `close s` is how long `close` waited for the thread
    to finish after the last report.
-   `--ray-mlflow N` adds Ray's own `MLflowLoggerCallback` on N trials, called directly as Tune's
-   loop calls it: all of its time is driver time.
+   `--ray-loggers N` adds Ray's own `MLflowLoggerCallback` and `TBXLoggerCallback` on N trials,
+   called directly as Tune's loop calls them: all of their time is driver time. (Ray's
+   `WandbLoggerCallback` is left out: it logs from a Ray actor per trial, so it needs a running Ray.)
 2. **Whole runs**: `hpo run` on the synthetic family (`--trials` x `--reports` iterations of
    `--sleep-ms`, 2 trials at once), without tracking and with each tracker, timed from launch to
    exit (`--skip-runs` leaves this out).
 
-    .venv/bin/python benchmarks/tracking_overhead.py --trials 100 --reports 20 --ray-mlflow 20
+    .venv/bin/python benchmarks/tracking_overhead.py --trials 100 --reports 20 --ray-loggers 20
 """
 
 from __future__ import annotations
@@ -69,16 +70,29 @@ def feed(folder: Path, tracking: dict, trials: int, reports: int, concurrent: in
     return driver, busy, close_s, time.perf_counter() - t_open
 
 
-def ray_mlflow(folder: Path, trials: int, reports: int) -> float:
-    """Ray's own MLflowLoggerCallback, called as Tune's driver loop calls it: seconds per report."""
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
+def ray_logger(name: str, folder: Path, trials: int, reports: int) -> float:
+    """Ray's own logger callback (`mlflow`: MLflowLoggerCallback, `tensorboard`: TBXLoggerCallback),
+    called as Tune's driver loop calls it: seconds per report, all of it driver time."""
     from ray.tune.experiment import Trial
 
-    callback = MLflowLoggerCallback(tracking_uri=f"sqlite:///{folder / 'ray.db'}", experiment_name="bench")
+    class LocalTrial(Trial):  # a trial folder without Ray's storage context (which needs a running Ray)
+        local_path = property(lambda self: str(folder / self.trial_id))
+
+        def init_local_path(self):
+            os.makedirs(self.local_path, exist_ok=True)
+
+    if name == "mlflow":
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        callback = MLflowLoggerCallback(tracking_uri=f"sqlite:///{folder / 'ray.db'}", experiment_name="bench")
+    else:
+        from ray.tune.logger import TBXLoggerCallback
+
+        callback = TBXLoggerCallback()
     callback.setup()
     t0 = time.perf_counter()
     for i in range(trials):
-        trial = Trial("fn", config={"x1": 0.1, "x2": 0.2}, stub=True, trial_id=f"t{i:05d}")
+        trial = LocalTrial("fn", config={"x1": 0.1, "x2": 0.2}, stub=True, trial_id=f"t{i:05d}")
         callback.log_trial_start(trial)
         for it in range(1, reports + 1):  # the keys of one result of ours that are numbers
             callback.log_trial_result(it, trial, {"loss": 1.0 / it, "regret": 0.5 / it, "training_iteration": it,
@@ -118,8 +132,9 @@ def main() -> None:
     p.add_argument("--reports", type=int, default=20)
     p.add_argument("--sleep-ms", type=float, default=10.0)
     p.add_argument("--skip-runs", action="store_true")
-    p.add_argument("--ray-mlflow", type=int, default=0, metavar="TRIALS",
-                   help="also time Ray's MLflowLoggerCallback, driven directly, on this many trials")
+    p.add_argument("--ray-loggers", type=int, default=0, metavar="TRIALS",
+                   help="also time Ray's MLflowLoggerCallback and TBXLoggerCallback, driven directly, "
+                        "on this many trials")
     args = p.parse_args()
     n = args.trials * args.reports
     print(f"{args.trials} trials x {args.reports} reports, fed to a Recorder in-process (no Ray)")
@@ -132,10 +147,10 @@ def main() -> None:
         extra = (driver - base) / n * 1e6 if name != "none" else driver / n * 1e6
         label = "(Recorder alone)" if name == "none" else ""
         print(f"{name:12s} {extra:17.1f} {busy / n * 1e3:18.3f} {close_s:8.2f} {total:8.2f} {label}")
-    if args.ray_mlflow:
+    for name in ("mlflow", "tensorboard") if args.ray_loggers else ():
         with tempfile.TemporaryDirectory(prefix="hpo-track-") as tmp:
-            per = ray_mlflow(Path(tmp), args.ray_mlflow, args.reports)
-        print(f"{'Ray mlflow':12s} {per * 1e6:17.1f} {'(all on the driver)':>18s}   {args.ray_mlflow} trials")
+            per = ray_logger(name, Path(tmp), args.ray_loggers, args.reports)
+        print(f"{'Ray ' + name:12s} {per * 1e6:17.1f} {'(all on the driver)':>18s}   {args.ray_loggers} trials")
     if args.skip_runs:
         return
     ideal = n * args.sleep_ms / 1000 / 2
