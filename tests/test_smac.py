@@ -86,21 +86,21 @@ def test_pending_trials_get_distinct_configs_also_from_the_model():
 
 
 def test_smac_learns_from_what_it_is_told():
-    """Over 30 trials SMAC moves towards the optimum (poly kernel, degree 2, small C): in its last 15
-    trials the median loss is about 1.9 (random search: 4.1), and over half its trials are poly
-    (random: a third).
+    """Over 30 trials SMAC moves towards the optimum (poly kernel, degree 2, small C): its last 15
+    trials score better than random search's, and more of its trials are poly (random: a third).
 
-    Three seeds, judged together: SMAC's proposals also depend on PYTHONHASHSEED (a `set` in its
-    local search), so one seed is not one search. Measured over 6 hash seeds x 3 seeds: mean of the
-    late medians 1.4 to 2.4, poly 16 to 21 of 30. Random search passes either check well under 1% of
-    the time (the late-median one by simulation; poly >= 15 of 30 is 4% per run)."""
+    Five seeds, judged together on means: SMAC's proposals also depend on PYTHONHASHSEED (a
+    clean-clone run failed a one-seed version of this test), and the loss has integer steps, so one
+    run's median jumps between about 1 and 3. Measured over 8 hash seeds x 5 seeds: the mean loss of
+    the last 15 trials, averaged over the 5 runs, 1.2 to 1.9 (random search: 3.8, below 2.8 in none of
+    20,000 simulated searches); poly trials 83 to 90 of 150 (random: 50, at least 70 in 0.04%)."""
     import statistics
 
-    runs = [drive(searcher(seed=seed, trials=30), 30) for seed in range(3)]
-    late = [statistics.median(map(loss, configs[15:])) for configs in runs]
-    poly = sorted(sum(c["kernel"] == "poly" for c in configs) for configs in runs)
-    assert statistics.mean(late) < 3.0, late
-    assert poly[1] >= 15, poly  # the median run
+    runs = [drive(searcher(seed=seed, trials=30), 30) for seed in range(5)]
+    late = [statistics.mean(map(loss, configs[15:])) for configs in runs]
+    poly = sum(c["kernel"] == "poly" for configs in runs for c in configs)
+    assert statistics.mean(late) < 2.8, late
+    assert poly >= 70, poly
 
 
 def test_maximising_negates_the_cost():
