@@ -109,7 +109,7 @@ class Progress:
 
     def _best(self) -> str:
         if len(self.recorder.objectives) > 1:  # several metrics: no single best (orchestrator.objectives)
-            if self._front[0] != self._finished:  # the front moves only when a trial ends: O(n^2) to find
+            if self._front[0] != self._finished:  # the front moves only when a trial ends (objectives.pareto_mask)
                 self._front = (self._finished, len(self.recorder.pareto()))
             return f" | Pareto front: {self._front[1]} trials"
         best = self.recorder.best
