@@ -57,8 +57,8 @@ def main() -> None:
     args = p.parse_args()
 
     import orchestrator
-    from orchestrator.data import DataSpec, load
-    from orchestrator.families import resolve
+    from orchestrator.spec.data import DataSpec, load
+    from orchestrator.families.registry import resolve
 
     data = load(DataSpec(name="digits"))
     print(f"orchestrator from {orchestrator.__file__}; digits, 1 thread, median of {args.repeat}")

@@ -3,7 +3,7 @@
 One plain `study.optimize(objective, n_trials, n_jobs)` with Optuna's default `TPESampler`, each
 trial training the model to the end with the library's own call (one thread per trial) and
 scoring it once. Only two things come from hpo-orchestrator, so that both sides search the same
-thing: the spec's data split (`orchestrator.data`, no Ray) and its space, sampled through the same
+thing: the spec's data split (`orchestrator.spec.data`, no Ray) and its space, sampled through the same
 define-by-run function the `optuna-tpe` searcher gives Optuna. Prints one JSON line.
 
     PYTHONPATH=. .venv/bin/python benchmarks/optuna_standalone.py SPEC.yaml --trials 30 --jobs 2
@@ -84,9 +84,9 @@ def main() -> None:
 
     import optuna
 
-    from orchestrator.data import load
-    from orchestrator.searchers import OptunaDefineByRun
-    from orchestrator.spec import load_spec
+    from orchestrator.spec.data import load
+    from orchestrator.search.searchers import OptunaDefineByRun
+    from orchestrator.spec.experiment import load_spec
 
     exp = load_spec(args.spec)
     if exp.metric != "val_error" or exp.family.name not in TRAIN:

@@ -58,8 +58,8 @@ def _per_call_us(fn, n: int) -> float:
 
 
 def in_process(recorded: int, calls: int) -> None:
-    from orchestrator.progress import Progress
-    from orchestrator.results import Recorder
+    from orchestrator.run.progress import Progress
+    from orchestrator.results.writer import Recorder
 
     rec = Recorder(Path(tempfile.mkdtemp()), "loss", "min")
     for i in range(recorded):

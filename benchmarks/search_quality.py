@@ -86,7 +86,7 @@ def experiment(function: str, searcher: str, seed: int, trials: int, scheduler: 
     """Our spec for this search, on the synthetic family (Branin with a fidelity axis): its space
     merged under the function's, so the searchers see the function's parameters and its constants
     (27 iterations, noise) ride along, used only by the scheduler runs."""
-    from orchestrator.spec import validate
+    from orchestrator.spec.experiment import validate
 
     return validate({"name": "quality", "family": "synthetic", "metric": {"name": "loss"},
                      "space": FUNCTIONS[function].space, "searcher": {"name": searcher, "seed": seed},
@@ -95,7 +95,7 @@ def experiment(function: str, searcher: str, seed: int, trials: int, scheduler: 
 
 
 def ours(function: str, searcher: str, seed: int, trials: int) -> float:
-    from orchestrator.runner import build_tune_config
+    from orchestrator.run.tuner import build_tune_config
 
     fn = FUNCTIONS[function]
     cfg, space = build_tune_config(experiment(function, searcher, seed, trials))
@@ -125,7 +125,7 @@ def standalone(function: str, sampler: str, seed: int, trials: int) -> float:
         return min(found.losses()) - fn.optimum
     import optuna
 
-    from orchestrator.searchers import OptunaDefineByRun
+    from orchestrator.search.searchers import OptunaDefineByRun
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sample = OptunaDefineByRun(experiment(function, "random", seed, trials).params)  # the same suggest calls
@@ -229,7 +229,8 @@ def incumbent_curve(history, max_t: int) -> tuple[np.ndarray, np.ndarray]:
 def scheduler_table(seeds: int, trials: int) -> None:
     import pandas as pd
 
-    from orchestrator.runner import quiet_driver_logs, run, start_local_ray
+    from orchestrator.run.ray_local import quiet_driver_logs, start_local_ray
+    from orchestrator.run.driver import run
 
     # A Ray temp folder of its own: `ray.init()` joins the cluster named in <temp>/ray_current_cluster,
     # and a stale one there (a killed `ray start`) makes it wait for a dead GCS for many minutes.

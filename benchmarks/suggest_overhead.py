@@ -13,9 +13,9 @@ import argparse
 import time
 
 from experiments.synthetic import KNOWN_OPTIMUM, branin
-from orchestrator.runner import build_tune_config
-from orchestrator.searchers import SEARCHERS
-from orchestrator.spec import validate
+from orchestrator.run.tuner import build_tune_config
+from orchestrator.search.searchers import SEARCHERS
+from orchestrator.spec.experiment import validate
 
 STANDALONE = {"optuna-tpe": "TPESampler", "optuna-cmaes": "CmaEsSampler", "optuna-gp": "GPSampler"}
 

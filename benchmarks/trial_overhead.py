@@ -94,8 +94,8 @@ def utilisation(trials: pd.DataFrame, cpus: int) -> tuple[float, pd.Timestamp]:
 
 def joined(folder: Path, args, sleep_s: float, cpus: int) -> list[tuple]:
     """`hpo run --ray ADDRESS` (built-in family, first searcher) on a Ray started once beforehand."""
-    from orchestrator import auth
-    from orchestrator.cluster import free_port
+    from orchestrator.cluster import auth
+    from orchestrator.cluster.spec import free_port
 
     auth.enable_token_auth()  # the same token file the run will use
     port = free_port()

@@ -15,8 +15,8 @@ model's predictions, so a resumed trial reports what an uninterrupted one does (
 
 from __future__ import annotations
 
-from orchestrator.families import Family
-from orchestrator.metrics import needed, score
+from orchestrator.families.contract import Family
+from orchestrator.families.metrics import needed, score
 
 DEFAULT_SPACE = {
     "n_estimators": 100,

@@ -17,8 +17,8 @@ import importlib
 import warnings
 from typing import Any
 
-from orchestrator.families import Family
-from orchestrator.metrics import latency, needed, predict_ms, score, wants
+from orchestrator.families.contract import Family
+from orchestrator.families.metrics import latency, needed, predict_ms, score, wants
 
 RF_SPACE = {
     "n_estimators": 100,

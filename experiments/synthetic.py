@@ -13,7 +13,7 @@ import math
 import time
 import zlib
 
-from orchestrator.families import Family
+from orchestrator.families.contract import Family
 
 KNOWN_OPTIMUM = 0.397887
 OPTIMA = ((-math.pi, 12.275), (math.pi, 2.275), (9.42478, 2.475))

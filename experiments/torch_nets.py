@@ -30,8 +30,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from orchestrator.families import Family
-from orchestrator.metrics import needed, score
+from orchestrator.families.contract import Family
+from orchestrator.families.metrics import needed, score
 
 TRAINING_SPACE = {
     "epochs": 20,

@@ -13,8 +13,8 @@ reweights earlier trees every round, so its prediction, like its training, grows
 
 from __future__ import annotations
 
-from orchestrator.families import Family
-from orchestrator.metrics import latency, needed, score, wants
+from orchestrator.families.contract import Family
+from orchestrator.families.metrics import latency, needed, score, wants
 
 DEFAULT_SPACE = {
     "n_estimators": 100,

@@ -4,7 +4,7 @@ and a boolean is never a number (pydantic would take `trials: true` as 1).
 The boolean check is one model validator, not a `field_validator("*")`: a validator on every field
 also wraps the `name` literal that the searcher/scheduler unions are discriminated by, and pydantic
 then refuses to build the union. A model validator's error is located at the section, so it names
-the key in its context (`BOOLEAN_FOR_NUMBER`) and orchestrator.spec puts it back into the path.
+the key in its context (`BOOLEAN_FOR_NUMBER`) and orchestrator.spec.experiment puts it back into the path.
 """
 
 import types

@@ -43,7 +43,7 @@ def spec_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_validate(args) -> int:
-    from orchestrator.spec import load_spec
+    from orchestrator.spec.experiment import load_spec
     import yaml
 
     exp = load_spec(args.spec, args.set)
@@ -53,22 +53,22 @@ def cmd_validate(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from orchestrator import summary
-    from orchestrator.resume import resume
+    from orchestrator.run import summary
+    from orchestrator.run.resume import resume
 
     return summary.report(resume(args.run_dir, quiet=args.quiet, ray_address=args.ray))
 
 
 def cmd_run(args) -> int:
-    from orchestrator import summary
-    from orchestrator.runner import run
-    from orchestrator.spec import load_spec
+    from orchestrator.run import summary
+    from orchestrator.run.driver import run
+    from orchestrator.spec.experiment import load_spec
 
     exp = load_spec(args.spec, args.set)
     return summary.report(run(exp, args.output, quiet=args.quiet, ray_address=args.ray))  # else RunError
 
 
-# --- clusters: thin wrappers over orchestrator.cluster / localcluster / jobs -------------------
+# --- clusters: thin wrappers over orchestrator.cluster.spec / localcluster / jobs -------------------
 
 def _cluster_commands(sub) -> None:
     import os
@@ -109,7 +109,7 @@ def _cluster_commands(sub) -> None:
 
 
 def cmd_submit(args) -> int:
-    from orchestrator import cluster, jobs
+    from orchestrator.cluster import spec as cluster, jobs
 
     c = cluster.load(args.cluster)
     _quiet_ray_logs()  # Ray logs each package it uploads and each file it leaves out
@@ -135,7 +135,7 @@ def _quiet_ray_logs() -> None:
 
 
 def cmd_status(args) -> int:
-    from orchestrator import cluster, jobs
+    from orchestrator.cluster import spec as cluster, jobs
 
     details = jobs.info(cluster.load(args.cluster), args.job)
     print("\n".join(jobs.describe(details)))
@@ -143,7 +143,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    from orchestrator import cluster, jobs
+    from orchestrator.cluster import spec as cluster, jobs
 
     c = cluster.load(args.cluster)
     _quiet_ray_logs()
@@ -156,7 +156,7 @@ def cmd_logs(args) -> int:
 
 
 def cmd_stop(args) -> int:
-    from orchestrator import cluster, jobs
+    from orchestrator.cluster import spec as cluster, jobs
 
     status = jobs.stop(cluster.load(args.cluster), args.job)
     print(f"{args.job}: {status}")
@@ -164,7 +164,7 @@ def cmd_stop(args) -> int:
 
 
 def cmd_fetch(args) -> int:
-    from orchestrator import cluster, jobs
+    from orchestrator.cluster import spec as cluster, jobs
 
     c = cluster.load(args.cluster)
     dest = jobs.fetch(c, args.job, args.output)
@@ -174,7 +174,7 @@ def cmd_fetch(args) -> int:
 
 
 def cmd_cluster(args) -> int:
-    from orchestrator import auth, cluster, localcluster
+    from orchestrator.cluster import auth, spec as cluster, local as localcluster
 
     c = cluster.load(args.file)
     if args.action == "validate":
@@ -203,7 +203,7 @@ def cmd_cluster(args) -> int:
     return 0
 
 
-# --- analysis: thin wrappers over orchestrator.analysis / anytime / importance / optuna_study -----
+# --- analysis: thin wrappers over orchestrator.analysis.runs / anytime / importance / optuna_study -----
 
 def _analysis_commands(sub) -> None:
     # No `choices=` from the analysis registries: importing them (pandas) would slow every command;
@@ -217,13 +217,13 @@ def _analysis_commands(sub) -> None:
     c.add_argument("run", nargs="+", metavar="RUN", help="run folders (or folders of runs) of one experiment")
     c.add_argument("--optimum", type=float, help="the metric's known optimum, for regret (known for family synthetic)")
     c.add_argument("--x", default="elapsed_s", help="axis the mean rank over time is taken on: elapsed_s (default), "
-                                                   "or a compute axis of orchestrator.anytime.AXES")
+                                                   "or a compute axis of orchestrator.analysis.anytime.AXES")
     c.set_defaults(func=cmd_compare)
 
     i = sub.add_parser("importance", help="hyperparameter importance of a run (Optuna's evaluators)")
     i.add_argument("run", metavar="RUN")
     i.add_argument("--evaluator", default="fanova", help="fanova (default) or another of "
-                                                         "orchestrator.importance.EVALUATORS")
+                                                         "orchestrator.analysis.importance.EVALUATORS")
     i.add_argument("--seed", type=int, default=0, help="seeds fANOVA's forest (PED-ANOVA has no randomness)")
     i.set_defaults(func=cmd_importance)
 
@@ -237,7 +237,7 @@ def _analysis_commands(sub) -> None:
 
 
 def cmd_results(args) -> int:
-    from orchestrator.analysis import best_trials, describe, load_runs
+    from orchestrator.analysis.runs import best_trials, describe, load_runs
 
     runs = load_runs(args.run)
     top = best_trials(runs, args.top).rename(columns=lambda col: col.removeprefix("config."))
@@ -248,8 +248,8 @@ def cmd_results(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from orchestrator.analysis import load_runs
-    from orchestrator.anytime import budget_notes, compare, known_optimum
+    from orchestrator.analysis.runs import load_runs
+    from orchestrator.analysis.anytime import budget_notes, compare, known_optimum
 
     runs = load_runs(args.run)
     optimum = args.optimum if args.optimum is not None else known_optimum(runs)
@@ -263,14 +263,14 @@ def cmd_compare(args) -> int:
 
 
 def cmd_importance(args) -> int:
-    from orchestrator.importance import importance
+    from orchestrator.analysis.importance import importance
 
     print("\n".join(importance(args.run, args.evaluator, args.seed).describe()))
     return 0
 
 
 def cmd_export_optuna(args) -> int:
-    from orchestrator.optuna_study import export_journal
+    from orchestrator.analysis.optuna_study import export_journal
 
     study = export_journal(args.run, args.storage, args.study_name)
     skipped = study.user_attrs.get("hpo_skipped_trials") or []
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except RunError as exc:
         if exc.summary is not None:  # the run got going: its counts and best trial so far
-            from orchestrator import summary
+            from orchestrator.run import summary
 
             print("\n".join(summary.lines(exc.summary)))
         print(str(exc) if isinstance(exc, RunInterrupted) else f"error: run failed: {exc}", file=sys.stderr)

@@ -59,7 +59,7 @@ class InputError(HpoError):
 class RunError(HpoError):
     """The experiment started but could not finish; results written so far are kept.
 
-    `summary` is the run's RunSummary (orchestrator.summary) when the run got as far as Tune,
+    `summary` is the run's RunSummary (orchestrator.run.summary) when the run got as far as Tune,
     so the CLI can still print its counts and best trial.
     """
 

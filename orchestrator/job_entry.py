@@ -5,7 +5,7 @@ print the summary), into the results location `submit` chose: a path every node 
 directly; for an object store the run is written locally on the head and its files uploaded,
 also when the run fails or is stopped.
 
-`hpo stop` makes Ray send SIGTERM; the runner's handler (orchestrator.interrupt) stops the run at
+`hpo stop` makes Ray send SIGTERM; the runner's handler (orchestrator.run.signals) stops the run at
 once, flushes what it has and marks the run interrupted (Ray waits 3 s, then SIGKILL).
 """
 
@@ -16,10 +16,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from orchestrator import storage, summary
+from orchestrator.results import storage
+from orchestrator.run import summary
 from orchestrator.errors import HpoError
-from orchestrator.runner import run
-from orchestrator.spec import load_spec
+from orchestrator.run.driver import run
+from orchestrator.spec.experiment import load_spec
 
 
 def run_into(spec: str, output: str, overrides: list[str]) -> int:

@@ -1,18 +1,18 @@
 """The Ray APIs that move between releases, in one place: what a trial calls, and Ray's private parts.
 
 A trial's report call moved from `ray.air.session.report` to `ray.train.report` to
-`ray.tune.report`; families call `orchestrator.trial.TrialContext.report`, which calls `report`
+`ray.tune.report`; families call `orchestrator.trial.context.TrialContext.report`, which calls `report`
 here, so a Ray upgrade changes this file, not the families.
 
 Some things only Ray's private modules do. Each is imported here and nowhere else, and
 `PRIVATE_APIS` lists them with the Ray version they were checked against, so a test
 (`tests/test_architecture.py`) fails on an upgrade that removes one, instead of a user's run:
 
-- the GCS key-value store, where each trial's worker records where it ran (orchestrator.placement);
-- `ray._raylet.Config.initialize`, which re-reads the auth mode Ray cached at import (orchestrator.auth);
-- `ray up`'s own cluster-file checks and KubeRay's translation (orchestrator.cluster);
-- scheduler internals our subclasses override (orchestrator.ray_schedulers), and the trial's
-  retry decision (orchestrator.callbacks.RetryLostWorkersOnly), listed only;
+- the GCS key-value store, where each trial's worker records where it ran (orchestrator.trial.placement);
+- `ray._raylet.Config.initialize`, which re-reads the auth mode Ray cached at import (orchestrator.cluster.auth);
+- `ray up`'s own cluster-file checks and KubeRay's translation (orchestrator.cluster.spec);
+- scheduler internals our subclasses override (orchestrator.search.ray_schedulers), and the trial's
+  retry decision (orchestrator.run.callbacks.RetryLostWorkersOnly), listed only;
 - the driver's handler of worker output, to drop one traceback Ray prints on every run that
   reuses actors (`quiet_worker_exits`).
 

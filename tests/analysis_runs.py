@@ -34,8 +34,8 @@ SVM = {"name": "svm", "family": "svm", "data": {"source": "sklearn", "name": "br
 
 def real_runs(root: Path) -> Path:
     """Runs the bench and SVM experiments under `root` (see the module docstring); returns root."""
-    from orchestrator.runner import run
-    from orchestrator.spec import load_spec, validate
+    from orchestrator.run.driver import run
+    from orchestrator.spec.experiment import load_spec, validate
     from tests.conftest import EXPERIMENTS
 
     for setup, overrides in BENCH_SETUPS.items():

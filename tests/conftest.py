@@ -16,7 +16,7 @@ EXPERIMENTS = ROOT / "experiments"
 def ray_local():
     import ray
 
-    from orchestrator.runner import start_local_ray
+    from orchestrator.run.ray_local import start_local_ray
 
     started = start_local_ray(num_cpus=2, num_gpus=0)
     yield ray

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator import analysis, anytime, importance, optuna_study, usage
+from orchestrator.analysis import runs as analysis, anytime, importance, optuna_study, usage
 from orchestrator.cli import main
 from orchestrator.errors import ResultsError
-from orchestrator.results import Recorder
+from orchestrator.results.writer import Recorder
 from tests.analysis_runs import BENCH_CONCURRENT, BENCH_ITERATIONS, BENCH_SEEDS, BENCH_SETUPS, BENCH_TRIALS, at, write_run
 from tests.conftest import ROOT
 
@@ -416,8 +416,8 @@ def test_the_analysis_modules_never_import_ray():
     import subprocess
     import sys
 
-    modules = "analysis, anytime, importance, optuna_study, plots, usage"
-    code = f"import sys; from orchestrator import {modules}; print('ray' in sys.modules)"
+    modules = "runs, anytime, importance, optuna_study, plots, usage"
+    code = f"import sys; from orchestrator.analysis import {modules}; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
 

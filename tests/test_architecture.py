@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator import ray_api
-from orchestrator.trial import Trial, TrialContext
+from orchestrator.families.contract import Trial
+from orchestrator.trial.context import TrialContext
 
 PACKAGE = Path(__file__).resolve().parent.parent / "orchestrator"
 # Modules that may import ray.tune: the driver and the Tune objects it builds, and the one place
@@ -82,8 +83,8 @@ def test_private_ray_apis_are_imported_in_ray_api_only_and_all_still_exist():
 
 
 def test_every_trial_a_family_can_get_fulfils_the_contract():
-    from orchestrator.folds import _FoldContext
-    from orchestrator.refit import _Collect
+    from orchestrator.trial.folds import _FoldContext
+    from orchestrator.run.refit import _Collect
 
     ctx = TrialContext(seed=0, cpus=1, gpus=0.0)
     assert isinstance(ctx, Trial) and ctx.metric is None

@@ -1,4 +1,4 @@
-"""Report batching (orchestrator.trial): a built-in family's trial holds reports back for a short
+"""Report batching (orchestrator.trial.context): a built-in family's trial holds reports back for a short
 window, and the Recorder replays every held iteration, so nothing is lost or renumbered."""
 
 from __future__ import annotations
@@ -6,11 +6,14 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from orchestrator import ray_api, trial as trial_mod
-from orchestrator.results import HELD, Recorder, load
-from orchestrator.runner import run
-from orchestrator.schedulers import SCHEDULERS
-from orchestrator.spec import validate
+from orchestrator import ray_api
+from orchestrator.trial import context as trial_mod
+from orchestrator.results.contract import HELD
+from orchestrator.results.writer import Recorder
+from orchestrator.results.reader import load
+from orchestrator.run.driver import run
+from orchestrator.search.schedulers import SCHEDULERS
+from orchestrator.spec.experiment import validate
 
 
 @pytest.fixture
@@ -64,7 +67,7 @@ def test_reports_at_the_schedulers_decision_iterations_are_never_held(sent):
 
 @pytest.mark.parametrize("grace, rf, max_t, brackets", [(1, 3, 100, 1), (2, 3, 20, 1), (1, 2, 27, 3), (5, 4, 200, 2)])
 def test_asha_rungs_are_rays_own(grace, rf, max_t, brackets):
-    from orchestrator.schedulers import ASHAOptions, asha_rungs, build_scheduler
+    from orchestrator.search.schedulers import ASHAOptions, asha_rungs, build_scheduler
 
     opts = ASHAOptions(max_t=max_t, grace_period=grace, reduction_factor=rf, brackets=brackets)
     ray_asha = build_scheduler(opts)
@@ -118,7 +121,7 @@ def test_a_checkpoint_carries_its_schedule_and_a_restore_under_another_config_ex
     import contextlib
     import shutil
 
-    from orchestrator.results import SCHEDULE
+    from orchestrator.results.contract import SCHEDULE
 
     saved, sent = [], []
 

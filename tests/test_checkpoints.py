@@ -1,6 +1,6 @@
 """Checkpoint pruning on plain folders; the Ray runs that rely on it are in test_strategies."""
 
-from orchestrator.checkpoints import keep_only, prune_older
+from orchestrator.run.checkpoints import keep_only, prune_older
 
 
 def _trial(tmp_path, name, indexes):

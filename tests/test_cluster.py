@@ -26,8 +26,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from orchestrator import cluster as cl
-from orchestrator import jobs, localcluster
+from orchestrator.cluster import spec as cl
+from orchestrator.cluster import jobs, local as localcluster
 from orchestrator.errors import SpecError
 from tests.conftest import EXPERIMENTS, ROOT
 
@@ -372,8 +372,8 @@ def test_stop_ends_a_running_job_and_keeps_its_results(local_cluster, tmp_path):
 def test_placement_columns_for_a_trainable_class_too(ray_local, tmp_path):
     """Function trainables are covered above; a `tune.Trainable` class is recorded from `setup`,
     and from `reset_config` when Tune reuses its actor for the next trial."""
-    from orchestrator.runner import run
-    from orchestrator.spec import load_spec
+    from orchestrator.run.driver import run
+    from orchestrator.spec.experiment import load_spec
 
     (tmp_path / "quad.py").write_text(
         "from ray import tune\n\nclass Quad(tune.Trainable):\n    def setup(self, config):\n"

@@ -10,14 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator import folds, protocol, refit, summary
-from orchestrator.data import DataSpec, load
+from orchestrator.trial import folds
+from orchestrator.spec import evaluation as protocol
+from orchestrator.run import refit, summary
+from orchestrator.spec.data import DataSpec, load
 from orchestrator.errors import SpecError
-from orchestrator.protocol import EvaluationSpec
-from orchestrator.refit import Best
-from orchestrator.families import Family
-from orchestrator.runner import run
-from orchestrator.spec import load_spec, validate
+from orchestrator.spec.evaluation import EvaluationSpec
+from orchestrator.run.refit import Best
+from orchestrator.families.contract import Family
+from orchestrator.run.driver import run
+from orchestrator.spec.experiment import load_spec, validate
 
 
 @pytest.fixture(scope="module")

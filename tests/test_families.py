@@ -20,12 +20,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator.data import DataSpec, load
-from orchestrator.families import BUILTIN_FAMILIES, Family, resolve
-from orchestrator.metrics import EXPENSIVE, reported, score
-from orchestrator.runner import run
-from orchestrator.space import parse_space
-from orchestrator.spec import load_spec, validate
+from orchestrator.spec.data import DataSpec, load
+from orchestrator.families.registry import BUILTIN_FAMILIES, resolve
+from orchestrator.families.contract import Family
+from orchestrator.families.metrics import EXPENSIVE, reported, score
+from orchestrator.run.driver import run
+from orchestrator.search.space import parse_space
+from orchestrator.spec.experiment import load_spec, validate
 from tests.conftest import EXPERIMENTS, ROOT
 
 MINE = ["xgboost", "lightgbm", "torch_mlp", "torch_cnn", "random_forest", "svm", "sklearn"]
@@ -104,7 +105,7 @@ def test_each_family_validates_with_its_default_space(name):
 
 def test_validating_specs_imports_no_heavy_library():
     """`hpo validate` stays fast: families import torch/lightgbm/xgboost only inside train()."""
-    code = ("import sys; from orchestrator.spec import validate\n"
+    code = ("import sys; from orchestrator.spec.experiment import validate\n"
             f"for f in {MINE!r}:\n"
             "    sp = {'estimator': 'x'} if f == 'sklearn' else {}\n"
             "    validate({'name': 'x', 'family': f, 'metric': {'name': 'val_error'}, 'space': sp,\n"
@@ -345,7 +346,8 @@ def test_families_hand_the_trials_cpus_to_their_library(datasets):
 PROBE_FAMILY = '''
 """Runs a real family's train() in a real trial and adds to each report the thread settings
 seen at that moment, in the thread that trains."""
-from orchestrator.families import Family, resolve
+from orchestrator.families.contract import Family
+from orchestrator.families.registry import resolve
 
 CONFIGS = {configs!r}
 

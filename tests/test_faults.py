@@ -22,10 +22,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from orchestrator import interrupt, rundir
+from orchestrator.run import signals as interrupt
+from orchestrator.results import rundir
+from orchestrator.results.contract import EXPERIMENT, OWNER
 from orchestrator.errors import InputError, RunError, SpecError
-from orchestrator.runner import claim_folder, run
-from orchestrator.spec import load_spec, validate
+from orchestrator.run.driver import claim_folder, run
+from orchestrator.spec.experiment import load_spec, validate
 from tests.conftest import EXPERIMENTS, ROOT
 
 # A trainable slow enough to be caught mid-run: 2 trials at a time, each 60 reports 0.1 s apart.
@@ -101,7 +103,7 @@ def test_the_claim_is_exclusive_between_the_emptiness_check_and_the_create(tmp_p
     real_open = os.open
 
     def other_run_claims_first(path, flags, mode=0o777):
-        if str(path).endswith(rundir.OWNER) and not Path(path).exists():
+        if str(path).endswith(OWNER) and not Path(path).exists():
             Path(path).write_text("{}")  # the other process wins the race here
         return real_open(path, flags, mode)
 
@@ -129,9 +131,9 @@ def test_two_runs_racing_for_one_folder(slow_spec, tmp_path):
 def _record(run_dir: Path, status: str | None, **owner) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     if status:
-        rundir.write_json(run_dir / rundir.EXPERIMENT, {"status": status})
+        rundir.write_json(run_dir / EXPERIMENT, {"status": status})
     if owner:
-        rundir.write_json(run_dir / rundir.OWNER, owner)
+        rundir.write_json(run_dir / OWNER, owner)
     return run_dir
 
 
@@ -155,7 +157,7 @@ def test_the_heartbeat_moves(tmp_path):
     claim = rundir.claim(tmp_path / "run")
     claim.owner["heartbeat_at"] = "2020-01-01T00:00:00+00:00"
     claim.beat()
-    assert rundir.read_json(tmp_path / "run" / rundir.OWNER)["heartbeat_at"] > "2020"
+    assert rundir.read_json(tmp_path / "run" / OWNER)["heartbeat_at"] > "2020"
 
 
 # --- 3. signals -----------------------------------------------------------------------------
@@ -252,7 +254,7 @@ def test_a_disk_that_fills_mid_run_fails_the_run_and_keeps_what_was_written(moun
     assert len([ln for ln in err.splitlines() if ln.startswith("error:")]) == 1
     assert not list(out.rglob(".*.tmp"))
     (disk / "filler").unlink()  # to read experiment.json's fate we need no space; to load, neither
-    trials, history = __import__("orchestrator.results", fromlist=["load"]).load(out)
+    trials, history = __import__("orchestrator.results.writer", fromlist=["load"]).load(out)
     assert set(kept.trial_id) <= set(trials.trial_id) and len(history) >= kept["iterations"].sum()
     meta = json.loads((out / "experiment.json").read_text())
     assert meta["status"] in ("failed", "running")  # failed where it could still be written
@@ -431,7 +433,7 @@ def test_a_trial_no_live_node_can_hold_is_refused_before_the_run_and_leaves_the_
 def test_a_tuner_that_cannot_be_built_ends_the_run_failed_not_running(ray_local, write_spec, tmp_path, monkeypatch):
     """Building the Tuner is inside the run's one failure path: the error is the run's, and
     experiment.json says failed (it said `running` forever when Tune's restore raised)."""
-    import orchestrator.runner as runner_mod
+    import orchestrator.run.driver as runner_mod
 
     def broken(*args, **kwargs):
         raise RuntimeError("cannot restore")
@@ -455,8 +457,8 @@ def test_max_failures_is_a_count_from_zero(write_spec, value, ok):
 
 
 def test_max_failures_defaults_to_one_retry_and_reaches_rays_failure_config(write_spec, tmp_path):
-    from orchestrator.callbacks import RetryLostWorkersOnly
-    from orchestrator.runner import build_tuner
+    from orchestrator.run.callbacks import RetryLostWorkersOnly
+    from orchestrator.run.tuner import build_tuner
 
     exp = load_spec(write_spec("name: t\nfamily: synthetic\nmetric: {name: loss}\n"))
     assert exp.spec.budget.max_failures == 1

@@ -1,6 +1,6 @@
 """The metric vocabulary against scikit-learn's own functions, the oracle the numpy code replaced.
 
-`sklearn_score` is the former implementation of `orchestrator.metrics.score` (scikit-learn calls on
+`sklearn_score` is the former implementation of `orchestrator.families.metrics.score` (scikit-learn calls on
 the same clipped, renormalised probabilities): every value must match it to 1e-9, NaN where it
 gives NaN, on binary, multiclass (ties, a class absent from the split, certain predictions) and
 regression data. Then: which metrics a report computes (`needed`).
@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from orchestrator.metrics import CLASSIFICATION, EXPENSIVE, REGRESSION, needed, reported, score
+from orchestrator.families.metrics import CLASSIFICATION, EXPENSIVE, REGRESSION, needed, reported, score
 
 
 def sklearn_score(task: str, y_true, y_pred) -> dict[str, float]:

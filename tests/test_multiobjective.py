@@ -12,18 +12,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator.analysis import describe, load_runs
-from orchestrator.data import Dataset
+from orchestrator.analysis.runs import describe, load_runs
+from orchestrator.spec.data import Dataset
 from orchestrator.errors import SpecError
-from orchestrator.families import resolve
-from orchestrator.metrics import latency
-from orchestrator.objectives import no_front, pareto_mask
-from orchestrator.results import Recorder
-from orchestrator.runner import build_tune_config, run
-from orchestrator.schedulers import SCHEDULERS
-from orchestrator.searchers import SEARCHERS
-from orchestrator.spec import validate
-from orchestrator.summary import lines
+from orchestrator.families.registry import resolve
+from orchestrator.families.metrics import latency
+from orchestrator.run.outcome import no_front
+from orchestrator.results.pareto import pareto_mask
+from orchestrator.results.writer import Recorder
+from orchestrator.run.tuner import build_tune_config
+from orchestrator.run.driver import run
+from orchestrator.search.schedulers import SCHEDULERS
+from orchestrator.search.searchers import SEARCHERS
+from orchestrator.spec.experiment import validate
+from orchestrator.run.summary import lines
 
 TWO = [{"name": "loss"}, {"name": "regret"}]
 # Written out here, not read from the registries: which searchers and schedulers take several metrics.
@@ -290,7 +292,7 @@ def test_tpe_and_random_take_two_metrics_for_real(ray_local, tmp_path):
 
 @pytest.mark.slow
 def test_the_example_spec_runs_at_smoke_size(ray_local, tmp_path):
-    from orchestrator.spec import load_spec
+    from orchestrator.spec.experiment import load_spec
     from tests.conftest import EXPERIMENTS
 
     exp = load_spec(EXPERIMENTS / "xgboost_pareto_digits.yaml", ["budget.trials=3", "budget.concurrent=2"])

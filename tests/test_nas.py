@@ -10,8 +10,8 @@ import pytest
 
 from experiments.torch_nets import build_cnn, build_mlp, conv_filters, layer_widths
 from orchestrator.errors import SpecError
-from orchestrator.runner import run
-from orchestrator.spec import load_spec
+from orchestrator.run.driver import run
+from orchestrator.spec.experiment import load_spec
 from tests.conftest import EXPERIMENTS
 
 NAS = EXPERIMENTS / "torch_nas_digits.yaml"
@@ -83,7 +83,7 @@ def test_a_conditional_search_samples_only_the_widths_a_net_has_and_builds_them(
         if not states:
             continue
         saved = pickle.loads(states[-1].read_bytes())
-        state = getattr(saved, "state", saved)  # the family's state inside orchestrator.trial._Saved
+        state = getattr(saved, "state", saved)  # the family's state inside orchestrator.trial.context._Saved
         weights = [w for name, w in state["model"].items() if name.endswith("weight") and w.ndim == 2]
         widths = [int(row[f"config.width_{i}"]) for i in range(1, int(row["config.depth"]) + 1)]
         assert [w.shape[0] for w in weights] == [*widths, 10], (tid, widths)

@@ -1,11 +1,11 @@
-"""orchestrator.nodes without a cluster: naming a lost node, the pre-flight against live nodes,
+"""orchestrator.cluster.nodes without a cluster: naming a lost node, the pre-flight against live nodes,
 and the line for trials pending long (its clock and node list given, so nothing waits)."""
 
 from __future__ import annotations
 
 import pytest
 
-from orchestrator import nodes
+from orchestrator.cluster import nodes
 from orchestrator.errors import SpecError
 
 HEAD = nodes.LiveNode("a" * 56, "10.0.0.1", True, 1, 0)
@@ -74,8 +74,8 @@ def test_trials_pending_long_are_explained_once_per_period():
 def test_a_note_is_a_line_of_its_own_in_a_log(tmp_path):
     import io
 
-    from orchestrator.progress import Progress
-    from orchestrator.results import Recorder
+    from orchestrator.run.progress import Progress
+    from orchestrator.results.writer import Recorder
 
     out = io.StringIO()  # not a terminal: plain lines, as in `hpo logs`
     progress = Progress(Recorder(tmp_path, "loss", "min"), 3, stream=out)

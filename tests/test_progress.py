@@ -19,11 +19,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from orchestrator import summary as summary_mod
-from orchestrator.progress import Progress, clock, eta_s
-from orchestrator.results import Recorder
-from orchestrator.runner import run
-from orchestrator.spec import load_spec
+from orchestrator.run import summary as summary_mod
+from orchestrator.run.progress import Progress, clock, eta_s
+from orchestrator.results.writer import Recorder
+from orchestrator.run.driver import run
+from orchestrator.spec.experiment import load_spec
 from tests.test_results import feed
 
 PLAIN_LINE = re.compile(r"\[ *\d+\.\ds\] trials \d+/\d+ finished: \d+ completed, \d+ stopped early, \d+ errored; "
@@ -183,7 +183,7 @@ def test_a_real_run_in_a_log_prints_the_plain_lines_and_table(ray_local, write_s
 def test_after_a_resume_the_eta_counts_only_this_process_s_trials(tmp_path, monkeypatch):
     import types
 
-    from orchestrator import progress as progress_mod
+    from orchestrator.run import progress as progress_mod
 
     now = [1000.0]
     monkeypatch.setattr(progress_mod, "time", types.SimpleNamespace(monotonic=lambda: now[0]))

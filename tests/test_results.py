@@ -8,7 +8,10 @@ import json
 import pandas as pd
 import pytest
 
-from orchestrator.results import HISTORY, PARTS, SCHEDULE, TRIALS, Recorder, load, metric_problem
+from orchestrator.results.contract import HISTORY, PARTS, SCHEDULE, TRIALS
+from orchestrator.results.writer import Recorder
+from orchestrator.results.reader import load
+from orchestrator.results.reports import metric_problem
 
 
 def feed(rec: Recorder, trial_id: str, config: dict, values: list[float], stopped_at: int | None = None):
@@ -175,7 +178,7 @@ def test_a_choice_of_floats_and_strings_split_across_parts_still_merges(tmp_path
 def test_progress_line_in_a_log_prints_only_changes_and_the_best(tmp_path):
     import io
 
-    from orchestrator.progress import Progress
+    from orchestrator.run.progress import Progress
 
     rec = Recorder(tmp_path, "loss", "min")
     out = io.StringIO()

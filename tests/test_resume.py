@@ -13,10 +13,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from orchestrator import rundir
+from orchestrator.results import rundir
+from orchestrator.results.contract import EXPERIMENT
 from orchestrator.errors import InputError
-from orchestrator.results import HISTORY, PARTS, TRIALS, Recorder, load
-from orchestrator.resume import resume, spent_s
+from orchestrator.results.contract import HISTORY, PARTS, TRIALS
+from orchestrator.results.writer import Recorder
+from orchestrator.results.reader import load
+from orchestrator.run.resume import resume, spent_s
 from tests.conftest import ROOT
 
 
@@ -73,7 +76,7 @@ def test_the_time_spent_counts_each_stretch_up_to_its_last_record(tmp_path):
 def test_resume_refuses_what_it_cannot_resume(tmp_path):
     with pytest.raises(InputError, match="not a run folder"):
         resume(tmp_path)
-    rundir.write_json(tmp_path / rundir.EXPERIMENT, {"status": "finished"})
+    rundir.write_json(tmp_path / EXPERIMENT, {"status": "finished"})
     with pytest.raises(InputError, match="finished: nothing to resume"):
         resume(tmp_path)
 
@@ -136,14 +139,14 @@ def test_kill_9_then_resume_finishes_the_budget_and_keeps_finished_trials(tmp_pa
     kill_session(proc)  # the driver and the Ray it started, without a word
     proc.wait()
     before = _completed(run_dir).set_index("trial_id")["score"].to_dict()
-    assert json.loads((run_dir / rundir.EXPERIMENT).read_text())["status"] == "running"
+    assert json.loads((run_dir / EXPERIMENT).read_text())["status"] == "running"
 
     again = _cli("resume", run_dir, "--quiet", ray_tmp=ray_tmp)
     out, err = again.communicate(timeout=240)
     assert again.returncode == 0, err
 
     trials, history = load(run_dir)
-    meta = json.loads((run_dir / rundir.EXPERIMENT).read_text())
+    meta = json.loads((run_dir / EXPERIMENT).read_text())
     entry = meta["resumes"][0]
     assert meta["status"] == "finished" and len(meta["resumes"]) == 1 and entry["spent_s"] > 0
     extra, cut = entry["finished_after_snapshot"], entry["cut_off_after_snapshot"]

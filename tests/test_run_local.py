@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from orchestrator.errors import InputError, RunError
-from orchestrator.runner import build_tune_config, run
-from orchestrator.spec import load_spec, validate
+from orchestrator.run.tuner import build_tune_config
+from orchestrator.run.driver import run
+from orchestrator.spec.experiment import load_spec, validate
 from tests.conftest import EXPERIMENTS, ROOT
 
 SMALL_XGB = """

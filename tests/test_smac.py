@@ -10,10 +10,11 @@ import math
 import pandas as pd
 import pytest
 
-from orchestrator.runner import build_tune_config, run
-from orchestrator.smac_search import SMACSearch
-from orchestrator.space import parse_space
-from orchestrator.spec import load_spec, validate
+from orchestrator.run.tuner import build_tune_config
+from orchestrator.run.driver import run
+from orchestrator.search.smac import SMACSearch
+from orchestrator.search.space import parse_space
+from orchestrator.spec.experiment import load_spec, validate
 from tests.conftest import EXPERIMENTS
 
 SVM_LIKE = {

@@ -1,4 +1,4 @@
-"""Experiment tracking (orchestrator.tracking) with the real libraries: an MLflow SQLite store read
+"""Experiment tracking (orchestrator.tracking.backends) with the real libraries: an MLflow SQLite store read
 back with MlflowClient, tensorboardX event files and W&B offline runs read back record by record.
 
 The readers below are written from the files' formats (TFRecord; W&B's LevelDB-style log of
@@ -18,9 +18,10 @@ import pandas as pd
 import pytest
 
 from orchestrator.errors import SpecError
-from orchestrator.results import HELD, Recorder
-from orchestrator.spec import load_spec, validate
-from orchestrator.tracking import TrackingSpec, open_tracking
+from orchestrator.results.contract import HELD
+from orchestrator.results.writer import Recorder
+from orchestrator.spec.experiment import load_spec, validate
+from orchestrator.tracking.backends import TrackingSpec, open_tracking
 from tests.conftest import EXPERIMENTS
 
 CANARIES = {"WANDB_API_KEY": "canarywandbkey0123456789abcdef0123456789ab",
@@ -140,7 +141,7 @@ def test_a_run_without_tracking_imports_no_tracker():
     import subprocess
     import sys
 
-    code = ("import sys; from orchestrator import runner, spec; "
+    code = ("import sys; from orchestrator.run import driver, lifecycle, tuner; from orchestrator.spec import experiment; "
             "print(sorted(m for m in ('mlflow', 'wandb', 'tensorboardX') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=EXPERIMENTS.parent,
                          env={**os.environ, "PYTHONPATH": str(EXPERIMENTS.parent)})
@@ -228,7 +229,7 @@ def test_the_example_spec_tracks_every_trial_of_a_real_run(ray_local, tmp_path, 
     and no W&B or MLflow process outlives the run."""
     import psutil
 
-    from orchestrator.runner import run
+    from orchestrator.run.driver import run
 
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     exp = load_spec(EXPERIMENTS / "synthetic_tracking.yaml", ["budget.trials=4"])

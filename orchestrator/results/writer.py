@@ -1,0 +1,318 @@
+"""The write side of the results contract: the `Recorder`, fed by a Ray Tune callback, streams every
+trial's state and history into the run folder.
+
+Files it writes (columns: docs/results.md):
+- `history.parquet`: one row per reported iteration: `trial_id`, `iteration`, `time_total_s`,
+  `metric.<name>` for every numeric value reported, `config.<param>` as the trial ran it
+  (PBT changes a trial's config mid-run, so config belongs to each row).
+- `trials.parquet`: one row per trial: `trial_id`, `status` (see contract.STATUSES), `iterations`,
+  `score` (best value of the spec's metric) and `score_iteration`, `wall_s`, `started_at`,
+  `ended_at`, `node_ip`, `error`, where it ran: `node_id`, `cpus`, `gpus` (Ray's grant; 0.5 for a
+  half GPU) and `gpu_ids` (its CUDA_VISIBLE_DEVICES, e.g. "1"), recorded in the worker (see
+  orchestrator.trial.placement), so GPU-hours = sum(gpus * wall_s) / 3600, `config.<param>`,
+  `metric.<name>` (last reported values); with several metrics in the spec, `pareto` (bool): on
+  the Pareto front of the completed trials (orchestrator.results.pareto).
+
+History rows are flushed every few seconds to numbered part files under `history.parts/`, and
+`trials.parquet` is rewritten at each flush, so a crash loses at most one flush interval. At the
+end the parts are merged into `history.parquet` and removed. Ray's own per-trial JSON/CSV logger
+files are not used. This module knows nothing of Ray: a Tune callback (orchestrator.run.callbacks)
+feeds the `Recorder`, and analysis reads the files with `orchestrator.results.reader.load` alone.
+
+The best trial is chosen among trials that ended normally (completed, or stopped early by the
+scheduler) with a finite score: a trial that reported 0.001 and then crashed, or reported -inf,
+is never "best". A failed write (a full disk) never removes what an earlier flush wrote: files are
+replaced atomically, history parts are deleted only once merged, and the reader rebuilds the
+trials table from the history parts if trials.parquet was never written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import pandas as pd
+
+from orchestrator.results.contract import ELIGIBLE, HELD, HISTORY, PARTS, SCHEDULE, STATUSES, TRIALS
+from orchestrator.results.parquet import frame, merge, part_files, write
+from orchestrator.results.pareto import front, mark
+from orchestrator.results.reports import flatten, reported_metrics
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    config: dict[str, Any]
+    status: str = "pending"
+    iterations: int = 0
+    score: float | None = None
+    score_iteration: int | None = None
+    last: dict[str, float] = field(default_factory=dict)
+    started_at: float | None = None
+    ended_at: float | None = None
+    node_ip: str | None = None
+    node_id: str | None = None
+    cpus: float | None = None
+    gpus: float | None = None
+    gpu_ids: str | None = None
+    error: str | None = None  # also why it was last retried, when it then finished (retries > 0)
+    retries: int = 0  # times Ray restarted it after a failure (budget.max_failures)
+    stop_requested: bool = False  # its last result ended it (the scheduler, a stopper, or itself)
+    schedule: list[dict[str, Any]] | None = None  # the configs its final state trained with (PBT), see SCHEDULE
+
+    def row(self) -> dict[str, Any]:
+        end = self.ended_at or time.time()
+        return {
+            "trial_id": self.trial_id,
+            "status": self.status,
+            "iterations": self.iterations,
+            "score": self.score,
+            "score_iteration": self.score_iteration,
+            "wall_s": (end - self.started_at) if self.started_at else None,
+            "started_at": _ts(self.started_at),
+            "ended_at": _ts(self.ended_at),
+            "node_ip": self.node_ip,
+            "node_id": self.node_id,
+            "cpus": self.cpus,
+            "gpus": self.gpus,
+            "gpu_ids": self.gpu_ids,
+            "error": self.error,
+            "retries": self.retries,
+            **{f"config.{k}": v for k, v in self.config.items()},
+            **{f"metric.{k}": v for k, v in self.last.items()},
+            **({"schedule": json.dumps(self.schedule, default=_json_value)} if self.schedule else {}),
+        }
+
+
+def trial_from_row(row: Mapping[str, Any]) -> TrialRecord:
+    """A trials.parquet row back into the record that wrote it."""
+    def value(v):
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NaT else v
+
+    def seconds(v):
+        return value(v).timestamp() if value(v) is not None else None
+
+    rec = TrialRecord(row["trial_id"], {k[7:]: value(v) for k, v in row.items() if k.startswith("config.")})
+    rec.status, rec.iterations, rec.error = row["status"], int(row["iterations"] or 0), value(row.get("error"))
+    rec.retries = int(value(row.get("retries")) or 0)
+    rec.score, rec.score_iteration = value(row.get("score")), value(row.get("score_iteration"))
+    rec.started_at, rec.ended_at = seconds(row.get("started_at")), seconds(row.get("ended_at"))
+    rec.last = {k[7:]: v for k, v in row.items() if k.startswith("metric.") and value(v) is not None}
+    for name in ("node_ip", "node_id", "cpus", "gpus", "gpu_ids"):
+        setattr(rec, name, value(row.get(name)))
+    rec.config = {k: v for k, v in rec.config.items() if v is not None}  # inactive conditional parameters
+    rec.schedule = json.loads(value(row.get("schedule"))) if value(row.get("schedule")) else None
+    return rec
+
+
+def _json_value(v: Any) -> Any:
+    """A numpy scalar in a config (Ray's domains sample them) as the Python value JSON can hold."""
+    return v.item() if hasattr(v, "item") else str(v)
+
+
+def _finite(v: float | None) -> bool:
+    return v is not None and math.isfinite(v)
+
+
+def _ts(t: float | None):
+    return pd.Timestamp(t, unit="s", tz="UTC") if t else None
+
+
+class Recorder:
+    """Keeps every trial's state and history; knows nothing of Ray (the callback feeds it).
+
+    Args:
+        run_dir: where the Parquet files go.
+        metric, mode: the spec's target, to keep each trial's best score.
+        max_t: iterations after which a scheduler's stop means "completed", not "stopped early".
+        flush_every_s: how often buffered history goes to disk.
+        objectives: (name, mode) of every metric of a multi-objective spec; trials.parquet then
+            gets a `pareto` column.
+    """
+
+    def __init__(self, run_dir: Path, metric: str, mode: str, max_t: int | None = None,
+                 flush_every_s: float = 5.0, on_flush: Callable[["Recorder"], None] | None = None,
+                 objectives: tuple[tuple[str, str], ...] = ()):
+        self.run_dir = Path(run_dir)
+        self.metric, self.mode, self.max_t = metric, mode, max_t
+        self.objectives = tuple(objectives)
+        self.flush_every_s = flush_every_s
+        self.trials: dict[str, TrialRecord] = {}
+        self._pending_rows: list[dict[str, Any]] = []
+        self._parts = 0
+        self._last_flush = time.monotonic()
+        self._on_flush = on_flush
+        # Told of every trial start, history row and trial end, on the driver (so they must be cheap):
+        # orchestrator.tracking.backends.Tracking, which queues them for its own thread.
+        self.listeners: list[Any] = []
+
+    @classmethod
+    def reopen(cls, run_dir: Path, metric: str, mode: str, max_t: int | None = None, **kwargs) -> "Recorder":
+        """A Recorder that carries on an earlier run's folder (`hpo resume`): its trials as they were
+        written, its history kept as the first part file, new parts numbered after the existing ones."""
+        rec = cls(run_dir, metric, mode, max_t, **kwargs)
+        parts = rec.run_dir / PARTS
+        if (rec.run_dir / HISTORY).exists():  # an interrupted run merged its parts: they become part 0
+            parts.mkdir(exist_ok=True)
+            (rec.run_dir / HISTORY).replace(parts / "part-00000.parquet")
+        rec._parts = max((int(p.stem.split("-")[1]) for p in parts.glob("part-*.parquet")), default=0)
+        if (rec.run_dir / TRIALS).exists():
+            for row in pd.read_parquet(rec.run_dir / TRIALS).to_dict("records"):
+                rec.trials[row["trial_id"]] = trial_from_row(row)
+        return rec
+
+    @property
+    def best(self) -> TrialRecord | None:
+        """The trial with the best finite score among those that ended normally (see ELIGIBLE)."""
+        best = None
+        for rec in self.trials.values():
+            if rec.status in ELIGIBLE and _finite(rec.score) and (best is None or self._better(rec.score, best.score)):
+                best = rec
+        return best
+
+    def pareto(self) -> list[dict[str, Any]]:
+        """The Pareto front of a multi-objective run (see orchestrator.results.pareto.front)."""
+        return front([r.row() for r in self.trials.values()], self.objectives)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """trials.parquet's rows, with `pareto` when the spec lists several metrics."""
+        rows = [r.row() for r in self.trials.values()]
+        return mark(rows, self.objectives) if len(self.objectives) > 1 else rows
+
+    # -- events -------------------------------------------------------------------------------
+    def start(self, trial_id: str, config: Mapping[str, Any]) -> None:
+        rec = self.trials.setdefault(trial_id, TrialRecord(trial_id, flatten(config)))
+        rec.status, rec.started_at, rec.ended_at = "running", rec.started_at or time.time(), None
+        self._tell("trial_started", rec)
+
+    def result(self, trial_id: str, config: Mapping[str, Any], result: Mapping[str, Any]) -> None:
+        """One result from Tune; a batched one (see orchestrator.trial.context) first replays the iterations
+        its trial held back, each with its own iteration number and time."""
+        held = result.get(HELD) or ()
+        total, sent_at = result.get("time_total_s"), held[-1]["at"] if held else None
+        for row in held[:-1]:
+            elapsed = total - (sent_at - row["at"]) if total is not None else None
+            self._iteration(trial_id, config, row["metrics"], row["iteration"], elapsed, row["at"], result)
+        iteration = int(result.get("training_iteration", 0)) or None
+        # Ray's own `timestamp` is whole seconds: the arrival time (or the trial's own clock) is finer.
+        self._iteration(trial_id, config, result, iteration, total, sent_at or time.time(), result)
+        self.trials[trial_id].stop_requested = bool(result.get("done"))
+        if result.get(SCHEDULE):
+            self.trials[trial_id].schedule = result[SCHEDULE]
+
+    def _iteration(self, trial_id: str, config: Mapping[str, Any], values: Mapping[str, Any],
+                   iteration: int | None, time_total_s: float | None, timestamp: float | None,
+                   result: Mapping[str, Any]) -> None:
+        rec = self.trials.get(trial_id) or self.trials.setdefault(trial_id, TrialRecord(trial_id, flatten(config)))
+        if rec.started_at is None:
+            rec.started_at, rec.status = time.time(), "running"
+            self._tell("trial_started", rec)
+        rec.config = flatten(config)
+        metrics = reported_metrics(values)
+        iteration = iteration or rec.iterations + 1
+        rec.iterations = iteration
+        rec.last = metrics
+        rec.node_ip = result.get("node_ip", rec.node_ip)
+        value = metrics.get(self.metric)
+        if _finite(value) and (rec.score is None or self._better(value, rec.score)):  # NaN and ±inf never count
+            rec.score, rec.score_iteration = value, iteration
+        timestamp = timestamp or time.time()
+        self._tell("iteration", rec, iteration, timestamp, metrics)
+        self._pending_rows.append({
+            "trial_id": trial_id,
+            "iteration": iteration,
+            "time_total_s": time_total_s,
+            "timestamp": _ts(timestamp),
+            **{f"metric.{k}": v for k, v in metrics.items()},
+            **{f"config.{k}": v for k, v in rec.config.items()},
+        })
+
+    def placement(self, trial_id: str, info: Mapping[str, Any]) -> None:
+        """Where the trial runs (node, CPUs, GPUs, GPU ids), as its worker recorded it."""
+        rec = self.trials.get(trial_id)
+        if rec is None:
+            return
+        rec.node_ip = rec.node_ip or info.get("node_ip")
+        rec.node_id, rec.cpus, rec.gpus, rec.gpu_ids = (info.get("node_id"), info.get("cpus"), info.get("gpus"),
+                                                        info.get("gpu_ids"))
+
+    def complete(self, trial_id: str, ended_itself: bool = False, stopped_waiting: bool = False) -> None:
+        """The trial ended without error. `ended_itself`: its own last result said `done` (as
+        Ray's pbt_function example does), so it completed, whatever its iteration count.
+        `stopped_waiting`: the scheduler stopped it while it was paused (HyperBand's losers at a
+        rung), so no result of its own carried the stop."""
+        rec = self.trials[trial_id]
+        stopped = rec.stop_requested or stopped_waiting
+        early = stopped and not ended_itself and (self.max_t is None or rec.iterations < self.max_t)
+        rec.status, rec.ended_at = ("stopped" if early else "completed"), time.time()
+        self._tell("trial_ended", rec)
+
+    def error(self, trial_id: str, message: str) -> None:
+        rec = self.trials[trial_id]
+        rec.status, rec.ended_at, rec.error = "errored", time.time(), message
+        self._tell("trial_ended", rec)
+
+    def _tell(self, event: str, *args) -> None:
+        for listener in self.listeners:
+            getattr(listener, event)(*args)
+
+    def retry(self, trial_id: str, message: str) -> None:
+        """Ray restarts the trial after a failure (a lost node, a crashed worker): it runs again from
+        its last checkpoint, or from the start, and its history repeats those iterations."""
+        rec = self.trials.get(trial_id)
+        if rec is not None:
+            rec.status, rec.error, rec.retries = "pending", message, rec.retries + 1
+
+    def _better(self, a: float, b: float) -> bool:
+        return a < b if self.mode == "min" else a > b
+
+    # -- summaries ----------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in STATUSES}
+        for rec in self.trials.values():
+            out[rec.status] = out.get(rec.status, 0) + 1
+        return out
+
+    # -- disk ---------------------------------------------------------------------------------
+    def maybe_flush(self) -> None:
+        if time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Appends buffered history as one part file and rewrites trials.parquet (atomically)."""
+        self._last_flush = time.monotonic()
+        if self._pending_rows:
+            parts = self.run_dir / PARTS
+            parts.mkdir(parents=True, exist_ok=True)
+            self._parts += 1
+            write(frame(self._pending_rows), parts / f"part-{self._parts:05d}.parquet")
+            self._pending_rows = []
+        if self.trials:
+            write(frame(self.rows()), self.run_dir / TRIALS)
+        if self._on_flush:
+            self._on_flush(self)
+
+    def close(self, cut_off: str = "stopped") -> None:
+        """Final flush, then merges the history parts into history.parquet and removes them.
+
+        Args:
+            cut_off: the status of trials still running: `stopped` when the time budget ended
+                them, `interrupted` when a signal did.
+        """
+        for rec in self.trials.values():
+            if rec.status in ("running", "pending"):
+                rec.status, rec.ended_at = cut_off, rec.ended_at or time.time()
+                self._tell("trial_ended", rec)
+        self.flush()
+        parts = part_files(self.run_dir, PARTS)
+        history = merge(parts)
+        write(history, self.run_dir / HISTORY)
+        for p in parts:
+            p.unlink()
+        if (self.run_dir / PARTS).exists():
+            (self.run_dir / PARTS).rmdir()
+        if not self.trials:
+            write(frame([]), self.run_dir / TRIALS)

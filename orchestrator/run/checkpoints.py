@@ -1,0 +1,51 @@
+"""Which trial checkpoints stay on disk while a run goes on, and after it.
+
+Ray's `CheckpointConfig(num_to_keep=N)` cannot be used with the schedulers that need checkpoints.
+A function trainable's `save()` hands back the checkpoint it last reported, so when a scheduler
+pauses a trial (HyperBand) or clones one (PBT), the same directory is registered twice and later
+deleted twice: a FileNotFoundError, and the trial's checkpoint bookkeeping stops half-way. Under PBT
+it can also delete a checkpoint another trial is about to load, and that trial fails (seen in CI).
+
+So Ray keeps every checkpoint and a Tune callback (orchestrator.run.callbacks) deletes, with the
+functions here, those nothing can read any more: a trial's older
+checkpoints as soon as it reports a newer one, except under PBT/PB2, whose trials load each other's
+checkpoints, where only the latest of each trial survives the end of the run. (A PBT trial's
+latest may lie in the folder of the trial it cloned; its own folder then keeps none.)
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+_CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)$")
+
+
+def _index(path: Path) -> int | None:
+    match = _CHECKPOINT_DIR.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+def prune_older(latest: str | Path) -> int:
+    """Deletes the checkpoints beside `latest` with a lower index; returns how many.
+
+    Only lower indexes: the trial may already be writing its next checkpoint beside this one.
+    """
+    latest = Path(latest)
+    newest = _index(latest)
+    if newest is None or not latest.parent.is_dir():  # not a local Ray checkpoint directory
+        return 0
+    return _delete([p for p in latest.parent.iterdir() if (i := _index(p)) is not None and i < newest])
+
+
+def keep_only(trial_dirs: list[Path], latest: set[Path]) -> int:
+    """Deletes every checkpoint in `trial_dirs` that is not in `latest`; returns how many."""
+    found = [p for d in trial_dirs if d.is_dir() for p in d.iterdir() if _index(p) is not None]
+    return _delete([p for p in found if p not in latest])
+
+
+def _delete(checkpoints: list[Path]) -> int:
+    for path in checkpoints:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(checkpoints)

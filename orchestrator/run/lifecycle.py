@@ -1,0 +1,198 @@
+"""One run folder's life, the same for a fresh run, a resume and a nested search.
+
+A run is: hold Ray and the signals (`drive`), record what the run is (`begin`: a fresh
+`experiment.json` and Recorder, or the resumed ones), fit a Tuner into the folder (`fit`), decide how
+it ended from what was recorded (orchestrator.run.outcome), write that down, and conclude (refit the
+best config, or the Pareto front) before a summary is returned or the run's error raised.
+
+The one seam is the Tuner's construction, a `TunerFactory` (orchestrator.run.tuner): `build_tuner`
+for a fresh run and each outer fold's inner search, `restore_tuner` for `hpo resume`. Everything
+else is shared, as scikit-learn's `BaseSearchCV.fit` owns the loop and a subclass supplies
+`_run_search`. `fit` is the only place a Tuner is fitted, and it always closes the Recorder, so
+whatever ends a run, what it recorded is on disk before the outcome is decided.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from orchestrator.cluster.nodes import PendingWatch
+from orchestrator.errors import RunError, RunInterrupted, SpecError
+from orchestrator.results import rundir
+from orchestrator.results.contract import EXPERIMENT, OWNER
+from orchestrator.results.writer import Recorder
+from orchestrator.run import ray_local, refit, signals
+from orchestrator.run.outcome import Ended, outcome, pareto_evaluation
+from orchestrator.run.progress import Progress
+from orchestrator.run.summary import RunSummary, top_trials
+from orchestrator.run.tuner import TunerFactory, build_tuner
+from orchestrator.spec.experiment import Experiment
+from orchestrator.trial import placement
+
+# Called once Ray is up and signals are handled: writes experiment.json and returns it with the
+# run's Recorder (fresh for `hpo run`, reopened for `hpo resume`).
+Begin = Callable[[], "tuple[dict[str, Any], Recorder]"]
+
+
+@dataclass(frozen=True)
+class Watch:
+    """What a top-level run adds around its fit (a nested search has none of it): the progress
+    line, each trial's placement record, notes for the log, and why trials wait."""
+
+    progress: Progress | None
+    placement_key: str | None
+    on_note: Callable[[str], None]
+    pending: PendingWatch | None
+
+
+def drive(exp: Experiment, run_dir: Path, data: Any, begin: Begin, make_tuner: TunerFactory, *, quiet: bool,
+          ray_address: str | None) -> RunSummary:
+    """The lifecycle `hpo run` and `hpo resume` share, once the folder is claimed. A refusal before
+    `begin` wrote experiment.json (pre-flight, Ray not reachable) leaves the folder unclaimed."""
+    try:
+        with ray_local.connected(ray_address), signals.handling_signals():
+            ray_local.preflight(exp)
+            meta, recorder = begin()
+            tracking = _open_tracking(exp, run_dir, meta)
+            if tracking:  # fed by the Recorder's events, written on its own thread (orchestrator.tracking)
+                recorder.listeners.append(tracking)
+            ended = fit(exp, run_dir, data, recorder, make_tuner, watch=_watch(exp, meta, recorder, quiet))
+            return conclude(exp, run_dir, meta, recorder, data, ended, tracking)
+    except BaseException:
+        if not (run_dir / EXPERIMENT).exists():  # refused before anything ran: the folder stays free
+            (run_dir / OWNER).unlink(missing_ok=True)
+        raise
+
+
+def _watch(exp: Experiment, meta: dict[str, Any], recorder: Recorder, quiet: bool) -> Watch:
+    time_s = rundir.time_left_s(exp.spec.budget.time_s, meta)  # after `hpo resume`, what is left
+    progress = None if quiet else Progress(recorder, exp.total_trials, time_s=time_s)
+    res = exp.spec.resources
+    # each trial's node, CPUs and GPU ids travel under the key (orchestrator.trial.placement)
+    return Watch(progress, placement.new_key(meta["run_id"]), progress.note if progress else warn,
+                 PendingWatch(res.cpu, res.gpu))
+
+
+def _open_tracking(exp: Experiment, run_dir: Path, meta: dict[str, Any]):
+    from orchestrator.tracking.backends import open_tracking
+
+    return open_tracking(exp.spec.tracking, run_dir, meta["run_id"], exp.spec.name, meta["spec"], exp.metric)
+
+
+def fit(exp: Experiment, run_dir: Path, data: Any, recorder: Recorder, make_tuner: TunerFactory = build_tuner,
+        watch: Watch | None = None) -> Ended:
+    """Fits the Tuner `make_tuner` builds into `run_dir`, feeding `recorder`, and closes the
+    recorder whatever happens. Never raises for what Tune or a trial did: a signal (Ctrl-C,
+    SIGTERM) or a failure comes back in `Ended`; a second Ctrl-C still raises at once."""
+    from orchestrator.run.callbacks import RecorderCallback, RunStopper
+
+    stopper = RunStopper(exp.metric)
+    if watch is None:
+        callback, key = RecorderCallback(recorder, stopper=stopper), None
+    else:
+        progress, key = watch.progress, watch.placement_key
+        callback = RecorderCallback(recorder, progress.tick if progress else None, key, stopper,
+                                    on_note=watch.on_note, pending=watch.pending)
+    signum, failure = None, None
+    try:  # building the Tuner can fail too (Tune's restore, a trainable that will not pickle)
+        make_tuner(exp, run_dir, [callback], data, key, stopper).fit()
+    except (KeyboardInterrupt, signals.Interrupted) as exc:  # a second Ctrl-C; SIGTERM (`hpo stop`)
+        signum = getattr(exc, "signum", signal.SIGINT)
+    except Exception as exc:  # noqa: BLE001 - every failure ends here; results are flushed below
+        failure = explain(exc)
+    signum = signals.requested() or signum  # Ctrl-C: Tune stopped the trials and returned normally
+    if watch is not None and watch.progress:
+        watch.progress.finish()
+    try:
+        recorder.close(cut_off="interrupted" if signum else "stopped")
+    except OSError as exc:  # a full disk: what earlier flushes wrote stays, and history parts are kept
+        failure = failure or explain(exc)
+    return Ended(signum, failure)
+
+
+def conclude(exp: Experiment, run_dir: Path, meta: dict[str, Any], recorder: Recorder, data: Any, ended: Ended,
+             tracking=None) -> RunSummary:
+    """Records how the run ended in experiment.json, then refits the best config (or records the
+    Pareto front) if it finished; returns the summary, or raises the run's error carrying it."""
+    out = outcome(exp, recorder, ended)
+    if tracking:
+        for line in tracking.close(out.status, out.best_row):
+            print(line, file=sys.stderr)
+        meta["tracking"] = tracking.stats()
+    meta.update(status=out.status, error=out.failure, ended_at=rundir.now(), counts=out.counts,
+                best=_jsonable(out.best_row), signal=out.signal_name)
+    if exp.multi_objective:
+        meta.update(pareto=_jsonable(out.pareto))
+    write_meta(run_dir, meta)
+    evaluated = None
+    if out.status == "finished":
+        evaluated = pareto_evaluation(out.pareto) if exp.multi_objective else \
+            refit.conclude(exp, data, out.best, nested_search(exp), run_dir)
+        if evaluated is not None:
+            meta.update(evaluation=_jsonable(evaluated), ended_at=rundir.now())
+            write_meta(run_dir, meta)
+    summary = RunSummary(run_dir, meta["run_id"], exp.metric, out.counts, out.best_row, evaluated, out.status,
+                         out.failure, top=() if exp.multi_objective else top_trials(recorder.trials.values(), exp.mode),
+                         pareto=out.pareto)
+    if out.signum:
+        raise RunInterrupted(out.failure, out.signum, summary)
+    if out.failure:
+        raise RunError(out.failure, summary)
+    return summary
+
+
+def nested_search(exp: Experiment) -> refit.Search:
+    """The spec's search again on other data (an outer fold of nested evaluation), in its own
+    folder, through the same `fit`: its best trial."""
+
+    def search(data: Any, out_dir: Path):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        recorder = Recorder(out_dir, exp.metric, exp.mode, max_t=exp.max_t)
+        ended = fit(exp, out_dir, data, recorder)
+        if ended.signum or ended.failure:
+            raise RunError(ended.failure or f"interrupted by {signal.Signals(ended.signum).name}")
+        return recorder.best
+
+    return search
+
+
+def warn(text: str) -> None:
+    """A note that `--quiet` still shows (a lost node, trials pending long): it asks for action."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def write_meta(run_dir: Path, meta: dict) -> None:
+    """experiment.json, where the disk still allows: on a full disk the run's error says so already."""
+    try:
+        rundir.write_json(run_dir / EXPERIMENT, meta)
+    except OSError as exc:
+        if not rundir.disk_full(exc) or meta.get("status") != "failed":
+            raise
+
+
+def explain(exc: BaseException) -> str:
+    """One line for why Tune failed: our own RunError or a disk error, wherever Ray wrapped it."""
+    chain, seen = [], exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for e in chain:
+        if isinstance(e, (RunError, SpecError)):
+            return str(e)
+    for e in chain:
+        if isinstance(e, OSError) and e.errno is not None:
+            where = f" {e.filename}" if e.filename else ""
+            fix = "free some space" if rundir.disk_full(e) else "check the folder"
+            return (f"cannot write{where}: {e.strerror}; {fix}, or run again with another --output "
+                    f"(results flushed so far are kept)")
+    text = str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _jsonable(value: Any) -> Any:
+    return None if value is None else json.loads(json.dumps(value, default=str))

@@ -1,0 +1,107 @@
+"""The Ray a run runs on: started here for the run, or joined (`--ray ADDRESS`, a cluster job), and
+quietened; plus the pre-flight that refuses a trial no live node can hold.
+
+`connected()` is what a run holds Ray with: it starts (or joins) Ray unless this process is
+already connected, and shuts it down (or disconnects) afterwards only if it did the starting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+from orchestrator.cluster import auth
+from orchestrator.errors import InputError
+from orchestrator.spec.experiment import Experiment
+
+# Ray Tune settings measured to cut per-trial overhead on a small machine (docs/performance.md).
+# Ray's own logger callbacks write JSON/CSV/TensorBoard files per trial; our Parquet callback
+# replaces them. Set before ray.tune is imported, and inherited by a local Ray's workers.
+FAST_ENV = {
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_DEDUP_LOGS": "1",
+}
+# Checks our RunStopper makes itself, with a better message (orchestrator.run.callbacks): Ray's would
+# run first and say less. Forced, not defaults: the stopper is then the only check.
+OWNED_ENV = {"TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
+
+
+def apply_fast_env() -> None:
+    for k, v in FAST_ENV.items():
+        os.environ.setdefault(k, v)
+    os.environ.update(OWNED_ENV)
+
+
+def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None, address: str | None = None) -> bool:
+    """Starts an embedded Ray unless one is already up in this process. Returns True if started.
+
+    With `address` ("auto" or host:port of a running Ray's GCS) it joins that Ray instead, which
+    skips Ray's start-up (seconds; see docs/performance.md); so does RAY_ADDRESS, which Ray sets
+    inside a job submitted to a cluster. Joined, not started, but still shut down (disconnected)
+    after the run. Raises InputError when there is nothing to join.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    apply_fast_env()
+    auth.enable_token_auth()
+    quiet = {"logging_level": "ERROR",
+             # Workers log every checkpoint and restore at INFO; users' own prints still come through.
+             "logging_config": ray.LoggingConfig(log_level="WARNING")}
+    if address or os.environ.get("RAY_ADDRESS"):
+        try:
+            ray.init(address=address, **quiet)
+        except ConnectionError as exc:
+            raise InputError(f"no running Ray to join at {address or os.environ['RAY_ADDRESS']} "
+                             f"({str(exc).splitlines()[0]}); start one with `ray start --head "
+                             f"--node-ip-address 127.0.0.1`, or leave --ray out to start one for this run") from None
+    else:
+        # address="local": a new Ray of our own, even where `ray start` left a cluster (or its address
+        # file) behind, which a bare ray.init() would silently join.
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", **quiet)
+    quiet_driver_logs()
+    return True
+
+
+def quiet_driver_logs() -> None:
+    """Keeps the driver's console to our progress line: Ray Tune warns once per trial that its own
+    result files are missing (we write Parquet instead), and hints at settings we chose on purpose."""
+    import logging
+
+    from orchestrator import ray_api
+
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    ray_api.quiet_worker_exits()  # the SystemExit traceback of workers Ray ends after the run
+
+
+@contextlib.contextmanager
+def connected(address: str | None = None) -> Iterator[None]:
+    """Ray for the duration of a run: the one this process is connected to, else the one at
+    `address`, else a local one; shut down afterwards if this call started (or joined) it."""
+    started = False
+    try:
+        started = start_local_ray(address=address)
+        quiet_driver_logs()
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def preflight(exp: Experiment) -> None:
+    """Refuses a per-trial request that no alive node can hold: Ray would wait for it forever."""
+    if os.environ.get("RAY_ADDRESS"):
+        # Joined to a cluster (a Ray job): an autoscaler may still add nodes, so the check is by node
+        # type, made at submit time against the cluster file (orchestrator.cluster.spec.check_capacity).
+        return
+    from orchestrator.cluster.nodes import check_live, live_nodes
+
+    res = exp.spec.resources
+    check_live(live_nodes(), res.cpu, res.gpu, "this Ray", exp.source)

@@ -1,0 +1,211 @@
+"""After the search: the best config refitted on train+valid and scored once on the test split.
+
+No trial has seen the test split, so the gap between this score and the best validation score is
+the validation overfitting that grows with the number of configs tried. For `nested` evaluation
+(orchestrator.spec.evaluation) it also runs one more search per outer fold, through a callback the
+lifecycle passes in (`Search`), so this module never reaches back up into it.
+
+After PBT/PB2 the best trial's result is a schedule, not a config: its final state was trained
+by a chain of trials, each config from some iteration on (orchestrator.trial.context records it). Its
+last config alone was never trained from the start, so the refit replays the schedule
+(`method: replay-schedule`): it trains the first config up to the iteration where the next one
+took over, keeps the family's state, and continues with the next config from that state, the way
+PBT's exploit did. That works for every family PBT accepts (they all checkpoint and resume), and
+it still trains on train+valid like any other refit. Scoring the best trial's final checkpoint
+on test instead would need a scoring entry point families do not have, and a model trained
+without the validation rows. Other schedulers never change a config: `method: last-config`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from orchestrator.spec.data import Dataset
+from orchestrator.families.contract import Family
+from orchestrator.families.registry import resolve
+from orchestrator.spec.evaluation import outer_folds, refit_data
+from orchestrator.search.schedulers import SCHEDULERS
+from orchestrator.spec.experiment import Experiment
+from orchestrator.families.contract import Trial
+from orchestrator.trial.context import TrialContext, thread_limit
+
+
+class _Collect:
+    """A trial context outside Tune: keeps the last report, never checkpoints, never restores."""
+
+    checkpointing = False
+
+    def __init__(self, trial: Trial):
+        self._trial = trial
+        self.last: dict[str, Any] = {}
+        self.reports = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trial, name)
+
+    def report(self, metrics: dict[str, Any], state: Any = None) -> None:
+        self.last, self.reports = dict(metrics), self.reports + 1
+
+    def restore(self) -> None:
+        return None
+
+
+class _SegmentDone(Exception):
+    """Ends one config's part of a replayed schedule (raised from `report`, caught by `_replay`)."""
+
+
+class _Replay(_Collect):
+    """A trial context that keeps the family's state at every report, so the next config of a
+    schedule continues from it, and stops training at the end of each config's part."""
+
+    checkpointing = True
+
+    def __init__(self, trial: Trial):
+        super().__init__(trial)
+        self.state: Any = None
+        self.stop_at: int | None = None
+        self.trained: list[list[int]] = []  # [first, last] iteration each segment trained
+
+    def report(self, metrics: dict[str, Any], state: Any = None) -> None:
+        super().report(metrics, state)
+        self.state = state
+        self.trained[-1][1] = self.reports
+        if self.stop_at is not None and self.reports >= self.stop_at:
+            raise _SegmentDone
+
+    def restore(self) -> Any:
+        return self.state
+
+
+def _replay(family: Family, schedule: list[dict[str, Any]], data: Dataset, ctx: _Replay) -> None:
+    for i, segment in enumerate(schedule):
+        end = schedule[i + 1]["from_iteration"] if i + 1 < len(schedule) else None
+        if end is not None and end <= ctx.reports:
+            continue  # taken over before it trained an iteration
+        ctx.stop_at = end
+        ctx.trained.append([ctx.reports + 1, ctx.reports])
+        try:
+            family.train(dict(segment["config"]), data, ctx)
+        except _SegmentDone:
+            pass
+
+
+def as_test_metric(metric: str) -> str:
+    return f"test_{metric.removeprefix('val_')}"
+
+
+def _refit_task(family_ref: str, base_dir: str, config: dict, data: Dataset, seed: int,
+                schedule: list[dict[str, Any]] | None = None) -> tuple[dict[str, float], list[list[int]]]:
+    family = resolve(family_ref, Path(base_dir))
+    ctx = _Replay(TrialContext.current(seed)) if schedule else _Collect(TrialContext.current(seed))
+    with thread_limit(ctx.cpus):
+        if schedule:
+            _replay(family, schedule, refit_data(data), ctx)
+        else:
+            family.train(dict(config), refit_data(data), ctx)
+    if not ctx.reports:
+        raise RuntimeError(f"family {family_ref} reported nothing when refitted on train+valid")
+    test = {as_test_metric(k): float(v) for k, v in ctx.last.items() if k.startswith("val_")}
+    return test, getattr(ctx, "trained", [])
+
+
+def refit(exp: Experiment, config: Mapping[str, Any], data: Dataset,
+          schedule: list[dict[str, Any]] | None = None) -> dict[str, float]:
+    """Trains `config` (or replays `schedule`) on train+valid and scores it on test, as a Ray task
+    with a trial's resources (so it gets the trial's GPU and threads); in-process without Ray."""
+    return _run_refit(exp, config, data, schedule)[0]
+
+
+def _run_refit(exp: Experiment, config: Mapping[str, Any], data: Dataset,
+               schedule: list[dict[str, Any]] | None) -> tuple[dict[str, float], list[list[int]]]:
+    import ray
+
+    args = (exp.spec.family, str(exp.base_dir), dict(config), data, exp.spec.seed, schedule)
+    if not ray.is_initialized():
+        return _refit_task(*args)
+    res = exp.spec.resources
+    task = ray.remote(num_cpus=res.cpu, num_gpus=res.gpu, max_retries=0)(_refit_task)
+    return ray.get(task.remote(*args))
+
+
+def refit_plan(exp: Experiment, best: "Best") -> dict[str, Any]:
+    """How the best trial is refitted, for experiment.json: its schedule where the scheduler
+    changes configs mid-trial (PBT, PB2), else its config."""
+    if not SCHEDULERS[exp.spec.scheduler.name].changes_config:
+        return {"method": "last-config"}
+    schedule = list(best.schedule or [{"from_iteration": 0, "config": dict(best.config)}])
+    return {"method": "replay-schedule", "schedule": schedule}
+
+
+@dataclass(frozen=True)
+class Best:
+    """The best trial of a search, as far as evaluation cares."""
+
+    config: Mapping[str, Any]
+    score: float
+    trial_id: str = ""
+    schedule: list[dict[str, Any]] | None = None  # its configs over iterations, when PBT changed them
+
+
+Search = Callable[[Dataset, Path], "Best | None"]  # runs the spec's search on other data
+
+
+def conclude(exp: Experiment, data: Dataset | None, best: Best | None, search: Search,
+             run_dir: Path) -> dict[str, Any] | None:
+    """After the search: refit the best config on train+valid and score it on test; for nested,
+    run one more search per outer fold. Returns the `evaluation` entry of experiment.json, or None
+    when there is nothing to refit (a user trainable, a family without data, no best trial).
+
+    A failure here is recorded in the entry, not raised: the search's results stand on their own.
+    """
+    if data is None or best is None or not isinstance(exp.family, Family):
+        return None
+    ev = exp.spec.evaluation
+    metric = as_test_metric(exp.metric)
+    out: dict[str, Any] = {"protocol": ev.protocol, "metric": exp.metric, "test_metric": metric,
+                           "trial_id": best.trial_id, "config": dict(best.config), "valid": best.score}
+    if ev.per_trial == "kfold":
+        out["folds"] = ev.folds
+    plan = out["refit"] = refit_plan(exp, best)
+    try:
+        test, trained = _run_refit(exp, best.config, data, plan.get("schedule"))
+        if trained:
+            plan["trained"] = trained  # the iterations each config of the schedule trained
+        out.update(test=test, test_score=test.get(metric), gap=_gap(test.get(metric), best.score))
+    except Exception as exc:  # noqa: BLE001 - reported, see the docstring
+        out["error"] = f"refit failed: {type(exc).__name__}: {exc}"
+    if ev.protocol == "nested":
+        try:
+            out["nested"] = _nested(exp, data, search, Path(run_dir) / "nested", metric)
+        except Exception as exc:  # noqa: BLE001
+            out["error"] = "; ".join(filter(None, [out.get("error"), f"nested: {type(exc).__name__}: {exc}"]))
+    return out
+
+
+def _nested(exp: Experiment, data: Dataset, search: Search, root: Path, metric: str) -> dict[str, Any]:
+    ev = exp.spec.evaluation
+    folds: list[dict[str, Any]] = []
+    for i, outer in enumerate(outer_folds(data, ev.outer_folds, exp.spec.seed)):
+        best = search(outer, root / f"outer-{i}")
+        if best is None:
+            folds.append({"fold": i, "error": "no trial reported the metric"})
+            continue
+        test = refit(exp, best.config, outer, refit_plan(exp, best).get("schedule"))
+        folds.append({"fold": i, "config": dict(best.config), "valid": best.score, "test": test.get(metric)})
+    scores = np.array([f["test"] for f in folds if f.get("test") is not None], dtype=float)
+    valid = np.array([f["valid"] for f in folds if f.get("test") is not None], dtype=float)
+    return {"outer_folds": ev.outer_folds, "inner": ev.inner, "folds": folds,
+            "mean": float(scores.mean()) if scores.size else None,
+            "std": float(scores.std()) if scores.size else None,
+            "mean_valid": float(valid.mean()) if valid.size else None}
+
+
+def _gap(test: float | None, valid: float | None) -> float | None:
+    if test is None or valid is None or math.isnan(test) or math.isnan(valid):
+        return None
+    return test - valid

@@ -1,0 +1,21 @@
+"""The Ray trainable every built-in family runs as: find the family in the worker, then train.
+
+The driver hands it to Ray Tune (with `tune.with_parameters`, so the data crosses the object
+store once); everything else arrives as one `TrialSettings`, so a worker on another node imports
+the family itself.
+"""
+
+from __future__ import annotations
+
+from orchestrator.families.registry import resolve
+from orchestrator.trial.context import TrialContext
+from orchestrator.trial.folds import run_trial
+from orchestrator.trial.settings import TrialSettings
+
+
+def run_family_trial(config: dict, *, settings: TrialSettings, data=None) -> None:
+    family = resolve(settings.family_ref, settings.base_path)
+    trial = TrialContext.current(settings, config=dict(config))
+    # The evaluation protocol (holdout, k-fold) decides what data each `train` call sees.
+    run_trial(family, dict(config), data, trial, settings.evaluation)
+    trial.flush()  # the iterations held back since the last report (see orchestrator.trial.context)
