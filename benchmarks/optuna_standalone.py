@@ -86,7 +86,7 @@ def main() -> None:
 
     from orchestrator.spec.data import load
     from orchestrator.search.searchers import OptunaDefineByRun
-    from orchestrator.spec.experiment import load_spec
+    from orchestrator.spec.load import load_spec
 
     exp = load_spec(args.spec)
     if exp.metric != "val_error" or exp.family.name not in TRAIN:

@@ -86,7 +86,7 @@ def experiment(function: str, searcher: str, seed: int, trials: int, scheduler: 
     """Our spec for this search, on the synthetic family (Branin with a fidelity axis): its space
     merged under the function's, so the searchers see the function's parameters and its constants
     (27 iterations, noise) ride along, used only by the scheduler runs."""
-    from orchestrator.spec.experiment import validate
+    from orchestrator.spec.load import validate
 
     return validate({"name": "quality", "family": "synthetic", "metric": {"name": "loss"},
                      "space": FUNCTIONS[function].space, "searcher": {"name": searcher, "seed": seed},

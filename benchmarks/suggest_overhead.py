@@ -15,7 +15,7 @@ import time
 from experiments.synthetic import KNOWN_OPTIMUM, branin
 from orchestrator.run.tuner import build_tune_config
 from orchestrator.search.searchers import SEARCHERS
-from orchestrator.spec.experiment import validate
+from orchestrator.spec.load import validate
 
 STANDALONE = {"optuna-tpe": "TPESampler", "optuna-cmaes": "CmaEsSampler", "optuna-gp": "GPSampler"}
 

@@ -43,7 +43,7 @@ def spec_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_validate(args) -> int:
-    from orchestrator.spec.experiment import load_spec
+    from orchestrator.spec.load import load_spec
     import yaml
 
     exp = load_spec(args.spec, args.set)
@@ -62,7 +62,7 @@ def cmd_resume(args) -> int:
 def cmd_run(args) -> int:
     from orchestrator.run import summary
     from orchestrator.run.driver import run
-    from orchestrator.spec.experiment import load_spec
+    from orchestrator.spec.load import load_spec
 
     exp = load_spec(args.spec, args.set)
     return summary.report(run(exp, args.output, quiet=args.quiet, ray_address=args.ray))  # else RunError

@@ -20,7 +20,7 @@ from orchestrator.results import storage
 from orchestrator.run import summary
 from orchestrator.errors import HpoError
 from orchestrator.run.driver import run
-from orchestrator.spec.experiment import load_spec
+from orchestrator.spec.load import load_spec
 
 
 def run_into(spec: str, output: str, overrides: list[str]) -> int:

@@ -35,7 +35,7 @@ SVM = {"name": "svm", "family": "svm", "data": {"source": "sklearn", "name": "br
 def real_runs(root: Path) -> Path:
     """Runs the bench and SVM experiments under `root` (see the module docstring); returns root."""
     from orchestrator.run.driver import run
-    from orchestrator.spec.experiment import load_spec, validate
+    from orchestrator.spec.load import load_spec, validate
     from tests.conftest import EXPERIMENTS
 
     for setup, overrides in BENCH_SETUPS.items():

@@ -13,7 +13,7 @@ from orchestrator.results.writer import Recorder
 from orchestrator.results.reader import load
 from orchestrator.run.driver import run
 from orchestrator.search.schedulers import SCHEDULERS
-from orchestrator.spec.experiment import validate
+from orchestrator.spec.load import validate
 
 
 @pytest.fixture

@@ -373,7 +373,7 @@ def test_placement_columns_for_a_trainable_class_too(ray_local, tmp_path):
     """Function trainables are covered above; a `tune.Trainable` class is recorded from `setup`,
     and from `reset_config` when Tune reuses its actor for the next trial."""
     from orchestrator.run.driver import run
-    from orchestrator.spec.experiment import load_spec
+    from orchestrator.spec.load import load_spec
 
     (tmp_path / "quad.py").write_text(
         "from ray import tune\n\nclass Quad(tune.Trainable):\n    def setup(self, config):\n"

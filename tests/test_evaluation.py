@@ -19,7 +19,7 @@ from orchestrator.spec.evaluation import EvaluationSpec
 from orchestrator.run.refit import Best
 from orchestrator.families.contract import Family
 from orchestrator.run.driver import run
-from orchestrator.spec.experiment import load_spec, validate
+from orchestrator.spec.load import load_spec, validate
 
 
 @pytest.fixture(scope="module")

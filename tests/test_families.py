@@ -26,7 +26,7 @@ from orchestrator.families.contract import Family
 from orchestrator.families.metrics import EXPENSIVE, reported, score
 from orchestrator.run.driver import run
 from orchestrator.search.space import parse_space
-from orchestrator.spec.experiment import load_spec, validate
+from orchestrator.spec.load import load_spec, validate
 from tests.conftest import EXPERIMENTS, ROOT
 
 MINE = ["xgboost", "lightgbm", "torch_mlp", "torch_cnn", "random_forest", "svm", "sklearn"]
@@ -105,7 +105,7 @@ def test_each_family_validates_with_its_default_space(name):
 
 def test_validating_specs_imports_no_heavy_library():
     """`hpo validate` stays fast: families import torch/lightgbm/xgboost only inside train()."""
-    code = ("import sys; from orchestrator.spec.experiment import validate\n"
+    code = ("import sys; from orchestrator.spec.load import validate\n"
             f"for f in {MINE!r}:\n"
             "    sp = {'estimator': 'x'} if f == 'sklearn' else {}\n"
             "    validate({'name': 'x', 'family': f, 'metric': {'name': 'val_error'}, 'space': sp,\n"

@@ -27,7 +27,7 @@ from orchestrator.results import rundir
 from orchestrator.results.contract import EXPERIMENT, OWNER
 from orchestrator.errors import InputError, RunError, SpecError
 from orchestrator.run.driver import claim_folder, run
-from orchestrator.spec.experiment import load_spec, validate
+from orchestrator.spec.load import load_spec, validate
 from tests.conftest import EXPERIMENTS, ROOT
 
 # A trainable slow enough to be caught mid-run: 2 trials at a time, each 60 reports 0.1 s apart.

@@ -24,7 +24,7 @@ from orchestrator.run.tuner import build_tune_config
 from orchestrator.run.driver import run
 from orchestrator.search.schedulers import SCHEDULERS
 from orchestrator.search.searchers import SEARCHERS
-from orchestrator.spec.experiment import validate
+from orchestrator.spec.load import validate
 from orchestrator.run.summary import lines
 
 TWO = [{"name": "loss"}, {"name": "regret"}]
@@ -292,7 +292,7 @@ def test_tpe_and_random_take_two_metrics_for_real(ray_local, tmp_path):
 
 @pytest.mark.slow
 def test_the_example_spec_runs_at_smoke_size(ray_local, tmp_path):
-    from orchestrator.spec.experiment import load_spec
+    from orchestrator.spec.load import load_spec
     from tests.conftest import EXPERIMENTS
 
     exp = load_spec(EXPERIMENTS / "xgboost_pareto_digits.yaml", ["budget.trials=3", "budget.concurrent=2"])

@@ -11,7 +11,7 @@ import pytest
 from experiments.torch_nets import build_cnn, build_mlp, conv_filters, layer_widths
 from orchestrator.errors import SpecError
 from orchestrator.run.driver import run
-from orchestrator.spec.experiment import load_spec
+from orchestrator.spec.load import load_spec
 from tests.conftest import EXPERIMENTS
 
 NAS = EXPERIMENTS / "torch_nas_digits.yaml"

@@ -23,7 +23,7 @@ from orchestrator.run import summary as summary_mod
 from orchestrator.run.progress import Progress, clock, eta_s
 from orchestrator.results.writer import Recorder
 from orchestrator.run.driver import run
-from orchestrator.spec.experiment import load_spec
+from orchestrator.spec.load import load_spec
 from tests.test_results import feed
 
 PLAIN_LINE = re.compile(r"\[ *\d+\.\ds\] trials \d+/\d+ finished: \d+ completed, \d+ stopped early, \d+ errored; "

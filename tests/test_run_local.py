@@ -12,7 +12,7 @@ import pytest
 from orchestrator.errors import InputError, RunError
 from orchestrator.run.tuner import build_tune_config
 from orchestrator.run.driver import run
-from orchestrator.spec.experiment import load_spec, validate
+from orchestrator.spec.load import load_spec, validate
 from tests.conftest import EXPERIMENTS, ROOT
 
 SMALL_XGB = """

@@ -14,7 +14,7 @@ from orchestrator.run.tuner import build_tune_config
 from orchestrator.run.driver import run
 from orchestrator.search.smac import SMACSearch
 from orchestrator.search.space import parse_space
-from orchestrator.spec.experiment import load_spec, validate
+from orchestrator.spec.load import load_spec, validate
 from tests.conftest import EXPERIMENTS
 
 SVM_LIKE = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.errors import SpecError
-from orchestrator.spec.experiment import load_spec, parse_yaml, validate
+from orchestrator.spec.load import load_spec, parse_yaml, validate
 from tests.conftest import EXPERIMENTS
 
 BASE = {

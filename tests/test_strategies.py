@@ -13,7 +13,7 @@ from orchestrator.run.tuner import build_tune_config
 from orchestrator.run.driver import run
 from orchestrator.search.schedulers import SCHEDULERS
 from orchestrator.search.searchers import SEARCHERS
-from orchestrator.spec.experiment import validate
+from orchestrator.spec.load import validate
 
 SCHEDULER_OPTS = {
     "fifo": {},
@@ -209,7 +209,7 @@ def test_pb2_mutates_numeric_ranges_only():
 
 def test_pbt_needs_a_family_that_checkpoints(tmp_path):
     (tmp_path / "fam.py").write_text(
-        "from orchestrator.families.registry import Family\n"
+        "from orchestrator.families.contract import Family\n"
         "def train(config, data, trial):\n    trial.report({'loss': 1.0})\n"
         "FAMILY = Family(name='nockpt', train=train, default_space={'a': {'uniform': [0, 1]}},"
         " metrics={'loss': 'min'}, needs_data=False)\n")

@@ -20,7 +20,7 @@ import pytest
 from orchestrator.errors import SpecError
 from orchestrator.results.contract import HELD
 from orchestrator.results.writer import Recorder
-from orchestrator.spec.experiment import load_spec, validate
+from orchestrator.spec.load import load_spec, validate
 from orchestrator.tracking.backends import TrackingSpec, open_tracking
 from tests.conftest import EXPERIMENTS
 

@@ -4,7 +4,7 @@ No Ray Tune run can be opened in Optuna's tools as it is; this builds the study 
 from the run folder alone:
 
 - distributions come from the resolved spec's `space` in experiment.json, through the same
-  table the Optuna searchers use (`orchestrator.search.searchers.optuna_distributions`), so a log range
+  table the Optuna searchers use (`orchestrator.search.space.optuna_distributions`), so a log range
   stays a log range and an integer range an integer one; `grid:` entries become categoricals and
   constants are left out (Optuna does not sample them).
 - `completed` trials are COMPLETE with their `score` (the best value they reported: what hpo ranks
@@ -33,21 +33,17 @@ import pandas as pd
 
 from orchestrator.analysis.runs import Runs, load_runs
 from orchestrator.errors import ResultsError
-from orchestrator.search.searchers import optuna_distributions
-from orchestrator.search.space import parse_space
+from orchestrator.search.space import optuna_distributions, parse_space
 
 STATES = {"completed": "COMPLETE", "stopped": "PRUNED", "errored": "FAIL", "running": "FAIL", "pending": "FAIL"}
 
 
 def distributions(space: dict[str, Any]) -> dict[str, Any]:
     """Optuna distributions of a resolved spec's `space` (experiment.json), constants left out."""
-    from optuna.distributions import CategoricalDistribution
-
     params, problems = parse_space(space)
     if problems:
         raise ResultsError(f"the run's space does not parse: {problems[0]}")
-    grid = {name: CategoricalDistribution(list(p.args)) for name, p in params.items() if p.kind == "grid"}
-    return {**optuna_distributions(params), **grid}
+    return optuna_distributions(params)
 
 
 def to_study(run: Runs | str | Path, storage: Any = None, study_name: str | None = None):

@@ -35,7 +35,7 @@ from orchestrator.cluster.spec import Capacity, Cluster, ClusterError, check_cap
 from orchestrator.errors import Problem, SpecError
 from orchestrator.results.contract import PARTS, RESULT_FILES
 from orchestrator.results.rundir import new_run_id
-from orchestrator.spec.experiment import load_spec
+from orchestrator.spec.load import load_spec
 
 EXCLUDES = [
     ".venv", "venv", ".git", "results", "__pycache__", "*.pyc", ".pytest_cache", "*.egg-info", "build",

@@ -35,7 +35,8 @@ from orchestrator.run import lifecycle
 from orchestrator.run.driver import load_data
 from orchestrator.run.summary import RunSummary
 from orchestrator.run.tuner import TUNE_DIR, can_restore, restore_tuner
-from orchestrator.spec.experiment import Experiment, validate
+from orchestrator.spec.experiment import Experiment
+from orchestrator.spec.load import validate
 
 RESUMABLE = ("running", "interrupted", "failed")
 CUT_OFF = "interrupted"  # a trial status: ended by the run's end, not by the scheduler

@@ -47,7 +47,7 @@ def most_iterations(params: Mapping[str, Param], family: FamilyRef) -> int | Non
     p = params.get(name) if name else None
     if p is None:
         return None
-    values = p.values if p.kind in ("choice", "grid", "constant") else (p.args[1],)
+    values = (p.args[1],) if p.is_numeric_range else p.values
     return int(max(values))
 
 

@@ -25,7 +25,7 @@ from pydantic import ConfigDict, Field
 from orchestrator.base import StrictModel
 from orchestrator.errors import Problem
 from orchestrator.search.rules import Rule, Strategy, flat_space, one_objective, requires
-from orchestrator.search.space import Param, active, is_conditional, to_tune
+from orchestrator.search.space import Param, active, is_conditional, optuna_distributions, optuna_suggest, to_tune
 
 
 class WarmStart(StrictModel):
@@ -168,8 +168,8 @@ def picks_values(opts: SearcherOptions, strategy: Strategy) -> list[Problem]:
 
 def numeric_range(opts: SearcherOptions, strategy: Strategy) -> list[Problem]:
     """The searcher cannot search a space of only choices."""
-    sampled = [p for p in strategy.params.values() if p.kind != "constant"]
-    if sampled and all(p.kind in ("choice", "grid") for p in sampled):
+    sampled = [p for p in strategy.params.values() if not p.is_constant]
+    if sampled and all(p.is_categorical for p in sampled):
         return [Problem("space", f"searcher {opts.name} needs at least one numeric range; every parameter "
                                  f"here is a choice: use optuna-tpe or random")]
     return []
@@ -230,48 +230,11 @@ class OptunaDefineByRun:
         for p in self.params:
             if p.when and not active(p, values):
                 continue
-            if p.kind == "constant":
+            if p.is_constant:
                 constants[p.name] = values[p.name] = p.args[0]
             else:
-                values[p.name] = suggest(trial, p)
+                values[p.name] = optuna_suggest(trial, p)
         return constants or None
-
-
-def suggest(trial, p: Param) -> Any:
-    a = p.args
-    if p.kind == "uniform":
-        return trial.suggest_float(p.name, a[0], a[1])
-    if p.kind == "loguniform":
-        return trial.suggest_float(p.name, a[0], a[1], log=True)
-    if p.kind == "quniform":
-        return trial.suggest_float(p.name, a[0], a[1], step=a[2])
-    if p.kind == "qloguniform":  # Optuna has no log+step: sample on the log scale, then round to q
-        return round(trial.suggest_float(p.name, a[0], a[1], log=True) / a[2]) * a[2]
-    if p.kind in ("randint", "lograndint", "qrandint"):
-        step = int(a[2]) if p.kind == "qrandint" else 1
-        return trial.suggest_int(p.name, int(a[0]), int(a[1]), log=p.kind == "lograndint", step=step)
-    if p.kind == "choice":
-        return trial.suggest_categorical(p.name, list(a))
-    raise ValueError(f"Optuna cannot sample {p.kind!r} parameters ({p.name})")  # refused in the spec
-
-
-def optuna_distributions(params: Mapping[str, Param]) -> dict[str, Any]:
-    """The Optuna distribution of every sampled parameter (to record warm-start trials)."""
-    from optuna import distributions as d
-
-    out = {}
-    for p in params.values():
-        a = p.args
-        if p.kind in ("uniform", "loguniform", "qloguniform"):
-            out[p.name] = d.FloatDistribution(a[0], a[1], log=p.kind != "uniform")
-        elif p.kind == "quniform":
-            out[p.name] = d.FloatDistribution(a[0], a[1], step=a[2])
-        elif p.kind in ("randint", "lograndint", "qrandint"):
-            out[p.name] = d.IntDistribution(int(a[0]), int(a[1]), log=p.kind == "lograndint",
-                                            step=int(a[2]) if p.kind == "qrandint" else 1)
-        elif p.kind == "choice":
-            out[p.name] = d.CategoricalDistribution(list(a))
-    return out
 
 
 def _optuna_plan(sampler, ctx: SearchContext) -> SearchPlan:

@@ -48,10 +48,9 @@ from typing import Any, Mapping
 
 from ray.tune.search import Searcher
 
-from orchestrator.search.space import Param, active, to_tune
+from orchestrator.search.space import Param, active, on_grid, to_tune, unquantized
 
 _REBUILT = ("_smac", "_dir", "_cs", "_seed_key", "_worst", "_crashed", "_ahead")  # left out of the state
-_PLAIN = {"quniform": "uniform", "qloguniform": "loguniform", "qrandint": "randint"}
 
 
 def config_space(params: Mapping[str, Param], seed: int):
@@ -63,14 +62,12 @@ def config_space(params: Mapping[str, Param], seed: int):
     from ConfigSpace import EqualsCondition, InCondition
     from ray.tune.search.bohb import TuneBOHB
 
-    constants = {n: p.args[0] for n, p in params.items() if p.kind == "constant"}
-    sampled = {n: Param(p.name, _PLAIN.get(p.kind, p.kind), p.args[:2] if p.kind in _PLAIN else p.args, p.when)
-               for n, p in params.items()
-               if p.kind != "constant" and not _never_active(p, constants)}
+    constants = {n: p.args[0] for n, p in params.items() if p.is_constant}
+    sampled = {n: unquantized(p) for n, p in params.items() if not p.is_constant and not _never_active(p, constants)}
     cs = TuneBOHB.convert_search_space(to_tune(sampled))
     for p in sampled.values():
         for parent, allowed in p.when.items():
-            if params[parent].kind == "constant":
+            if params[parent].is_constant:
                 continue  # always the same value: active() decides once, below
             child, par = cs[p.name], cs[parent]
             cs.add(EqualsCondition(child, par, allowed[0]) if len(allowed) == 1
@@ -261,9 +258,9 @@ class SMACSearch(Searcher):
                 continue
             hp = self._cs[p.name]
             v = values[p.name] if p.name in values else hp.sample_value(seed=rng)
-            if p.kind in ("choice", "grid"):
+            if p.is_categorical:
                 v = hp.choices[list(p.args).index(v)] if v in p.args else v
-            elif p.kind in ("randint", "lograndint", "qrandint"):
+            elif p.is_integer:
                 v = int(v)
             else:
                 v = float(v)
@@ -271,16 +268,16 @@ class SMACSearch(Searcher):
         return Configuration(self._cs, values=full)
 
     def _constants(self) -> dict[str, Any]:
-        return {n: p.args[0] for n, p in self.params.items() if p.kind == "constant"}
+        return {n: p.args[0] for n, p in self.params.items() if p.is_constant}
 
     def _plain(self, config) -> dict[str, Any]:
         """SMAC's config as Python values of the YAML's own types (ConfigSpace gives numpy strings)."""
         out = {}
         for name, v in dict(config).items():
             p = self.params[name]
-            if p.kind in ("choice", "grid"):
+            if p.is_categorical:
                 out[name] = p.args[list(self._cs[name].choices).index(v)]
-            elif p.kind in ("randint", "lograndint", "qrandint"):
+            elif p.is_integer:
                 out[name] = int(v)
             else:
                 out[name] = float(v)
@@ -291,13 +288,10 @@ class SMACSearch(Searcher):
         config = dict(values)
         for name, v in values.items():
             p = self.params[name]
-            if p.kind in _PLAIN:
-                low, high, q = p.args
-                r = round(v / q) * q
-                r = r + q if r < low else r - q if r > high else r
-                config[name] = int(r) if p.kind == "qrandint" else float(r)
+            if p.q is not None:
+                config[name] = on_grid(p, v)
         for p in self.params.values():
-            if p.kind == "constant" and (not p.when or active(p, config)):
+            if p.is_constant and (not p.when or active(p, config)):
                 config[p.name] = p.args[0]
         return config
 

@@ -13,11 +13,38 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from orchestrator.errors import Problem
 
 Scalar = int | float | str | bool | None
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a distribution kind is, in the terms every translation below reads: no translation
+    switches on a kind's name."""
+
+    arity: tuple[int, ...]  # accepted argument counts
+    integer: bool = False
+    log: bool = False
+    numeric: bool = True
+    quantized: bool = False  # the third argument is a step q
+    usage: str = ""
+
+
+KINDS: dict[str, Kind] = {
+    "uniform": Kind((2,), usage="[low, high]"),
+    "loguniform": Kind((2,), log=True, usage="[low, high] with 0 < low"),
+    "quniform": Kind((3,), quantized=True, usage="[low, high, q]"),
+    "qloguniform": Kind((3,), log=True, quantized=True, usage="[low, high, q] with 0 < low"),
+    "randint": Kind((2,), integer=True, usage="[low, high], both inclusive"),
+    "lograndint": Kind((2,), integer=True, log=True, usage="[low, high], both inclusive, 0 < low"),
+    "qrandint": Kind((3,), integer=True, quantized=True, usage="[low, high, q], both inclusive"),
+    "choice": Kind((), numeric=False, usage="[value, value, ...]"),
+    "grid": Kind((), numeric=False, usage="[value, value, ...]"),
+}
+CONSTANT = "constant"
 
 
 @dataclass(frozen=True)
@@ -34,31 +61,27 @@ class Param:
         return self.kind in KINDS and KINDS[self.kind].numeric
 
     @property
+    def is_constant(self) -> bool:
+        return self.kind == CONSTANT
+
+    @property
+    def is_categorical(self) -> bool:
+        """A choice or a grid: a finite set of values, in no order."""
+        return self.kind in KINDS and not KINDS[self.kind].numeric
+
+    @property
+    def is_integer(self) -> bool:
+        return self.kind in KINDS and KINDS[self.kind].integer
+
+    @property
     def values(self) -> tuple[Any, ...]:
         """The finite set of values for choice/grid/constant entries."""
-        return self.args if self.kind in ("choice", "grid") else (self.args[0],)
+        return self.args if self.is_categorical else (self.args[0],)
 
-
-@dataclass(frozen=True)
-class Kind:
-    arity: tuple[int, ...]  # accepted argument counts
-    integer: bool = False
-    log: bool = False
-    numeric: bool = True
-    usage: str = ""
-
-
-KINDS: dict[str, Kind] = {
-    "uniform": Kind((2,), usage="[low, high]"),
-    "loguniform": Kind((2,), log=True, usage="[low, high] with 0 < low"),
-    "quniform": Kind((3,), usage="[low, high, q]"),
-    "qloguniform": Kind((3,), log=True, usage="[low, high, q] with 0 < low"),
-    "randint": Kind((2,), integer=True, usage="[low, high], both inclusive"),
-    "lograndint": Kind((2,), integer=True, log=True, usage="[low, high], both inclusive, 0 < low"),
-    "qrandint": Kind((3,), integer=True, usage="[low, high, q], both inclusive"),
-    "choice": Kind((), numeric=False, usage="[value, value, ...]"),
-    "grid": Kind((), numeric=False, usage="[value, value, ...]"),
-}
+    @property
+    def q(self) -> float | None:
+        """The step of a quantized range, else None."""
+        return self.args[2] if self.kind in KINDS and KINDS[self.kind].quantized else None
 
 
 def parse_space(raw: Any, path: str = "space") -> tuple[dict[str, Param], list[Problem]]:
@@ -80,7 +103,7 @@ def parse_space(raw: Any, path: str = "space") -> tuple[dict[str, Param], list[P
 
 def parse_param(name: str, entry: Any, path: str) -> tuple[Param | None, list[Problem]]:
     if isinstance(entry, (int, float, str, bool)) or entry is None:
-        return Param(name, "constant", (entry,)), []
+        return Param(name, CONSTANT, (entry,)), []
     if isinstance(entry, list):
         return None, [Problem(path, f"a bare list is ambiguous: write {{choice: {entry}}} to sample "
                                     f"one value or {{grid: {entry}}} to try each")]
@@ -147,7 +170,7 @@ def _check_conditions(params: dict[str, Param], path: str) -> list[Problem]:
             if parent not in params:
                 problems.append(Problem(where, f"conditions on unknown parameter {parent!r}; "
                                                f"known: {', '.join(params)}"))
-            elif params[parent].kind not in ("choice", "grid", "constant"):
+            elif params[parent].is_numeric_range:
                 problems.append(Problem(where, f"can only depend on a choice parameter, "
                                                f"{parent!r} is {params[parent].kind}"))
             elif params[parent].when:
@@ -179,24 +202,86 @@ def active(param: Param, config: Mapping[str, Any]) -> bool:
     return all(config.get(parent) in allowed for parent, allowed in param.when.items())
 
 
-def _tune_table() -> dict[str, Callable[[tuple], Any]]:
+# --- the kinds in other libraries' terms: every translation is written once, here -------------
+
+def tune_domain(p: Param) -> Any:
+    """A parameter as a Ray Tune domain (a constant as itself). Ours include `high` for integer
+    ranges; Ray's `randint`/`lograndint` exclude it (its `qrandint` includes it)."""
     from ray import tune
 
-    return {
-        "uniform": lambda a: tune.uniform(a[0], a[1]),
-        "loguniform": lambda a: tune.loguniform(a[0], a[1]),
-        "quniform": lambda a: tune.quniform(a[0], a[1], a[2]),
-        "qloguniform": lambda a: tune.qloguniform(a[0], a[1], a[2]),
-        "randint": lambda a: tune.randint(int(a[0]), int(a[1]) + 1),
-        "lograndint": lambda a: tune.lograndint(int(a[0]), int(a[1]) + 1),
-        "qrandint": lambda a: tune.qrandint(int(a[0]), int(a[1]), int(a[2])),
-        "choice": lambda a: tune.choice(list(a)),
-        "grid": lambda a: tune.grid_search(list(a)),
-        "constant": lambda a: a[0],
-    }
+    if p.is_constant:
+        return p.args[0]
+    if p.is_categorical:
+        return tune.grid_search(list(p.args)) if p.kind == "grid" else tune.choice(list(p.args))
+    k, (low, high), q = KINDS[p.kind], p.args[:2], p.q
+    if k.integer:
+        if q is not None:
+            return tune.qrandint(int(low), int(high), int(q))
+        return (tune.lograndint if k.log else tune.randint)(int(low), int(high) + 1)
+    if q is not None:
+        return (tune.qloguniform if k.log else tune.quniform)(low, high, q)
+    return (tune.loguniform if k.log else tune.uniform)(low, high)
 
 
 def to_tune(params: Mapping[str, Param]) -> dict[str, Any]:
     """Ray Tune `param_space` for searchers that take Ray's own domains (unconditional spaces)."""
-    table = _tune_table()
-    return {name: table[p.kind](p.args) for name, p in params.items()}
+    return {name: tune_domain(p) for name, p in params.items()}
+
+
+def optuna_distribution(p: Param) -> Any:
+    """A sampled parameter as an Optuna distribution (None for a constant). Optuna has no log
+    scale with a step: `qloguniform` is a log-scale float, rounded to q when sampled
+    (`optuna_suggest`)."""
+    from optuna import distributions as d
+
+    if p.is_constant:
+        return None
+    if p.is_categorical:
+        return d.CategoricalDistribution(list(p.args))
+    k, (low, high), q = KINDS[p.kind], p.args[:2], p.q
+    if k.integer:
+        return d.IntDistribution(int(low), int(high), log=k.log, step=int(q) if q is not None else 1)
+    return d.FloatDistribution(low, high, log=k.log, step=None if k.log else q)
+
+
+def optuna_distributions(params: Mapping[str, Param]) -> dict[str, Any]:
+    """The Optuna distribution of every sampled parameter."""
+    return {name: dist for name, p in params.items() if (dist := optuna_distribution(p)) is not None}
+
+
+def optuna_suggest(trial: Any, p: Param) -> Any:
+    """One value of `p` from an Optuna trial (define-by-run), through its distribution."""
+    from optuna import distributions as d
+
+    dist = optuna_distribution(p)
+    if isinstance(dist, d.CategoricalDistribution):
+        return trial.suggest_categorical(p.name, list(dist.choices))
+    if isinstance(dist, d.IntDistribution):
+        return trial.suggest_int(p.name, dist.low, dist.high, step=dist.step, log=dist.log)
+    value = trial.suggest_float(p.name, dist.low, dist.high, step=dist.step, log=dist.log)
+    return on_grid(p, value) if dist.log and p.q is not None else value
+
+
+def unquantized(p: Param) -> Param:
+    """The plain range a quantized parameter steps through (`quniform` -> `uniform`), for a
+    library that models the unrounded value; other parameters as they are."""
+    if p.q is None:
+        return p
+    plain = next(name for name, k in KINDS.items()
+                 if not k.quantized and (k.integer, k.log, k.numeric) == (p.is_integer, KINDS[p.kind].log, True))
+    return Param(p.name, plain, p.args[:2], p.when)
+
+
+def on_grid(p: Param, value: float) -> Any:
+    """`value` rounded to `p`'s step q, kept inside [low, high]; as an int for integer kinds."""
+    low, high, q = p.args
+    r = round(value / q) * q
+    r = r + q if r < low else r - q if r > high else r
+    return int(r) if p.is_integer else float(r)
+
+
+def contains(p: Param, value: Any) -> bool:
+    """Whether `value` is one `p` can take (its choices, or inside its range)."""
+    if p.is_categorical or p.is_constant:
+        return value in p.values
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and p.args[0] <= value <= p.args[1]

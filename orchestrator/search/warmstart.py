@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from orchestrator.errors import Problem
 from orchestrator.results.contract import EXPERIMENT, TRIALS
-from orchestrator.search.space import Param, active
+from orchestrator.search.space import Param, active, contains
 
 PATH = "searcher.warm_start.from"
 
@@ -44,7 +44,7 @@ def load(source: str, top_k: int, base_dir: Path, metric: str, mode: str,
     points, scores = [], []
     for _, row in trials.iterrows():
         point = {name: _plain(row[f"config.{name}"]) for name, p in params.items()
-                 if p.kind != "constant" and f"config.{name}" in row and not _missing(row[f"config.{name}"])}
+                 if not p.is_constant and f"config.{name}" in row and not _missing(row[f"config.{name}"])}
         if point and _inside(point, params) and point not in points:
             points.append(point)
             scores.append(float(row["score"]))
@@ -64,13 +64,5 @@ def _plain(v: Any) -> Any:
 
 
 def _inside(point: Mapping[str, Any], params: Mapping[str, Param]) -> bool:
-    for name, value in point.items():
-        p = params[name]
-        if p.when and not active(p, point):
-            return False
-        if p.kind in ("choice", "grid"):
-            if value not in p.args:
-                return False
-        elif not (isinstance(value, (int, float)) and p.args[0] <= value <= p.args[1]):
-            return False
-    return True
+    return all(contains(params[name], value) and (not params[name].when or active(params[name], point))
+               for name, value in point.items())
