@@ -57,8 +57,8 @@ def main() -> None:
     args = p.parse_args()
 
     import orchestrator
-    from orchestrator.spec.data import DataSpec, load
     from orchestrator.families.registry import resolve
+    from orchestrator.spec.data import DataSpec, load
 
     data = load(DataSpec(name="digits"))
     print(f"orchestrator from {orchestrator.__file__}; digits, 1 thread, median of {args.repeat}")
@@ -66,8 +66,8 @@ def main() -> None:
     for name, config in CONFIGS.items():
         ctx = Discard()
         resolve(name).train(dict(config), data, ctx)
-        family = seconds(lambda: resolve(name).train(dict(config), data, Discard()), args.repeat)
-        alone = seconds(lambda: TRAIN[name](dict(config), data, 0), args.repeat)
+        family = seconds(lambda n=name, c=config: resolve(n).train(dict(c), data, Discard()), args.repeat)
+        alone = seconds(lambda n=name, c=config: TRAIN[n](dict(c), data, 0), args.repeat)
         print(f"{name:10s} {ctx.reports:7d} {family:9.3f} {alone:15.3f} {(family - alone) / ctx.reports * 1000:15.2f}")
 
 

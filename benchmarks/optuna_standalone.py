@@ -84,8 +84,8 @@ def main() -> None:
 
     import optuna
 
-    from orchestrator.spec.data import load
     from orchestrator.search.searchers import OptunaDefineByRun
+    from orchestrator.spec.data import load
     from orchestrator.spec.load import load_spec
 
     exp = load_spec(args.spec)

@@ -58,8 +58,8 @@ def _per_call_us(fn, n: int) -> float:
 
 
 def in_process(recorded: int, calls: int) -> None:
-    from orchestrator.run.progress import Progress
     from orchestrator.results.writer import Recorder
+    from orchestrator.run.progress import Progress
 
     rec = Recorder(Path(tempfile.mkdtemp()), "loss", "min")
     for i in range(recorded):
@@ -106,8 +106,8 @@ def whole_run(mode: str, spec: Path, out: Path) -> float:
         if b"ETA" not in b"".join(sink):
             raise SystemExit("no live bar was drawn on the terminal")
     else:
-        proc = subprocess.run(cmd + (["--quiet"] if mode == "quiet" else []), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, env=env, cwd=ROOT)
+        proc = subprocess.run(cmd + (["--quiet"] if mode == "quiet" else []), capture_output=True,
+                              env=env, cwd=ROOT)
         took = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{mode} run failed: {proc.returncode}")
@@ -138,7 +138,8 @@ def main() -> None:
     print(f"\nhpo run, {args.trials} trials x {args.reports} reports, {args.repeats} runs each   "
           f"median wall s   (all)")
     for mode, ts in times.items():
-        print(f"  {mode:<10} {'(live bar)' if mode == 'terminal' else '(plain lines)' if mode == 'log' else '(none)':<14}"
+        shown = '(live bar)' if mode == 'terminal' else '(plain lines)' if mode == 'log' else '(none)'
+        print(f"  {mode:<10} {shown:<14}"
               f"{statistics.median(ts):16.2f}   ({', '.join(f'{t:.2f}' for t in ts)})")
 
 

@@ -28,9 +28,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -171,7 +171,8 @@ def searcher_table(seeds: int, scale: float, searchers: list[str], processes: in
         for seed in range(seeds):
             tasks.append((function, "standalone", "optuna:RandomSampler", seed, trials))
             for name in searchers:
-                tasks += [(function, "ours", name, seed, trials), (function, "standalone", STANDALONE[name], seed, trials)]
+                tasks += [(function, "ours", name, seed, trials),
+                          (function, "standalone", STANDALONE[name], seed, trials)]
     tasks.sort(key=lambda t: "GP" not in t[2] and t[2] != "optuna-gp")  # the slow ones first
     with multiprocessing.get_context("fork").Pool(processes) as pool:
         results = {(f, side, m, s): r for (f, side, m, s, _), r, _ in pool.imap_unordered(one_search, tasks)}
@@ -191,7 +192,8 @@ def searcher_table(seeds: int, scale: float, searchers: list[str], processes: in
         if "optuna-tpe" in searchers:
             a, b = regrets(function, "ours", "optuna-tpe"), regrets(function, "standalone", STANDALONE["optuna-tpe"])
             print(f"{'':10s} TPE below random on {np.sum(a < rand)}/{seeds} seeds (ours), "
-                  f"{np.sum(b < rand)}/{seeds} (standalone Optuna); trials per search: {max(10, int(fn.trials * scale))}")
+                  f"{np.sum(b < rand)}/{seeds} (standalone Optuna); "
+                  f"trials per search: {max(10, int(fn.trials * scale))}")
 
 
 def spread(values: np.ndarray) -> str:
@@ -229,8 +231,8 @@ def incumbent_curve(history, max_t: int) -> tuple[np.ndarray, np.ndarray]:
 def scheduler_table(seeds: int, trials: int) -> None:
     import pandas as pd
 
-    from orchestrator.run.ray_local import quiet_driver_logs, start_local_ray
     from orchestrator.run.driver import run
+    from orchestrator.run.ray_local import quiet_driver_logs, start_local_ray
 
     # A Ray temp folder of its own: `ray.init()` joins the cluster named in <temp>/ray_current_cluster,
     # and a stale one there (a killed `ray start`) makes it wait for a dead GCS for many minutes.
@@ -246,7 +248,8 @@ def scheduler_table(seeds: int, trials: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(seeds):
             for label, (searcher, scheduler, concurrent) in SCHEDULER_RUNS.items():
-                exp = experiment("branin", searcher, seed, trials, scheduler, concurrent)  # + the family's 27 iterations
+                # each trial runs the family's 27 iterations
+                exp = experiment("branin", searcher, seed, trials, scheduler, concurrent)
                 out = Path(tmp) / f"{label.replace(' ', '')}-{seed}"
                 run(exp, out, quiet=True)
                 curves[label].append(incumbent_curve(pd.read_parquet(out / "history.parquet"), 27))

@@ -22,7 +22,8 @@ STANDALONE = {"optuna-tpe": "TPESampler", "optuna-cmaes": "CmaEsSampler", "optun
 
 def through_orchestrator(name: str, trials: int) -> tuple[float, float]:
     scheduler = "bohb-hyperband" if name == "bohb" else "fifo"
-    exp = validate({"name": "s", "family": "synthetic", "metric": {"name": "loss"}, "searcher": {"name": name, "seed": 0},
+    exp = validate({"name": "s", "family": "synthetic", "metric": {"name": "loss"},
+                    "searcher": {"name": name, "seed": 0},
                     "scheduler": {"name": scheduler}, "space": {"iterations": 81}, "budget": {"trials": trials}})
     cfg, space = build_tune_config(exp)
     alg = cfg.search_alg

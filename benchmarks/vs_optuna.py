@@ -102,7 +102,8 @@ def hpo(spec: Path, out: Path, root: Path) -> dict:
     busy = float((trials["wall_s"] * trials["cpus"]).sum())
     cpus = os.cpu_count()
     return {"wall": wall, "best": float(trials["score"].min()), "trials": len(trials), "startup": first,
-            "search": span, "tail": wall - first - span, "util": busy / (wall * cpus), "util_search": busy / (span * cpus),
+            "search": span, "tail": wall - first - span, "util": busy / (wall * cpus),
+            "util_search": busy / (span * cpus),
             "trial_s": float(trials["wall_s"].mean())}
 
 

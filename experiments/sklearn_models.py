@@ -142,7 +142,8 @@ def train_estimator(config, data, trial):
     fits = is_classifier if data.task == "classification" else is_regressor
     estimator = cls()
     if not fits(estimator):
-        raise ValueError(f"space.estimator: {cls.__name__} is not a {'classifier' if data.task == 'classification' else 'regressor'}, "
+        kind = 'classifier' if data.task == 'classification' else 'regressor'
+        raise ValueError(f"space.estimator: {cls.__name__} is not a {kind}, "
                          f"but the data's task is {data.task}")
     accepted = estimator.get_params()
     defaults = {"n_jobs": trial.cpus, "random_state": trial.seed, "thread_count": trial.cpus}

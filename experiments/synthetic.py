@@ -54,4 +54,5 @@ def train(config, data, trial):
 
 
 FAMILY = Family(name="synthetic", train=train, default_space=DEFAULT_SPACE, iterations_param="iterations",
-                checkpoints=True, metrics={"loss": "min", "regret": "min"}, needs_data=False)
+                checkpoints=True, metrics={"loss": "min", "regret": "min"}, needs_data=False,
+                optima={"loss": KNOWN_OPTIMUM, "regret": 0.0})

@@ -28,7 +28,8 @@ as a square one-channel image (digits: 64 features -> 8x8).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from orchestrator.families.contract import Family
 from orchestrator.families.metrics import needed, score
@@ -160,7 +161,8 @@ def conv_filters(config: dict) -> list[int]:
     """Each conv block's filters: its own `filters_<i>` where the config has one, else `filters`
     doubled per block (16, 32, 64 for filters: 16)."""
     filters = int(config.get("filters", 16))
-    return [int(config.get(f"filters_{i}", filters * 2 ** (i - 1))) for i in range(1, int(config.get("conv_layers", 2)) + 1)]
+    layers = int(config.get("conv_layers", 2))
+    return [int(config.get(f"filters_{i}", filters * 2 ** (i - 1))) for i in range(1, layers + 1)]
 
 
 def build_mlp(config: dict, n_in: int, n_out: int):

@@ -1,8 +1,39 @@
-"""hpo-orchestrator: YAML experiment -> validated spec -> Ray Tune -> Parquet."""
+"""hpo-orchestrator: YAML experiment -> validated spec -> Ray Tune -> Parquet -> analysis.
 
-from orchestrator.errors import HpoError, RunError, SpecError
-from orchestrator.spec.experiment import ExperimentSpec
-from orchestrator.spec.load import load_spec
+What a user calls, importable from here (each is imported on first use, so that importing a
+sub-package, say `orchestrator.analysis` in a notebook, pulls in nothing else):
 
-__all__ = ["ExperimentSpec", "HpoError", "RunError", "SpecError", "load_spec"]
+    load_spec(path, overrides)   orchestrator.spec.load       YAML -> a validated Experiment
+    load_runs(paths)             orchestrator.analysis.runs   run folders -> frames for analysis
+    load(run_dir)                orchestrator.results.reader  one run's (trials, history)
+
+Running one from Python: `orchestrator.run.driver.run(experiment, output)` (`hpo run`) and
+`orchestrator.run.resume.resume(run_dir)` (`hpo resume`); `orchestrator.run` is the package.
+
+The packages, bottom to top (a package imports only those below it): families, results, search,
+tracking, spec, trial, cluster, run; then cli and job_entry. analysis reads results alone.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from orchestrator.errors import HpoError, InputError, ResultsError, RunError, SpecError
+
+_LAZY = {
+    "ExperimentSpec": "orchestrator.spec.experiment",
+    "Experiment": "orchestrator.spec.experiment",
+    "load_spec": "orchestrator.spec.load",
+    "load_runs": "orchestrator.analysis.runs",
+    "load": "orchestrator.results.reader",
+}
+
+__all__ = ["HpoError", "InputError", "ResultsError", "RunError", "SpecError", *_LAZY]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")

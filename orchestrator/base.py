@@ -34,5 +34,6 @@ class StrictModel(BaseModel):
 
 def _is_number(annotation) -> bool:
     """int or float (or an optional one), but not a field that also takes booleans."""
-    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    args = typing.get_args(annotation) if union else (annotation,)
     return bool(set(args) & {int, float}) and bool not in args

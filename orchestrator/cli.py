@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from orchestrator.errors import HpoError, RunError, RunInterrupted, SpecError
+from orchestrator.errors import HpoError
+from orchestrator.run import summary
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,8 +44,9 @@ def spec_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_validate(args) -> int:
-    from orchestrator.spec.load import load_spec
     import yaml
+
+    from orchestrator.spec.load import load_spec
 
     exp = load_spec(args.spec, args.set)
     print(yaml.safe_dump(exp.resolved(), sort_keys=False), end="")
@@ -53,14 +55,12 @@ def cmd_validate(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from orchestrator.run import summary
     from orchestrator.run.resume import resume
 
     return summary.report(resume(args.run_dir, quiet=args.quiet, ray_address=args.ray))
 
 
 def cmd_run(args) -> int:
-    from orchestrator.run import summary
     from orchestrator.run.driver import run
     from orchestrator.spec.load import load_spec
 
@@ -92,7 +92,8 @@ def _cluster_commands(sub) -> None:
         j.add_argument("job")
         cluster_arg(j)
         if name == "logs":
-            j.add_argument("--follow", "-f", action="store_true", help="stream until the job ends; exit 0 if it succeeded")
+            j.add_argument("--follow", "-f", action="store_true",
+                           help="stream until the job ends; exit 0 if it succeeded")
         if name == "fetch":
             j.add_argument("--output", help="folder (default results/<name>/<job id>/)")
         j.set_defaults(func=func)
@@ -109,7 +110,8 @@ def _cluster_commands(sub) -> None:
 
 
 def cmd_submit(args) -> int:
-    from orchestrator.cluster import spec as cluster, jobs
+    from orchestrator.cluster import jobs
+    from orchestrator.cluster import spec as cluster
 
     c = cluster.load(args.cluster)
     _quiet_ray_logs()  # Ray logs each package it uploads and each file it leaves out
@@ -135,7 +137,8 @@ def _quiet_ray_logs() -> None:
 
 
 def cmd_status(args) -> int:
-    from orchestrator.cluster import spec as cluster, jobs
+    from orchestrator.cluster import jobs
+    from orchestrator.cluster import spec as cluster
 
     details = jobs.info(cluster.load(args.cluster), args.job)
     print("\n".join(jobs.describe(details)))
@@ -143,7 +146,8 @@ def cmd_status(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    from orchestrator.cluster import spec as cluster, jobs
+    from orchestrator.cluster import jobs
+    from orchestrator.cluster import spec as cluster
 
     c = cluster.load(args.cluster)
     _quiet_ray_logs()
@@ -156,7 +160,8 @@ def cmd_logs(args) -> int:
 
 
 def cmd_stop(args) -> int:
-    from orchestrator.cluster import spec as cluster, jobs
+    from orchestrator.cluster import jobs
+    from orchestrator.cluster import spec as cluster
 
     status = jobs.stop(cluster.load(args.cluster), args.job)
     print(f"{args.job}: {status}")
@@ -164,7 +169,8 @@ def cmd_stop(args) -> int:
 
 
 def cmd_fetch(args) -> int:
-    from orchestrator.cluster import spec as cluster, jobs
+    from orchestrator.cluster import jobs
+    from orchestrator.cluster import spec as cluster
 
     c = cluster.load(args.cluster)
     dest = jobs.fetch(c, args.job, args.output)
@@ -174,7 +180,9 @@ def cmd_fetch(args) -> int:
 
 
 def cmd_cluster(args) -> int:
-    from orchestrator.cluster import auth, spec as cluster, local as localcluster
+    from orchestrator.cluster import auth
+    from orchestrator.cluster import local as localcluster
+    from orchestrator.cluster import spec as cluster
 
     c = cluster.load(args.file)
     if args.action == "validate":
@@ -248,8 +256,8 @@ def cmd_results(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from orchestrator.analysis.runs import load_runs
     from orchestrator.analysis.anytime import budget_notes, compare, known_optimum
+    from orchestrator.analysis.runs import load_runs
 
     runs = load_runs(args.run)
     optimum = args.optimum if args.optimum is not None else known_optimum(runs)
@@ -285,27 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except SpecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        print(f"(see `hpo {args.command} --help`)", file=sys.stderr)
-        return exc.exit_code
-    except RunError as exc:
-        if exc.summary is not None:  # the run got going: its counts and best trial so far
-            from orchestrator.run import summary
-
-            print("\n".join(summary.lines(exc.summary)))
-        print(str(exc) if isinstance(exc, RunInterrupted) else f"error: run failed: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:  # Ctrl-C before the run's own handling began (loading data, starting Ray)
-        print("interrupted before the run started; nothing was recorded", file=sys.stderr)
-        return 130
-    except HpoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except OSError as exc:  # a full or read-only disk, a file that vanished: the machine's, not a bug
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where}; results written so far are kept", file=sys.stderr)
-        return 1
+    except (HpoError, KeyboardInterrupt, OSError) as exc:
+        return summary.report_failure(exc, help_hint=f"hpo {args.command} --help")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from orchestrator.errors import HpoError
 from orchestrator.results import storage
 from orchestrator.run import summary
-from orchestrator.errors import HpoError
 from orchestrator.run.driver import run
 from orchestrator.spec.load import load_spec
 
@@ -45,11 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         return run_into(args.spec, args.output, args.set)
-    except HpoError as exc:
-        if getattr(exc, "summary", None) is not None:
-            print("\n".join(summary.lines(exc.summary)))
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    except (HpoError, KeyboardInterrupt, OSError) as exc:
+        return summary.report_failure(exc)
 
 
 if __name__ == "__main__":

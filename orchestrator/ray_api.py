@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 CHECKED_AGAINST = "2.60"
 

@@ -5,17 +5,25 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator.analysis import runs as analysis, anytime, importance, optuna_study, usage
+from orchestrator.analysis import anytime, importance, optuna_study, usage
+from orchestrator.analysis import runs as analysis
 from orchestrator.cli import main
 from orchestrator.errors import ResultsError
 from orchestrator.results.writer import Recorder
-from tests.analysis_runs import BENCH_CONCURRENT, BENCH_ITERATIONS, BENCH_SEEDS, BENCH_SETUPS, BENCH_TRIALS, at, write_run
+from tests.analysis_runs import (
+    BENCH_CONCURRENT,
+    BENCH_ITERATIONS,
+    BENCH_SEEDS,
+    BENCH_SETUPS,
+    BENCH_TRIALS,
+    at,
+    write_run,
+)
 from tests.conftest import ROOT
 
 KNOWN_OPTIMUM = 0.397887  # Branin's, written here independently of experiments/synthetic.py

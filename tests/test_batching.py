@@ -3,17 +3,16 @@ window, and the Recorder replays every held iteration, so nothing is lost or ren
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 
 from orchestrator import ray_api
-from orchestrator.trial import context as trial_mod
 from orchestrator.results.contract import HELD
-from orchestrator.results.writer import Recorder
 from orchestrator.results.reader import load
+from orchestrator.results.writer import Recorder
 from orchestrator.run.driver import run
 from orchestrator.search.schedulers import SCHEDULERS
 from orchestrator.spec.load import validate
+from orchestrator.trial import context as trial_mod
 
 
 @pytest.fixture

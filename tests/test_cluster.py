@@ -26,8 +26,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from orchestrator.cluster import jobs
+from orchestrator.cluster import local as localcluster
 from orchestrator.cluster import spec as cl
-from orchestrator.cluster import jobs, local as localcluster
 from orchestrator.errors import SpecError
 from tests.conftest import EXPERIMENTS, ROOT
 

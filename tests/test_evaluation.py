@@ -10,16 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator.trial import folds
-from orchestrator.spec import evaluation as protocol
-from orchestrator.run import refit, summary
-from orchestrator.spec.data import DataSpec, load
 from orchestrator.errors import SpecError
-from orchestrator.spec.evaluation import EvaluationSpec
-from orchestrator.run.refit import Best
 from orchestrator.families.contract import Family
+from orchestrator.run import refit, summary
 from orchestrator.run.driver import run
+from orchestrator.run.refit import Best
+from orchestrator.spec import evaluation as protocol
+from orchestrator.spec.data import DataSpec, load
+from orchestrator.spec.evaluation import EvaluationSpec
 from orchestrator.spec.load import load_spec, validate
+from orchestrator.trial import folds
 
 
 @pytest.fixture(scope="module")

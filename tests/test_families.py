@@ -13,19 +13,18 @@ import math
 import pickle
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator.spec.data import DataSpec, load
-from orchestrator.families.registry import BUILTIN_FAMILIES, resolve
 from orchestrator.families.contract import Family
 from orchestrator.families.metrics import EXPENSIVE, reported, score
+from orchestrator.families.registry import BUILTIN_FAMILIES, resolve
 from orchestrator.run.driver import run
 from orchestrator.search.space import parse_space
+from orchestrator.spec.data import DataSpec, load
 from orchestrator.spec.load import load_spec, validate
 from tests.conftest import EXPERIMENTS, ROOT
 

@@ -22,10 +22,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from orchestrator.run import signals as interrupt
+from orchestrator.errors import InputError, RunError, SpecError
 from orchestrator.results import rundir
 from orchestrator.results.contract import EXPERIMENT, OWNER
-from orchestrator.errors import InputError, RunError, SpecError
+from orchestrator.run import signals as interrupt
 from orchestrator.run.driver import claim_folder, run
 from orchestrator.spec.load import load_spec, validate
 from tests.conftest import EXPERIMENTS, ROOT

@@ -13,19 +13,19 @@ import pandas as pd
 import pytest
 
 from orchestrator.analysis.runs import describe, load_runs
-from orchestrator.spec.data import Dataset
 from orchestrator.errors import SpecError
-from orchestrator.families.registry import resolve
 from orchestrator.families.metrics import latency
-from orchestrator.run.outcome import no_front
+from orchestrator.families.registry import resolve
 from orchestrator.results.pareto import pareto_mask
 from orchestrator.results.writer import Recorder
-from orchestrator.run.tuner import build_tune_config
 from orchestrator.run.driver import run
+from orchestrator.run.outcome import no_front
+from orchestrator.run.summary import lines
+from orchestrator.run.tuner import build_tune_config
 from orchestrator.search.schedulers import SCHEDULERS
 from orchestrator.search.searchers import SEARCHERS
+from orchestrator.spec.data import Dataset
 from orchestrator.spec.load import validate
-from orchestrator.run.summary import lines
 
 TWO = [{"name": "loss"}, {"name": "regret"}]
 # Written out here, not read from the registries: which searchers and schedulers take several metrics.

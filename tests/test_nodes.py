@@ -74,8 +74,8 @@ def test_trials_pending_long_are_explained_once_per_period():
 def test_a_note_is_a_line_of_its_own_in_a_log(tmp_path):
     import io
 
-    from orchestrator.run.progress import Progress
     from orchestrator.results.writer import Recorder
+    from orchestrator.run.progress import Progress
 
     out = io.StringIO()  # not a terminal: plain lines, as in `hpo logs`
     progress = Progress(Recorder(tmp_path, "loss", "min"), 3, stream=out)

@@ -17,12 +17,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
-from orchestrator.run import summary as summary_mod
-from orchestrator.run.progress import Progress, clock, eta_s
 from orchestrator.results.writer import Recorder
+from orchestrator.run import summary as summary_mod
 from orchestrator.run.driver import run
+from orchestrator.run.progress import Progress, clock, eta_s
 from orchestrator.spec.load import load_spec
 from tests.test_results import feed
 

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from orchestrator.results.contract import HISTORY, PARTS, SCHEDULE, TRIALS
-from orchestrator.results.writer import Recorder
 from orchestrator.results.reader import load
 from orchestrator.results.reports import metric_problem
+from orchestrator.results.writer import Recorder
 
 
 def feed(rec: Recorder, trial_id: str, config: dict, values: list[float], stopped_at: int | None = None):

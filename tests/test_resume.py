@@ -13,12 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from orchestrator.results import rundir
-from orchestrator.results.contract import EXPERIMENT
 from orchestrator.errors import InputError
-from orchestrator.results.contract import HISTORY, PARTS, TRIALS
-from orchestrator.results.writer import Recorder
+from orchestrator.results import rundir
+from orchestrator.results.contract import EXPERIMENT, HISTORY, PARTS, TRIALS
 from orchestrator.results.reader import load
+from orchestrator.results.writer import Recorder
 from orchestrator.run.resume import resume, spent_s
 from tests.conftest import ROOT
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from orchestrator.errors import InputError, RunError
-from orchestrator.run.tuner import build_tune_config
 from orchestrator.run.driver import run
+from orchestrator.run.tuner import build_tune_config
 from orchestrator.spec.load import load_spec, validate
 from tests.conftest import EXPERIMENTS, ROOT
 

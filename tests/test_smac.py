@@ -10,8 +10,8 @@ import math
 import pandas as pd
 import pytest
 
-from orchestrator.run.tuner import build_tune_config
 from orchestrator.run.driver import run
+from orchestrator.run.tuner import build_tune_config
 from orchestrator.search.smac import SMACSearch
 from orchestrator.search.space import parse_space
 from orchestrator.spec.load import load_spec, validate

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from orchestrator.errors import SpecError
-from orchestrator.run.tuner import build_tune_config
 from orchestrator.run.driver import run
+from orchestrator.run.tuner import build_tune_config
 from orchestrator.search.schedulers import SCHEDULERS
 from orchestrator.search.searchers import SEARCHERS
 from orchestrator.spec.load import validate

@@ -35,24 +35,13 @@ AXES: dict[str, str] = {
     "gpu_s": "GPU-seconds reserved by trials",
 }
 
-def _branin() -> float:
-    from experiments.synthetic import KNOWN_OPTIMUM
-
-    return KNOWN_OPTIMUM
-
-
-# Where the optimum of a built-in family's metric is known: (family, metric) -> a lazy lookup.
-KNOWN_OPTIMA = {("synthetic", "loss"): _branin, ("synthetic", "regret"): lambda: 0.0}
-
 
 def known_optimum(runs: Runs) -> float | None:
-    """The optimum of the runs' metric when their family has a known one (the `synthetic`
-    Branin family), else None; pass your own to `anytime(..., optimum=...)` for other tasks."""
-    families = set(runs.runs["family"].dropna())
-    if len(families) != 1:
-        return None
-    lookup = KNOWN_OPTIMA.get((families.pop(), runs.metric))
-    return float(lookup()) if lookup else None
+    """The optimum of the runs' metric where their family knows it (the `synthetic` Branin family
+    writes it into experiment.json as `optima`) and every run agrees, else None; pass your own to
+    `anytime(..., optimum=...)` for other tasks."""
+    found = {(runs.meta[run].get("optima") or {}).get(runs.metric) for run in runs.runs["run"]}
+    return float(found.pop()) if len(found) == 1 and None not in found else None
 
 
 def anytime(runs: Runs, optimum: float | None = None) -> pd.DataFrame:
@@ -101,7 +90,10 @@ def reserved(trials: pd.DataFrame, history: pd.DataFrame, at: np.ndarray, column
     end = (trials["ended_at"] - t0).dt.total_seconds().to_numpy()
     end = np.where(np.isnan(end), trials["trial_id"].map(last).to_numpy(dtype=float), end)
     end = np.where(np.isnan(end), start, end)
-    grant = trials[column].astype(float).fillna(requested).to_numpy() if column in trials else np.full(len(trials), requested)
+    if column in trials:
+        grant = trials[column].astype(float).fillna(requested).to_numpy()
+    else:
+        grant = np.full(len(trials), requested)
     held = np.clip(at[:, None] - start[None, :], 0, np.maximum(end - start, 0)[None, :])
     return np.nan_to_num(held) @ np.nan_to_num(grant)
 

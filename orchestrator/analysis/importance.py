@@ -18,15 +18,15 @@ which trials and parameters (conditional ones: set in only some trials) were lef
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
+from orchestrator.analysis.optuna_study import to_study
 from orchestrator.analysis.runs import Runs
 from orchestrator.errors import ResultsError
-from orchestrator.analysis.optuna_study import to_study
 
 
 def _fanova(seed: int):

@@ -68,7 +68,7 @@ def to_study(run: Runs | str | Path, storage: Any = None, study_name: str | None
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([row["metric"]])
     for key in ("run", "name", "family", "searcher", "scheduler", "seed", "spec_hash", "path"):
-        study.set_user_attr(f"hpo_{key}", _plain(row[key]))
+        study.set_user_attr(f"hpo_{key}", _scalar(row[key]))
     history = runs.history.groupby("trial_id") if len(runs.history) else None
     metric = f"metric.{row['metric']}"
     trials, skipped = [], []
@@ -92,11 +92,11 @@ def _trial(t: dict[str, Any], dists: dict[str, Any], steps: dict[int, float]):
     state = TrialState[STATES.get(t["status"], "FAIL")]
     params = {}
     for name, dist in dists.items():
-        value = _plain(t.get(f"config.{name}"))
+        value = _scalar(t.get(f"config.{name}"))
         if value is not None:
             params[name] = _as_in(dist, value)
     if state == TrialState.COMPLETE:
-        value = _plain(t.get("score"))
+        value = _scalar(t.get("score"))
         if value is None:  # finished but never reported the metric
             state, value = TrialState.FAIL, None
     else:
@@ -115,8 +115,8 @@ def _trial(t: dict[str, Any], dists: dict[str, Any], steps: dict[int, float]):
 def _attrs(t: dict[str, Any]) -> dict[str, Any]:
     attrs = {"hpo_trial_id": t["trial_id"], "hpo_status": t["status"]}
     for key in ("iterations", "score_iteration", "wall_s", "node_ip", "gpus", "gpu_ids", "error"):
-        attrs[key] = _plain(t.get(key))
-    attrs.update({k: _plain(v) for k, v in t.items() if k.startswith("metric.")})
+        attrs[key] = _scalar(t.get(key))
+    attrs.update({k: _scalar(v) for k, v in t.items() if k.startswith("metric.")})
     return attrs
 
 
@@ -141,12 +141,12 @@ def _as_in(dist, value: Any) -> Any:
     return value  # Optuna's create_trial refuses it (ValueError) if it lies outside
 
 
-def _plain(value: Any) -> Any:
+def _scalar(value: Any) -> Any:
     """A Python scalar for Optuna's JSON storages; None for a missing value."""
     if value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, np.generic):
-        return _plain(value.item())
+        return _scalar(value.item())
     if isinstance(value, pd.Timestamp):
         return value.isoformat()
     return value

@@ -66,7 +66,8 @@ def learning_curves(curves: pd.DataFrame, ax=None, title: str | None = None):
     for status, e in ends.groupby("status"):
         ax.scatter(e["iteration"], e["value"], marker="x", color=STATUS_COLORS[status], zorder=3, s=25)
     counts = curves.drop_duplicates(["run", "trial_id"])["status"].value_counts()
-    handles = [plt.Line2D([], [], color=STATUS_COLORS.get(s, "tab:gray"), label=f"{s} ({n})") for s, n in counts.items()]
+    handles = [plt.Line2D([], [], color=STATUS_COLORS.get(s, "tab:gray"), label=f"{s} ({n})")
+               for s, n in counts.items()]
     ax.legend(handles=handles, frameon=False)
     _log_if_wide(ax, curves["value"])
     ax.set(xlabel="iteration", ylabel="reported value", title=title or "learning curves (x: ended early)")

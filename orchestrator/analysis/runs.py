@@ -25,17 +25,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from orchestrator.errors import ResultsError
-from orchestrator.results.contract import EXPERIMENT, HISTORY, TRIALS
+from orchestrator.results.contract import EXPERIMENT, HISTORY, SCHEMA_KEY, SCHEMA_VERSION, TRIALS
 from orchestrator.results.reader import load
-from orchestrator.results.contract import SCHEMA_KEY, SCHEMA_VERSION
 
 META = EXPERIMENT
 RUN_COLUMNS = ("run", "setup", "searcher", "scheduler", "seed", "spec_hash")
@@ -78,7 +78,7 @@ class Runs:
                                f"analyse them separately, or pick runs of the same experiment")
         return str(values[0])
 
-    def select(self, runs: str | Iterable[str]) -> "Runs":
+    def select(self, runs: str | Iterable[str]) -> Runs:
         """The same frames restricted to some runs (by their `run` label)."""
         keep = {runs} if isinstance(runs, str) else set(runs)
         if unknown := keep - set(self.runs["run"]):

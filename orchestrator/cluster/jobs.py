@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from orchestrator.cluster import nodes
-from orchestrator.results import storage
 from orchestrator.cluster.spec import Capacity, Cluster, ClusterError, check_capacity
 from orchestrator.errors import Problem, SpecError
+from orchestrator.results import storage
 from orchestrator.results.contract import PARTS, RESULT_FILES
 from orchestrator.results.rundir import new_run_id
 from orchestrator.spec.load import load_spec
@@ -112,7 +112,8 @@ def pinned_requirements(cluster: Cluster) -> list[str]:
     try:
         lines = path.read_text().splitlines()
     except OSError as exc:
-        raise ClusterError(f"{cluster.source}: metadata.hpo.runtime_env.pip: cannot read {path} ({exc.strerror})") from None
+        raise ClusterError(f"{cluster.source}: metadata.hpo.runtime_env.pip: cannot read {path} "
+                           f"({exc.strerror})") from None
     pins = []
     for line in lines:
         line = line.split("#", 1)[0].strip()

@@ -31,8 +31,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from orchestrator.cluster import auth
-from orchestrator.results import rundir
 from orchestrator.cluster.spec import Cluster, ClusterError, NodeType, free_port, is_loopback
+from orchestrator.results import rundir
 
 STATE_FILE = "nodes.json"
 # Variables a node must not inherit: they would point it at another cluster or another token.
@@ -61,7 +61,7 @@ class LocalState:
         return json.dumps(asdict(self), indent=2)
 
     @classmethod
-    def read(cls, path: Path) -> "LocalState | None":
+    def read(cls, path: Path) -> LocalState | None:
         try:
             raw = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -218,8 +218,8 @@ def _resource_args(t: NodeType) -> list[str]:
 
 def _psutil():
     """Ray vendors psutil (ray/thirdparty_files) and puts it on sys.path when imported."""
-    import ray  # noqa: F401
     import psutil
+    import ray  # noqa: F401
 
     return psutil
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from orchestrator.errors import Problem, SpecError
 
@@ -131,7 +132,7 @@ class PendingWatch:
         self._said = now
         try:
             nodes = self.nodes()
-        except Exception as exc:  # noqa: BLE001 - a diagnostic must not end the run
+        except Exception as exc:
             return f"{_trials(len(waited))} pending for {max(waited):.0f} s (live nodes unknown: {exc})"
         need = f"cpu={self.cpu:g}, gpu={self.gpu:g}"
         if any(fits(n, self.cpu, self.gpu) for n in nodes):

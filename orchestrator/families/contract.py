@@ -10,8 +10,9 @@ contract and on nothing of Ray's.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from orchestrator.families.metrics import COSTS, Mode, reported
 
@@ -39,6 +40,8 @@ class Family:
             returning `orchestrator.errors.Problem`s; run by `hpo validate` with every other check.
         costs: cost metrics (`orchestrator.families.metrics.COSTS`: `predict_ms`, `model_size`) `train`
             reports at a trial's last report when the spec lists them (`metrics.wants`).
+        optima: the known optimum of a reported metric (a test function's), written to
+            experiment.json so that analysis reports regret without importing the family.
     """
 
     name: str
@@ -51,6 +54,7 @@ class Family:
     params: tuple[str, ...] | None = None
     check_space: Callable[[Mapping[str, Any]], list] | None = None
     costs: tuple[str, ...] = ()
+    optima: Mapping[str, float] | None = None
 
     def known_params(self) -> list[str] | None:
         """Every hyperparameter name this family understands, or None if it does not say."""

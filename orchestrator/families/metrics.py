@@ -16,7 +16,8 @@ search (refit and test scoring: all of them).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Collection, Literal
+from collections.abc import Callable, Collection
+from typing import Any, Literal
 
 import numpy as np
 

@@ -7,20 +7,20 @@ they are tested without it; this module only translates Tune's events into their
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 from ray.tune.stopper import Stopper
 
-from orchestrator.run import signals
 from orchestrator.cluster import nodes
-from orchestrator.trial import placement
-from orchestrator.run.checkpoints import keep_only, prune_older
 from orchestrator.errors import RunError
-from orchestrator.results.writer import Recorder
 from orchestrator.results.reports import metric_problem
+from orchestrator.results.writer import Recorder
+from orchestrator.run import signals
+from orchestrator.run.checkpoints import keep_only, prune_older
+from orchestrator.trial import placement
 
 
 class RunStopper(Stopper):
@@ -173,7 +173,7 @@ def latest_exception(trial) -> BaseException | None:
     try:
         with open(path, "rb") as f:
             return ray.cloudpickle.load(f)
-    except Exception:  # noqa: BLE001 - missing or unreadable: the error text alone then
+    except Exception:
         return None
 
 

@@ -94,6 +94,8 @@ def run_metadata(exp: Experiment, run_id: str, owner: dict[str, Any]) -> dict[st
         "seed": exp.spec.seed,
         "metric": {"name": exp.metric, "mode": exp.mode},  # with several metrics, the first; all under objectives
         **({"objectives": [{"name": n, "mode": m} for n, m in exp.objectives]} if exp.multi_objective else {}),
+        # a metric's known optimum (a test function's), for regret in analysis: orchestrator.analysis.anytime
+        **({"optima": dict(exp.family.optima)} if getattr(exp.family, "optima", None) else {}),
         "status": "running",
         "started_at": rundir.now(),
         "ended_at": None,

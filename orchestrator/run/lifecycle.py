@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from orchestrator.cluster.nodes import PendingWatch
 from orchestrator.errors import RunError, RunInterrupted, SpecError
@@ -103,7 +104,7 @@ def fit(exp: Experiment, run_dir: Path, data: Any, recorder: Recorder, make_tune
         make_tuner(exp, run_dir, [callback], data, key, stopper).fit()
     except (KeyboardInterrupt, signals.Interrupted) as exc:  # a second Ctrl-C; SIGTERM (`hpo stop`)
         signum = getattr(exc, "signum", signal.SIGINT)
-    except Exception as exc:  # noqa: BLE001 - every failure ends here; results are flushed below
+    except Exception as exc:
         failure = explain(exc)
     signum = signals.requested() or signum  # Ctrl-C: Tune stopped the trials and returned normally
     if watch is not None and watch.progress:

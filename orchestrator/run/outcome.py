@@ -12,8 +12,9 @@ a fresh run, a resumed one and a test with a hand-made Recorder get the same ans
 from __future__ import annotations
 
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from orchestrator.results.pareto import FRONT_STATUS
 from orchestrator.results.writer import Recorder, TrialRecord

@@ -19,19 +19,19 @@ without the validation rows. Other schedulers never change a config: `method: la
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
-from orchestrator.spec.data import Dataset
-from orchestrator.families.contract import Family
+from orchestrator.families.contract import Family, Trial
 from orchestrator.families.registry import resolve
-from orchestrator.spec.evaluation import outer_folds, refit_data
 from orchestrator.search.schedulers import SCHEDULERS
+from orchestrator.spec.data import Dataset
+from orchestrator.spec.evaluation import outer_folds, refit_data
 from orchestrator.spec.experiment import Experiment
-from orchestrator.families.contract import Trial
 from orchestrator.trial.context import TrialContext, thread_limit
 
 
@@ -133,7 +133,7 @@ def _run_refit(exp: Experiment, config: Mapping[str, Any], data: Dataset,
     return ray.get(task.remote(*args))
 
 
-def refit_plan(exp: Experiment, best: "Best") -> dict[str, Any]:
+def refit_plan(exp: Experiment, best: Best) -> dict[str, Any]:
     """How the best trial is refitted, for experiment.json: its schedule where the scheduler
     changes configs mid-trial (PBT, PB2), else its config."""
     if not SCHEDULERS[exp.spec.scheduler.name].changes_config:
@@ -177,12 +177,12 @@ def conclude(exp: Experiment, data: Dataset | None, best: Best | None, search: S
         if trained:
             plan["trained"] = trained  # the iterations each config of the schedule trained
         out.update(test=test, test_score=test.get(metric), gap=_gap(test.get(metric), best.score))
-    except Exception as exc:  # noqa: BLE001 - reported, see the docstring
+    except Exception as exc:
         out["error"] = f"refit failed: {type(exc).__name__}: {exc}"
     if ev.protocol == "nested":
         try:
             out["nested"] = _nested(exp, data, search, Path(run_dir) / "nested", metric)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             out["error"] = "; ".join(filter(None, [out.get("error"), f"nested: {type(exc).__name__}: {exc}"]))
     return out
 

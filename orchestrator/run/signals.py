@@ -23,7 +23,7 @@ import contextlib
 import os
 import signal
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 _requested: list[int] = []  # the signals received during the current run, in order
 

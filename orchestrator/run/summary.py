@@ -1,7 +1,7 @@
 """What a finished run reports: the `RunSummary` the runner returns, and the lines `hpo run` prints.
 
-The CLI and the cluster job's entry point (orchestrator.job_entry) print the same lines, so
-both read them from here rather than one calling the other.
+The CLI and the cluster job's entry point (orchestrator.job_entry) print the same lines and give
+the same exit codes, so both read them from here rather than one calling the other.
 """
 
 from __future__ import annotations
@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+
+from orchestrator.errors import HpoError, RunError, RunInterrupted, SpecError
 
 TOP_K = 5  # trials in the table printed after a run
 
@@ -35,7 +38,7 @@ def lines(summary: RunSummary) -> list[str]:
     results are: plain text, for logs (`report` draws the table with rich on a terminal)."""
     out: list[str] = []
     for part in _parts(summary):
-        out += _plain(part) if not isinstance(part, str) else [part]
+        out += _text_lines(part) if not isinstance(part, str) else [part]
     return out
 
 
@@ -76,6 +79,34 @@ def report(summary: RunSummary) -> int:
     else:
         print("\n".join(lines(summary)))
     return 0
+
+
+def report_failure(exc: BaseException, help_hint: str | None = None) -> int:
+    """Prints why a command failed in one line (a failed run's summary first); returns its exit
+    code. The one mapping from errors to exit codes, for `hpo` and the cluster job's process:
+    a user's mistake (SpecError, InputError, ResultsError) 2, a failed run 1 with its results
+    kept, a signal 128 + its number, a disk that refused a write 1; never a traceback."""
+    if isinstance(exc, SpecError):
+        print(f"error: {exc}", file=sys.stderr)
+        if help_hint:
+            print(f"(see `{help_hint}`)", file=sys.stderr)
+        return exc.exit_code
+    if isinstance(exc, RunError):
+        if exc.summary is not None:  # the run got going: its counts and best trial so far
+            print("\n".join(lines(exc.summary)))
+        print(str(exc) if isinstance(exc, RunInterrupted) else f"error: run failed: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C before the run's own handling began (data, Ray's start)
+        print("interrupted before the run started; nothing was recorded", file=sys.stderr)
+        return 130
+    if isinstance(exc, HpoError):
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if isinstance(exc, OSError):  # a full or read-only disk, a file that vanished: the machine's, not a bug
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}; results written so far are kept", file=sys.stderr)
+        return 1
+    raise exc
 
 
 def top_trials(trials, mode: str, k: int = TOP_K) -> tuple[dict[str, Any], ...]:
@@ -122,7 +153,7 @@ def _cell(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _plain(table) -> list[str]:
+def _text_lines(table) -> list[str]:
     """A rich Table as plain lines: no colours, no box characters, wide enough not to wrap."""
     import io
 

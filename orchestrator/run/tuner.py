@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import inspect
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from orchestrator import ray_api
 from orchestrator.families.registry import UserTrainable

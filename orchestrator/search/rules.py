@@ -10,8 +10,9 @@ entry can or cannot do. Adding a searcher or scheduler therefore touches one fil
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from orchestrator.errors import Problem
 from orchestrator.families.contract import Family

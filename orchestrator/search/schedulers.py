@@ -8,15 +8,17 @@ Every entry owns its rules (which searchers it pairs with, whether the family mu
 PBT's mutations), its checkpoint policy (how often a trial saves state for it, and whether trials
 load each other's checkpoints; orchestrator.run.checkpoints prunes accordingly), and how late its
 decisions may come: `report_window_s` lets a built-in family's trial batch its reports (see
-orchestrator.trial.context), except at the iterations it decides at (`on_time`: ASHA's rungs). Schedulers that pause trials at milestones or clone them (HyperBand, PBT)
+orchestrator.trial.context), except at the iterations it decides at (`on_time`: ASHA's rungs).
+Schedulers that pause trials at milestones or clone them (HyperBand, PBT)
 need every report on time, as Ray's own result buffering assumes (it is forced off for them).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 

@@ -17,8 +17,9 @@ for a single objective; forcing the old default cost 2.5x in median regret on Ha
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, ClassVar, Literal, Mapping
+from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 

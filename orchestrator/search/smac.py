@@ -44,7 +44,8 @@ import pickle
 import shutil
 import tempfile
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ray.tune.search import Searcher
 
@@ -134,7 +135,7 @@ class SMACSearch(Searcher):
                 # The forest's variance over empty leaves and numpy's "Mean of empty slice".
                 warnings.simplefilter("ignore", RuntimeWarning)
                 config = smac.ask().config
-        values = self._plain(config)
+        values = self._from_smac(config)
         self.pending[trial_id] = values
         return self._trial_config(values)
 
@@ -196,7 +197,7 @@ class SMACSearch(Searcher):
         self._worst: float | None = None  # the worst finite cost told, which crashed trials are told
         self._crashed: list[dict[str, Any]] = []  # crashed before any finite cost was told
         # Warm-start configs may lack parameters of this space: completed once, so a replay tells the same.
-        self.told = [(self._plain(self._configuration(values)), cost) for values, cost in self.told]
+        self.told = [(self._from_smac(self._configuration(values)), cost) for values, cost in self.told]
         for values, cost in self.told:
             self._tell(values, cost)
         for values in self.pending.values():  # running when the state was saved: SMAC must not re-propose them
@@ -270,7 +271,7 @@ class SMACSearch(Searcher):
     def _constants(self) -> dict[str, Any]:
         return {n: p.args[0] for n, p in self.params.items() if p.is_constant}
 
-    def _plain(self, config) -> dict[str, Any]:
+    def _from_smac(self, config) -> dict[str, Any]:
         """SMAC's config as Python values of the YAML's own types (ConfigSpace gives numpy strings)."""
         out = {}
         for name, v in dict(config).items():

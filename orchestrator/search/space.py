@@ -12,8 +12,9 @@ Parsing is pure Python so that `hpo validate` never imports Ray; `to_tune` impor
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from orchestrator.errors import Problem
 

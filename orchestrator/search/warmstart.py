@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from orchestrator.errors import Problem
 from orchestrator.results.contract import EXPERIMENT, TRIALS
@@ -43,7 +44,7 @@ def load(source: str, top_k: int, base_dir: Path, metric: str, mode: str,
     trials = trials.sort_values("score", ascending=mode == "min")
     points, scores = [], []
     for _, row in trials.iterrows():
-        point = {name: _plain(row[f"config.{name}"]) for name, p in params.items()
+        point = {name: _python(row[f"config.{name}"]) for name, p in params.items()
                  if not p.is_constant and f"config.{name}" in row and not _missing(row[f"config.{name}"])}
         if point and _inside(point, params) and point not in points:
             points.append(point)
@@ -59,7 +60,7 @@ def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
-def _plain(v: Any) -> Any:
+def _python(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v  # numpy scalar -> Python
 
 

@@ -32,9 +32,9 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from orchestrator.base import StrictModel
-from orchestrator.spec.data import Dataset
 from orchestrator.errors import Problem
 from orchestrator.families.contract import Family
+from orchestrator.spec.data import Dataset
 
 
 class EvaluationSpec(StrictModel):

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
 from orchestrator.base import StrictModel
-from orchestrator.spec.data import DataSpec
 from orchestrator.families.registry import FamilyRef
-from orchestrator.spec.evaluation import EvaluationSpec
 from orchestrator.search.rules import most_iterations
 from orchestrator.search.schedulers import SCHEDULERS
 from orchestrator.search.searchers import SEARCHERS
 from orchestrator.search.space import Param
+from orchestrator.spec.data import DataSpec
+from orchestrator.spec.evaluation import EvaluationSpec
 from orchestrator.tracking.backends import TrackingSpec
 
 
@@ -33,8 +34,7 @@ class MetricSpec(StrictModel):
 
 # `metric:` is one mapping, or a list of two or more for a multi-objective search (orchestrator.results.pareto).
 # Tagged by shape, so that an error in either form gets the path `metric.name` or `metric[1].name`.
-Metrics = Annotated[Union[Annotated[MetricSpec, Tag("one")],
-                          Annotated[list[MetricSpec], Field(min_length=2), Tag("list")]],
+Metrics = Annotated[Annotated[MetricSpec, Tag("one")] | Annotated[list[MetricSpec], Field(min_length=2), Tag("list")],
                     Discriminator(lambda v: "list" if isinstance(v, list) else "one")]
 
 
@@ -58,8 +58,10 @@ class ResourcesSpec(StrictModel):
         return self
 
 
-SearcherSpec = Annotated[Union[tuple(e.options for e in SEARCHERS.values())], Field(discriminator="name")]
-SchedulerSpec = Annotated[Union[tuple(e.options for e in SCHEDULERS.values())], Field(discriminator="name")]
+# The registries' options models as one discriminated union each: Union[...] of a tuple built at
+# import time, which the `X | Y` spelling cannot express.
+SearcherSpec = Annotated[Union[tuple(e.options for e in SEARCHERS.values())], Field(discriminator="name")]  # noqa: UP007
+SchedulerSpec = Annotated[Union[tuple(e.options for e in SCHEDULERS.values())], Field(discriminator="name")]  # noqa: UP007
 
 
 class ExperimentSpec(StrictModel):
@@ -129,7 +131,8 @@ class Experiment:
             out["metric"]["mode"] = self.mode
         out["space"] = {name: _entry(p) for name, p in self.params.items()}
         # A default entry the spec removed (`width: null`) stays removed when this validates again.
-        out["space"].update({name: None for name in getattr(self.family, "default_space", {}) if name not in self.params})
+        removed = [name for name in getattr(self.family, "default_space", {}) if name not in self.params]
+        out["space"].update(dict.fromkeys(removed))
         out["evaluation"] = self.spec.evaluation.resolved()
         return out
 

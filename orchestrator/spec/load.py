@@ -13,8 +13,9 @@ from __future__ import annotations
 import difflib
 import re
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -23,10 +24,11 @@ from orchestrator.base import BOOLEAN_FOR_NUMBER, SECRET_INPUT
 from orchestrator.errors import Problem, SpecError
 from orchestrator.families.contract import Family
 from orchestrator.families.metrics import COSTS
-from orchestrator.families.registry import FamilyNotFound, FamilyRef, UserTrainable, resolve as resolve_family
+from orchestrator.families.registry import FamilyNotFound, FamilyRef, UserTrainable
+from orchestrator.families.registry import resolve as resolve_family
 from orchestrator.search import warmstart
-from orchestrator.search.schedulers import SCHEDULERS
 from orchestrator.search.rules import Strategy
+from orchestrator.search.schedulers import SCHEDULERS
 from orchestrator.search.searchers import SEARCHERS
 from orchestrator.search.space import Param, merge_space, parse_space
 from orchestrator.spec.data import DataError, find_file
@@ -173,7 +175,8 @@ def _check_metric(metric: MetricSpec, path: str, spec: ExperimentSpec, family: F
                                                f"It reports: {', '.join(known)}")]
     natural = known[metric.name]
     if metric.mode is not None and metric.mode != natural:
-        return natural, [Problem(f"{path}.mode", f"{metric.name} is better when {'lower' if natural == 'min' else 'higher'}"
+        better = 'lower' if natural == 'min' else 'higher'
+        return natural, [Problem(f"{path}.mode", f"{metric.name} is better when {better}"
                                                  f": use mode: {natural} (or leave mode out), got {metric.mode}")]
     return natural, []
 
@@ -271,7 +274,8 @@ def _valid_keys(loc: tuple) -> list[str]:
             continue
         field = model.model_fields.get(part)
         ann = field.annotation if field else None
-        ann = next((a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)), ann)  # X | None
+        # X | None: the model inside
+        ann = next((a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
         model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
     return list(model.model_fields) if model is not None else []
 

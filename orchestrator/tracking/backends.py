@@ -43,8 +43,9 @@ import queue
 import re
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -404,7 +405,7 @@ class Tracking:
             t0 = time.perf_counter()
             try:
                 getattr(backend, method)(*args)
-            except Exception as exc:  # noqa: BLE001 - a tracker never fails the search
+            except Exception as exc:
                 self.backends.remove(backend)
                 self._fail(backend.name, f"{method} failed ({type(exc).__name__}: "
                                          f"{str(exc).splitlines()[0] if str(exc) else ''}); no more tracking there")

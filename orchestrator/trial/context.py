@@ -8,9 +8,10 @@ decisions a little late (FIFO, ASHA, median stopping: `report_every_s` > 0), `Tr
 the first report at once (a missing metric is caught early) and then at most one report per
 `report_every_s`, carrying the iterations it held back, and at once at the iterations the
 scheduler decides at (`on_time`: ASHA's rungs, so every rung compares trials at the same
-iteration); `flush()` sends the rest when `train` returns. The Recorder replays every iteration into history.parquet, with its own number and time,
-and `training_iteration` is the family's own count, so a scheduler sees true iteration numbers; a
-stop can come up to `report_every_s` late. A report with a checkpoint is never held.
+iteration); `flush()` sends the rest when `train` returns. The Recorder replays every iteration
+into history.parquet, with its own number and time, and `training_iteration` is the family's own
+count, so a scheduler sees true iteration numbers; a stop can come up to `report_every_s` late.
+A report with a checkpoint is never held.
 
 Under PBT a trial's config changes mid-run: it restores another trial's checkpoint and goes on
 with a perturbed config. So a checkpoint carries the schedule that produced it (each config and
@@ -73,7 +74,7 @@ class TrialContext:
         return self.checkpoint_every > 0
 
     @classmethod
-    def current(cls, settings: TrialSettings | None = None, config: dict[str, Any] | None = None) -> "TrialContext":
+    def current(cls, settings: TrialSettings | None = None, config: dict[str, Any] | None = None) -> TrialContext:
         """The context of the Ray trial this code runs in (or a 1-CPU one outside Ray)."""
         import ray
 

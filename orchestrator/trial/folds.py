@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
+from orchestrator.families.contract import Family, Trial
 from orchestrator.spec.data import Dataset
-from orchestrator.families.contract import Family
 from orchestrator.spec.evaluation import EvaluationSpec, kfold
-from orchestrator.families.contract import Trial
 from orchestrator.trial.context import thread_limit
 
 
@@ -41,7 +41,7 @@ class _Cancelled(BaseException):
 class _FoldContext:
     """What one fold's `train` sees as `trial`: the trial's resources and seed, its own report."""
 
-    def __init__(self, fold: "_Fold", trial: Trial):
+    def __init__(self, fold: _Fold, trial: Trial):
         self._fold, self._trial = fold, trial
 
     def __getattr__(self, name: str) -> Any:  # seed, cpus, gpus, device, checkpointing, ...
@@ -78,7 +78,7 @@ class _Fold:
                     family.train(config, data, self._ctx)
         except _Cancelled:
             pass
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the trial's thread by advance()
+        except BaseException as exc:
             self._error = exc
         finally:
             self.finished = True

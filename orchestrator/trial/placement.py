@@ -21,7 +21,8 @@ import os
 import socket
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from orchestrator import ray_api
 
@@ -62,7 +63,7 @@ def record(key: str, trial_id: str | None = None) -> None:
         trial_id = trial_id or ray_api.trial_id()
         if trial_id:
             ray_api.kv_put(f"{key}/{trial_id}", json.dumps(current()), NAMESPACE)
-    except Exception:  # noqa: BLE001 - a missing record leaves empty columns, nothing worse
+    except Exception:
         pass
 
 
