@@ -4,7 +4,8 @@ and a boolean is never a number (pydantic would take `trials: true` as 1).
 The boolean check is one model validator, not a `field_validator("*")`: a validator on every field
 also wraps the `name` literal that the searcher/scheduler unions are discriminated by, and pydantic
 then refuses to build the union. A model validator's error is located at the section, so it names
-the key in its context (`BOOLEAN_FOR_NUMBER`) and orchestrator.spec.experiment puts it back into the path.
+the key in its context (`BOOLEAN_FOR_NUMBER`), and `error_path` puts it back into the path (the spec's
+and the cluster file's problems alike).
 """
 
 import types
@@ -26,14 +27,26 @@ class StrictModel(BaseModel):
         if isinstance(data, dict):
             for key, value in data.items():
                 field = cls.model_fields.get(key)
-                if isinstance(value, bool) and field is not None and _is_number(field.annotation):
-                    raise PydanticCustomError(BOOLEAN_FOR_NUMBER, "expected a number, got {value} (a boolean); "
-                                              "write a number", {"field": key, "value": str(value).lower()})
+                if isinstance(value, bool) and field is not None and (kind := _number_kind(field.annotation)):
+                    raise PydanticCustomError(BOOLEAN_FOR_NUMBER, "expected {kind}, got {value} (a boolean); "
+                                              "write {kind}", {"field": key, "kind": kind, "value": str(value).lower()})
         return data
 
 
-def _is_number(annotation) -> bool:
-    """int or float (or an optional one), but not a field that also takes booleans."""
+def _number_kind(annotation) -> str | None:
+    """'a whole number' (int), 'a number' (float), or None for a field that is no number or that
+    also takes booleans; an optional number counts."""
     union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
-    args = typing.get_args(annotation) if union else (annotation,)
-    return bool(set(args) & {int, float}) and bool not in args
+    args = set(typing.get_args(annotation) if union else (annotation,))
+    if bool in args:
+        return None
+    return "a number" if float in args else "a whole number" if int in args else None
+
+
+def error_path(err: dict) -> list:
+    """Where a pydantic error points, as YAML path parts: a boolean given for a number is raised for
+    its whole section (see the module docstring), so its field is put back from the error's context."""
+    loc = list(err["loc"])
+    if err["type"] == BOOLEAN_FOR_NUMBER:
+        loc.append(err["ctx"]["field"])
+    return loc

@@ -137,6 +137,21 @@ def _record(run_dir: Path, status: str | None, **owner) -> Path:
     return run_dir
 
 
+def test_a_reused_pid_is_not_the_owner(tmp_path):
+    """After a crash the owner's pid can belong to another process: it must read as crashed, or
+    `hpo resume` is refused forever. The claim records its process's start time beside the pid."""
+    here, now = socket.gethostname(), rundir.now()
+    mine = rundir.process_started(os.getpid())
+    assert mine is not None
+    live = _record(tmp_path / "a", "running", host=here, pid=os.getpid(), pid_started=mine, heartbeat_at=now)
+    assert rundir.liveness(live) == "live"
+    reused = _record(tmp_path / "b", "running", host=here, pid=os.getpid(), pid_started=str(int(mine) - 1),
+                     heartbeat_at=now)
+    assert rundir.liveness(reused) == "crashed"
+    claim = rundir.claim(tmp_path / "c")
+    assert claim.owner["pid_started"] == mine and "start time" in claim.owner["liveness"]
+
+
 def test_liveness_tells_a_crashed_run_from_a_live_one(tmp_path):
     here, now = socket.gethostname(), rundir.now()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -333,7 +348,20 @@ def test_booleans_are_not_counts(path, value, field):
         validate(raw)
     # The field's own dotted path (it read `budget: trials:` before), the rule and the fix.
     given = "false" if field == "budget.concurrent" else "true"
-    assert [str(p) for p in err.value.problems] == [f"{field}: expected a number, got {given} (a boolean); write a number"]
+    kind = "a number" if field == "resources.cpu" else "a whole number"
+    assert [str(p) for p in err.value.problems] == [f"{field}: expected {kind}, got {given} (a boolean); write {kind}"]
+
+
+def test_a_boolean_in_a_cluster_file_names_its_field(tmp_path):
+    """The cluster file's `metadata.hpo` section names the field too, not the section it sits in."""
+    from orchestrator.cluster.spec import ClusterConfigError, load
+
+    path = tmp_path / "c.yaml"
+    path.write_text((EXPERIMENTS.parent / "cluster" / "local.yaml").read_text().replace(
+        "      gcs_port: 6380", "      gcs_port: true"))
+    with pytest.raises(ClusterConfigError) as err:
+        load(path)
+    assert "metadata.hpo.local.gcs_port: expected a whole number, got true (a boolean)" in str(err.value)
 
 
 @pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.name)

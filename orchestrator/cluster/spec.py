@@ -36,7 +36,7 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from orchestrator.base import StrictModel
+from orchestrator.base import StrictModel, error_path
 from orchestrator.errors import HpoError, Problem, SpecError
 
 KUBERAY_ANNOTATION = "hpo-orchestrator/config"
@@ -319,7 +319,7 @@ def _hpo_section(raw: Any, path: str, source: str) -> HpoSection:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            where = ".".join([path, *(str(p) for p in err["loc"])])
+            where = ".".join([path, *(str(p) for p in error_path(err))])
             msg = re.sub(r"^Value error, ", "", err["msg"])
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"

@@ -27,6 +27,10 @@ from typing import Any, Callable, Literal
 
 from orchestrator.results.contract import EXPERIMENT, OWNER
 
+# How owner.json's `liveness` says a live run is told from a crashed one: on its own host by its pid
+# together with that process's start time (a reused pid is not the owner), elsewhere by its heartbeat.
+LIVENESS_RULE = "same host: pid and its process start time; other hosts: heartbeat within STALE_AFTER_S"
+
 # A run on another host whose heartbeat is older than this is taken for dead (a flush, and so a
 # heartbeat, happens every few seconds while trials run; the refit after the search can be long).
 STALE_AFTER_S = 600.0
@@ -127,7 +131,8 @@ def take_over(run_dir: Path) -> Claim:
 
 
 def _create_claim(run_dir: Path, taken: str) -> Claim:
-    owner = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": now(), "heartbeat_at": now()}
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "pid_started": process_started(os.getpid()),
+             "liveness": LIVENESS_RULE, "started_at": now(), "heartbeat_at": now()}
     try:
         fd = os.open(run_dir / OWNER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
@@ -150,7 +155,7 @@ def liveness(run_dir: Path, stale_after_s: float = STALE_AFTER_S) -> Liveness:
     Returns:
         "finished": experiment.json records an end (finished, failed or interrupted: its
             `status` says which). "live": it says running and its owner is alive (on this host:
-        its pid exists; elsewhere: its heartbeat is fresh). "crashed": it says running but its
+        its pid exists and is the same process, by its start time; elsewhere: its heartbeat is fresh). "crashed": it says running but its
         process is gone or its heartbeat is stale. "none": no run was ever recorded here.
     """
     run_dir = Path(run_dir)
@@ -165,13 +170,35 @@ def liveness(run_dir: Path, stale_after_s: float = STALE_AFTER_S) -> Liveness:
     except (OSError, ValueError):
         return "none" if status is None else "crashed"
     if owner.get("host") == socket.gethostname():
-        return "live" if _pid_alive(owner.get("pid")) else "crashed"
+        return "live" if _same_process(owner.get("pid"), owner.get("pid_started")) else "crashed"
     beat = owner.get("heartbeat_at") or owner.get("started_at")
     try:
         age = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(beat)).total_seconds()
     except (TypeError, ValueError):
         return "crashed"
     return "live" if age <= stale_after_s else "crashed"
+
+
+def _same_process(pid: Any, started: Any) -> bool:
+    """The owner's process still runs: its pid exists and, where the claim recorded it, that pid's
+    process started when the owner's did. After a crash the pid can be reused by any process, which
+    then read as the live owner and blocked `hpo resume` forever; claims written before
+    `pid_started` existed fall back to the pid alone."""
+    if not _pid_alive(pid):
+        return False
+    return started is None or process_started(pid) in (None, started)
+
+
+def process_started(pid: int) -> str | None:
+    """When process `pid` started, as an opaque token that differs between two processes that held
+    the same pid: Linux's start time in clock ticks since boot (/proc/PID/stat, field 22); None
+    where it cannot be read (another OS), which makes liveness trust the pid alone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after the command name, which may hold spaces
+    return fields[19] if len(fields) > 19 else None
 
 
 def _pid_alive(pid: Any) -> bool:

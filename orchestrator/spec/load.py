@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.base import BOOLEAN_FOR_NUMBER, SECRET_INPUT
+from orchestrator.base import BOOLEAN_FOR_NUMBER, SECRET_INPUT, error_path
 from orchestrator.errors import Problem, SpecError
 from orchestrator.families.contract import Family
 from orchestrator.families.metrics import COSTS
@@ -216,12 +216,10 @@ _SHAPES = ("one", "list")  # the tags of `metric:` (Metrics)
 
 
 def _problem(err: Mapping[str, Any]) -> Problem:
-    loc = list(err["loc"])
+    loc = error_path(err)
     # Discriminated unions put the chosen tag into the path (searcher.asha.max_t): drop it.
     if len(loc) > 1 and (loc[0] in _UNIONS and loc[1] in _UNIONS[loc[0]] or loc[0] == "metric" and loc[1] in _SHAPES):
         loc.pop(1)
-    if err["type"] == BOOLEAN_FOR_NUMBER:  # raised for the whole section: the field is in its context
-        loc.append(err["ctx"]["field"])
     path = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
     kind, msg = err["type"], err["msg"]
     if kind in (BOOLEAN_FOR_NUMBER, SECRET_INPUT):
