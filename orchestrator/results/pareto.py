@@ -15,7 +15,8 @@ multi-objective run changes elsewhere: the registry rule `one_objective`
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 

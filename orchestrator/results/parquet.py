@@ -27,8 +27,12 @@ def tidy(df: pd.DataFrame) -> pd.DataFrame:
         if df[col].dtype == object:
             kinds = {type(v) for v in df[col].dropna()}
             if len(kinds) > 1 and not kinds <= {int, float}:
-                df[col] = df[col].map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+                df[col] = df[col].map(_text)
     return df
+
+
+def _text(v: Any) -> str | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
 
 
 def write(df: pd.DataFrame, path: Path) -> None:

@@ -21,9 +21,10 @@ import json
 import os
 import secrets
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from orchestrator.results.contract import EXPERIMENT, OWNER
 
@@ -153,10 +154,11 @@ def liveness(run_dir: Path, stale_after_s: float = STALE_AFTER_S) -> Liveness:
     """Whether a run folder's run is still going.
 
     Returns:
-        "finished": experiment.json records an end (finished, failed or interrupted: its
-            `status` says which). "live": it says running and its owner is alive (on this host:
-        its pid exists and is the same process, by its start time; elsewhere: its heartbeat is fresh). "crashed": it says running but its
-        process is gone or its heartbeat is stale. "none": no run was ever recorded here.
+        "finished": experiment.json records an end (finished, failed or interrupted: its `status`
+        says which). "live": it says running and its owner is alive (on this host: its pid exists
+        and is the same process, by its start time; elsewhere: its heartbeat is fresh). "crashed":
+        it says running but its process is gone or its heartbeat is stale. "none": no run was
+        ever recorded here.
     """
     run_dir = Path(run_dir)
     try:

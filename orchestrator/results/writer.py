@@ -31,16 +31,18 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import pandas as pd
 
 from orchestrator.results.contract import ELIGIBLE, HELD, HISTORY, PARTS, SCHEDULE, STATUSES, TRIALS
-from orchestrator.results.parquet import frame, merge, part_files, write
 from orchestrator.results.pareto import front, mark
+from orchestrator.results.parquet import frame, merge, part_files, write
 from orchestrator.results.reports import flatten, reported_metrics
+
 
 @dataclass
 class TrialRecord:
@@ -134,7 +136,7 @@ class Recorder:
     """
 
     def __init__(self, run_dir: Path, metric: str, mode: str, max_t: int | None = None,
-                 flush_every_s: float = 5.0, on_flush: Callable[["Recorder"], None] | None = None,
+                 flush_every_s: float = 5.0, on_flush: Callable[[Recorder], None] | None = None,
                  objectives: tuple[tuple[str, str], ...] = ()):
         self.run_dir = Path(run_dir)
         self.metric, self.mode, self.max_t = metric, mode, max_t
@@ -150,7 +152,7 @@ class Recorder:
         self.listeners: list[Any] = []
 
     @classmethod
-    def reopen(cls, run_dir: Path, metric: str, mode: str, max_t: int | None = None, **kwargs) -> "Recorder":
+    def reopen(cls, run_dir: Path, metric: str, mode: str, max_t: int | None = None, **kwargs) -> Recorder:
         """A Recorder that carries on an earlier run's folder (`hpo resume`): its trials as they were
         written, its history kept as the first part file, new parts numbered after the existing ones."""
         rec = cls(run_dir, metric, mode, max_t, **kwargs)
