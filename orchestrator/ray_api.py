@@ -115,10 +115,15 @@ def restored_dir() -> Iterator[Path | None]:
 
 
 def trial_id() -> str | None:
-    """The running trial's id (function trainables; a class trainable has `self.trial_id`)."""
+    """The running trial's id (function trainables; a class trainable has `self.trial_id`); None
+    outside a trial, without Ray's warning that says so."""
+    import warnings
+
     from ray import tune
 
-    return tune.get_context().get_trial_id()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return tune.get_context().get_trial_id()
 
 
 # --- Ray's GCS key-value store ------------------------------------------------------------------

@@ -14,6 +14,7 @@ from orchestrator.analysis import anytime, importance, optuna_study, usage
 from orchestrator.analysis import runs as analysis
 from orchestrator.cli import main
 from orchestrator.errors import ResultsError
+from orchestrator.results.contract import SCHEMA_VERSION
 from orchestrator.results.writer import Recorder
 from tests.analysis_runs import (
     BENCH_CONCURRENT,
@@ -97,8 +98,8 @@ def test_runs_that_tuned_different_metrics_do_not_compare(bench, svm):
 
 
 def test_a_newer_results_schema_is_refused(tmp_path):
-    write_run(tmp_path / "run", [], schema_version=2)
-    with pytest.raises(ResultsError, match="schema_version 2.*upgrade"):
+    write_run(tmp_path / "run", [], schema_version=SCHEMA_VERSION + 1)
+    with pytest.raises(ResultsError, match=f"schema_version {SCHEMA_VERSION + 1}.*upgrade"):
         analysis.load_runs(tmp_path / "run")
 
 
@@ -255,6 +256,57 @@ def test_a_crashed_run_with_only_history_parts(tmp_path):
     study = optuna_study.to_study(runs)
     states = {t.user_attrs["hpo_trial_id"]: t.state.name for t in study.trials}
     assert states == {"a": "COMPLETE", "b": "FAIL"}
+
+
+def test_history_keeps_every_report_and_curves_follow_each_trials_final_lineage(tmp_path):
+    """PBT's exploit, a retry and a resume make a trial report iterations again: history.parquet
+    keeps every report (attempt, restored_from), and a learning curve is what the final state went
+    through. Expected curves written by hand from the story below."""
+    import time as clock
+
+    folder = write_run(tmp_path / "pbt", [], history=None, status="running", ended_at=None)
+    rec = Recorder(folder, "loss", "min")
+    cfg = {"x1": 1.0, "x2": 2.0}
+
+    def report(trial, iteration, loss, restored=None):
+        result = {"training_iteration": iteration, "loss": loss, "time_total_s": iteration * 0.1}
+        rec.result(trial, cfg, {**result, "hpo_restored": restored} if restored else result)
+        clock.sleep(0.002)  # distinct timestamps: the lineage reads what a source had reported by then
+
+    rec.start("a", cfg)
+    for i, v in enumerate([5.0, 4.0, 3.0, 2.0], start=1):
+        report("a", i, v)
+    rec.start("b", cfg)
+    for i, v in enumerate([9.0, 8.0, 7.0], start=1):
+        report("b", i, v)
+    rec.start("b", cfg)  # PBT: b clones a's checkpoint at iteration 2 and goes on from there
+    report("b", 3, 2.5, restored="a@2")
+    report("b", 4, 1.5, restored="a@2")
+    rec.start("a", cfg)  # a retried from its own checkpoint at 3 (its iteration 4 is lost with the worker)
+    report("a", 4, 1.8, restored="a@3")
+    rec.start("c", cfg)
+    report("c", 1, 6.0)
+    rec.start("c", cfg)  # c restarted from scratch (no checkpoint): attempt 2 stands alone
+    report("c", 1, 6.5)
+    report("c", 2, 5.5)
+    for t in "abc":
+        rec.complete(t)
+    rec.close()
+
+    runs = analysis.load_runs(folder)
+    h = runs.history
+    assert len(h) == 13 and h.groupby("trial_id")["attempt"].max().to_dict() == {"a": 2, "b": 2, "c": 2}
+    assert set(h.loc[h.trial_id == "b", "restored_from"].dropna()) == {"a@2"}
+    curves = analysis.learning_curves(runs)
+    got = {t: list(zip(c["iteration"], c["value"])) for t, c in curves.groupby("trial_id")}
+    assert got == {"a": [(1, 5.0), (2, 4.0), (3, 3.0), (4, 1.8)],
+                   "b": [(1, 5.0), (2, 4.0), (3, 2.5), (4, 1.5)],
+                   "c": [(1, 6.5), (2, 5.5)]}
+    trials = runs.trials.set_index("trial_id")
+    assert trials["attempts"].to_dict() == {"a": 2, "b": 2, "c": 2}
+    study = optuna_study.to_study(runs)
+    steps = {t.user_attrs["hpo_trial_id"]: t.intermediate_values for t in study.trials}
+    assert steps["b"] == {1: 5.0, 2: 4.0, 3: 2.5, 4: 1.5}
 
 
 def test_a_run_whose_driver_died_before_any_trial(tmp_path):
@@ -439,17 +491,17 @@ def test_parquet_files_read_alike_with_pandas_pyarrow_duckdb_and_polars(analysis
 
     for run in (analysis_results / "svm" / "run", next((analysis_results / "bench").iterdir())):
         meta = json.loads((run / "experiment.json").read_text())
-        assert meta["schema_version"] == 1
+        assert meta["schema_version"] == SCHEMA_VERSION
         for name in ("trials.parquet", "history.parquet"):
             path = run / name
             frame = pd.read_parquet(path)
             table = pq.read_table(path)
-            assert table.schema.metadata[b"schema_version"] == b"1"
+            assert table.schema.metadata[b"schema_version"] == str(SCHEMA_VERSION).encode()
             polars = pl.read_parquet(path)
             con = duckdb.connect()
             ddb = con.execute(f"select * from read_parquet('{path}')").df()
             kv = dict(con.execute(f"select key::varchar, value::varchar from parquet_kv_metadata('{path}')").fetchall())
-            assert kv["schema_version"] == "1"
+            assert kv["schema_version"] == str(SCHEMA_VERSION)
             assert list(frame.columns) == table.column_names == polars.columns == list(ddb.columns)
             assert len(frame) == table.num_rows == polars.height == len(ddb)
             assert polars["trial_id"].to_list() == frame["trial_id"].tolist() == ddb["trial_id"].tolist()

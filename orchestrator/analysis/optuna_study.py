@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from orchestrator.analysis.runs import Runs, load_runs
+from orchestrator.analysis.runs import Runs, final_lineage, load_runs
 from orchestrator.errors import ResultsError
 from orchestrator.search.space import optuna_distributions, parse_space
 
@@ -69,7 +69,9 @@ def to_study(run: Runs | str | Path, storage: Any = None, study_name: str | None
         study.set_metric_names([row["metric"]])
     for key in ("run", "name", "family", "searcher", "scheduler", "seed", "spec_hash", "path"):
         study.set_user_attr(f"hpo_{key}", _scalar(row[key]))
-    history = runs.history.groupby("trial_id") if len(runs.history) else None
+    # Intermediate values along each trial's final lineage (a repeated iteration counts once).
+    lineage = final_lineage(runs.history)
+    history = lineage.groupby("trial_id") if len(lineage) else None
     metric = f"metric.{row['metric']}"
     trials, skipped = [], []
     ordered = runs.trials.sort_values("started_at", kind="stable") if "started_at" in runs.trials else runs.trials

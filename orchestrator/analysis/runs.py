@@ -297,20 +297,64 @@ def varied_params(runs: Runs) -> list[str]:
 
 
 def learning_curves(runs: Runs, metric: str | None = None) -> pd.DataFrame:
-    """Every reported value of `metric` (default: the tuned one) by trial and iteration, with the
-    trial's final status (stopped and errored trials included) and `last` on its final report, so
-    a plot can mark where a trial ended and why."""
+    """Each trial's curve of `metric` (default: the tuned one) by iteration, with the trial's final
+    status (stopped and errored trials included) and `last` on its final report, so a plot can
+    mark where a trial ended and why.
+
+    A curve is the trial's final lineage (`final_lineage`): what its final state went through. A
+    trial retried, resumed or restarted by PBT reported some iterations more than once, and after
+    a PBT exploit its early iterations are another trial's; history.parquet keeps every one of
+    those reports (column `attempt`), the curve keeps the ones its final state descends from."""
     metric = metric or runs.metric
     column = f"metric.{metric}"
     if column not in runs.history:
         known = sorted(c.removeprefix("metric.") for c in runs.history if c.startswith("metric."))
         raise ResultsError(f"no metric {metric!r} in the history; reported: {', '.join(known) or 'nothing'}")
-    h = runs.history[["run", "trial_id", "iteration", "elapsed_s", column]].rename(columns={column: "value"})
+    history = final_lineage(runs.history)
+    h = history[["run", "trial_id", "iteration", "elapsed_s", column]].rename(columns={column: "value"})
     status = runs.trials.set_index(["run", "trial_id"])["status"]
     h = h.join(status, on=["run", "trial_id"]).fillna({"status": "running"})
-    h = h.sort_values(["run", "trial_id", "iteration"])
+    h = h.sort_values(["run", "trial_id", "iteration"], kind="stable")
     h["last"] = ~h.duplicated(["run", "trial_id"], keep="last")
     return h.reset_index(drop=True)
+
+
+def final_lineage(history: pd.DataFrame) -> pd.DataFrame:
+    """Each trial's curve as history rows: the rows of its last attempt, preceded, when that attempt
+    started from a checkpoint (`restored_from` = `<trial>@<k>`), by the rows that checkpoint's trial
+    had reported up to iteration k before the attempt began, followed back the same way. An attempt
+    that started afresh stands alone. A row can be in several curves (PBT clones share their
+    source's early rows): in the frame returned, `trial_id` is the curve's trial and `reported_by`
+    the trial that reported the row. History without attempts (results contract version 1) is one
+    attempt per trial: every row is its own trial's."""
+    if "attempt" not in history or history.empty:
+        return history.assign(reported_by=history["trial_id"]) if "trial_id" in history else history
+    key = ["run", "trial_id"] if "run" in history else ["trial_id"]
+    groups = {k if isinstance(k, tuple) else (k,): g for k, g in history.groupby(key, sort=False)}
+
+    def follow(group: tuple, upto: int | None, before: Any, depth: int) -> list[pd.Index]:
+        h = groups.get(group)
+        if h is None or depth > len(groups):  # an unknown source, or a cycle that cannot happen
+            return []
+        if before is not None and "timestamp" in h:
+            h = h[h["timestamp"] < before]  # what the source had reported when it was restored from
+        if h.empty:
+            return []
+        mine = h[h["attempt"] == h["attempt"].max()]
+        if upto is not None:
+            mine = mine[mine["iteration"] <= upto]
+        origin = mine["restored_from"].dropna() if "restored_from" in mine else ()
+        if not len(origin):
+            return [mine.index]
+        source, _, k = str(origin.iloc[0]).rpartition("@")
+        start = mine["timestamp"].min() if "timestamp" in mine else None
+        return [*follow((*group[:-1], source), int(k), start, depth + 1), mine.index]
+
+    curves = []
+    for group in groups:
+        rows = history.loc[[i for index in follow(group, None, None, 0) for i in index]]
+        curves.append(rows.assign(reported_by=rows["trial_id"], trial_id=group[-1]))
+    return pd.concat(curves, ignore_index=True)
 
 
 def describe(runs: Runs) -> list[str]:

@@ -11,7 +11,7 @@ changes meaning; adding a column or key keeps it.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: history keeps every result (repeats of an iteration too), with attempt/restored_from
 SCHEMA_KEY = "schema_version"  # the Parquet key-value metadata key, and experiment.json's key
 
 # --- the files of a run folder ------------------------------------------------------------------
@@ -41,3 +41,7 @@ HELD = "hpo_held"
 # A trial's schedule, once its config changed mid-run (PBT): [{"from_iteration": n, "config": {...}}, ...],
 # each config trained from the iteration after `from_iteration` (orchestrator.trial.context keeps it).
 SCHEDULE = "hpo_schedule"
+# Where a trial's state came from when it restored a checkpoint: "<trial id>@<iteration>" (PBT's exploit
+# names the trial it cloned; a retry or a resume names the trial itself). Sent with each report after
+# the restore (orchestrator.trial.context); history.parquet's `restored_from`.
+RESTORED = "hpo_restored"

@@ -46,12 +46,11 @@ def write(df: pd.DataFrame, path: Path) -> None:
 
 
 def merge(parts: list[Path]) -> pd.DataFrame:
-    """The parts in order; an iteration written twice (a trial re-run after `hpo resume` restored
-    Tune's last snapshot) keeps its latest row."""
+    """The parts in the order they were written: every row of every part, an iteration a trial
+    reported again (a retry, a resume, PBT's exploit) included, told apart by `attempt`."""
     if not parts:
         return frame([])
-    history = tidy(pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True))
-    return history.drop_duplicates(["trial_id", "iteration"], keep="last").reset_index(drop=True)
+    return tidy(pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True))
 
 
 def part_files(run_dir: Path, parts_dir: str) -> list[Path]:

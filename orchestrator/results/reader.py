@@ -43,7 +43,8 @@ def _target(run_dir: Path) -> tuple[str, str] | None:
 
 def _trials_from_history(history: pd.DataFrame, target: tuple[str, str] | None) -> pd.DataFrame:
     rows = []
-    for trial_id, h in history.sort_values(["trial_id", "iteration"]).groupby("trial_id", sort=False):
+    # Rows are in the order they were reported: a trial's last row is its latest report.
+    for trial_id, h in history.groupby("trial_id", sort=True):
         last = h.iloc[-1]
         row = {"trial_id": trial_id, "status": "unknown", "iterations": int(last["iteration"]),
                "score": None, "score_iteration": None}

@@ -13,11 +13,11 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from orchestrator.results.contract import HELD, SCHEDULE
+from orchestrator.results.contract import HELD, RESTORED, SCHEDULE
 
 # Keys Ray adds to every result: kept out of `metric.*` (the useful ones get their own column).
 RAY_RESULT_KEYS = frozenset({
-    HELD, SCHEDULE, "done", "trial_id", "date", "timestamp", "pid", "hostname", "node_ip", "config",
+    HELD, SCHEDULE, RESTORED, "done", "trial_id", "date", "timestamp", "pid", "hostname", "node_ip", "config",
     "time_since_restore", "iterations_since_restore", "checkpoint_dir_name", "should_checkpoint", "experiment_tag",
     "time_this_iter_s", "time_total_s", "training_iteration", "episodes_total", "timesteps_total",
     "timesteps_since_restore", "experiment_id", "__duplicate__",

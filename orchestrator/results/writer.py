@@ -2,9 +2,13 @@
 trial's state and history into the run folder.
 
 Files it writes (columns: docs/results.md):
-- `history.parquet`: one row per reported iteration: `trial_id`, `iteration`, `time_total_s`,
-  `metric.<name>` for every numeric value reported, `config.<param>` as the trial ran it
-  (PBT changes a trial's config mid-run, so config belongs to each row).
+- `history.parquet`: one row per result a trial reported, in the order reported: `trial_id`,
+  `iteration`, `attempt` (the trial's n-th start: a retry, a resume or a PBT exploit starts it
+  again, and it may report an iteration again), `restored_from` (`<trial>@<iteration>` of the
+  checkpoint that attempt started from), `time_total_s`, `metric.<name>` for every numeric value
+  reported, `config.<param>` as the trial ran it (PBT changes a trial's config mid-run, so config
+  belongs to each row). Nothing a trial reported is dropped: the analysis picks the rows of each
+  trial's final lineage (orchestrator.analysis.runs.final_lineage).
 - `trials.parquet`: one row per trial: `trial_id`, `status` (see contract.STATUSES), `iterations`,
   `score` (best value of the spec's metric) and `score_iteration`, `wall_s`, `started_at`,
   `ended_at`, `node_ip`, `error`, where it ran: `node_id`, `cpus`, `gpus` (Ray's grant; 0.5 for a
@@ -38,7 +42,7 @@ from typing import Any
 
 import pandas as pd
 
-from orchestrator.results.contract import ELIGIBLE, HELD, HISTORY, PARTS, SCHEDULE, STATUSES, TRIALS
+from orchestrator.results.contract import ELIGIBLE, HELD, HISTORY, PARTS, RESTORED, SCHEDULE, STATUSES, TRIALS
 from orchestrator.results.pareto import front, mark
 from orchestrator.results.parquet import frame, merge, part_files, write
 from orchestrator.results.reports import flatten, reported_metrics
@@ -62,6 +66,8 @@ class TrialRecord:
     gpu_ids: str | None = None
     error: str | None = None  # also why it was last retried, when it then finished (retries > 0)
     retries: int = 0  # times Ray restarted it after a failure (budget.max_failures)
+    attempts: int = 0  # times it was started: 1, plus each retry, resume, unpause or PBT exploit
+    restored_from: str | None = None  # the checkpoint its current attempt started from (contract.RESTORED)
     stop_requested: bool = False  # its last result ended it (the scheduler, a stopper, or itself)
     schedule: list[dict[str, Any]] | None = None  # the configs its final state trained with (PBT), see SCHEDULE
 
@@ -83,6 +89,7 @@ class TrialRecord:
             "gpu_ids": self.gpu_ids,
             "error": self.error,
             "retries": self.retries,
+            "attempts": self.attempts,
             **{f"config.{k}": v for k, v in self.config.items()},
             **{f"metric.{k}": v for k, v in self.last.items()},
             **({"schedule": json.dumps(self.schedule, default=_json_value)} if self.schedule else {}),
@@ -100,6 +107,7 @@ def trial_from_row(row: Mapping[str, Any]) -> TrialRecord:
     rec = TrialRecord(row["trial_id"], {k[7:]: value(v) for k, v in row.items() if k.startswith("config.")})
     rec.status, rec.iterations, rec.error = row["status"], int(row["iterations"] or 0), value(row.get("error"))
     rec.retries = int(value(row.get("retries")) or 0)
+    rec.attempts = int(value(row.get("attempts")) or 0)
     rec.score, rec.score_iteration = value(row.get("score")), value(row.get("score_iteration"))
     rec.started_at, rec.ended_at = seconds(row.get("started_at")), seconds(row.get("ended_at"))
     rec.last = {k[7:]: v for k, v in row.items() if k.startswith("metric.") and value(v) is not None}
@@ -186,8 +194,11 @@ class Recorder:
 
     # -- events -------------------------------------------------------------------------------
     def start(self, trial_id: str, config: Mapping[str, Any]) -> None:
+        """Tune started the trial: the first time, or again (a retry, `hpo resume`, HyperBand
+        resuming a paused trial, PBT's exploit): each start is an attempt of its own in history."""
         rec = self.trials.setdefault(trial_id, TrialRecord(trial_id, flatten(config)))
         rec.status, rec.started_at, rec.ended_at = "running", rec.started_at or time.time(), None
+        rec.attempts, rec.restored_from = rec.attempts + 1, None
         self._tell("trial_started", rec)
 
     def result(self, trial_id: str, config: Mapping[str, Any], result: Mapping[str, Any]) -> None:
@@ -210,8 +221,9 @@ class Recorder:
                    result: Mapping[str, Any]) -> None:
         rec = self.trials.get(trial_id) or self.trials.setdefault(trial_id, TrialRecord(trial_id, flatten(config)))
         if rec.started_at is None:
-            rec.started_at, rec.status = time.time(), "running"
+            rec.started_at, rec.status, rec.attempts = time.time(), "running", max(1, rec.attempts)
             self._tell("trial_started", rec)
+        rec.restored_from = result.get(RESTORED, rec.restored_from)
         rec.config = flatten(config)
         metrics = reported_metrics(values)
         iteration = iteration or rec.iterations + 1
@@ -226,6 +238,8 @@ class Recorder:
         self._pending_rows.append({
             "trial_id": trial_id,
             "iteration": iteration,
+            "attempt": max(1, rec.attempts),
+            "restored_from": rec.restored_from,
             "time_total_s": time_total_s,
             "timestamp": _ts(timestamp),
             **{f"metric.{k}": v for k, v in metrics.items()},

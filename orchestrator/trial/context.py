@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator import ray_api
-from orchestrator.results.contract import HELD, SCHEDULE
+from orchestrator.results.contract import HELD, RESTORED, SCHEDULE
 from orchestrator.trial.settings import TrialSettings
 
 _STATE_FILE = "state.pkl"
@@ -40,11 +40,13 @@ _STATE_FILE = "state.pkl"
 
 @dataclass
 class _Saved:
-    """What a checkpoint holds: the family's state, the iteration it was taken at, its schedule."""
+    """What a checkpoint holds: the family's state, the iteration it was taken at, its schedule,
+    and the trial that took it (a PBT exploit restores another trial's)."""
 
     state: Any
     iteration: int
     schedule: list[dict[str, Any]]
+    trial_id: str | None = None
 
 
 @dataclass
@@ -65,6 +67,7 @@ class TrialContext:
     config: dict[str, Any] | None = None  # the trial's config, the start of its schedule
     _reports: int = 0
     _start: int = 0  # the iteration its restored checkpoint was taken at
+    _restored: str | None = None  # "<trial>@<iteration>" of the checkpoint it restored (contract.RESTORED)
     _schedule: list[dict[str, Any]] = field(default_factory=list)
     _held: list[dict[str, Any]] = field(default_factory=list)
     _last_sent: float = -float("inf")
@@ -106,6 +109,8 @@ class TrialContext:
         checkpoint = state is not None and self.checkpointing and self._reports % self.checkpoint_every == 0
         if len(self.schedule) > 1:
             metrics = {**metrics, SCHEDULE: self.schedule}
+        if self._restored:
+            metrics = {**metrics, RESTORED: self._restored}
         if not self.report_every_s:
             self._send(dict(metrics), state if checkpoint else None)
             return
@@ -126,7 +131,7 @@ class TrialContext:
         if state is None:
             ray_api.report(metrics)
             return
-        saved = _Saved(state, self._start + self._reports, self.schedule)
+        saved = _Saved(state, self._start + self._reports, self.schedule, ray_api.trial_id())
         with tempfile.TemporaryDirectory(prefix="hpo-ckpt-") as tmp:
             with open(os.path.join(tmp, _STATE_FILE), "wb") as f:
                 pickle.dump(saved, f, protocol=pickle.HIGHEST_PROTOCOL)
@@ -141,6 +146,8 @@ class TrialContext:
         if not isinstance(saved, _Saved):  # a checkpoint written before schedules were kept
             return saved
         self._start, self._schedule = saved.iteration, list(saved.schedule)
+        origin = getattr(saved, "trial_id", None) or ray_api.trial_id()  # checkpoints from before it was kept
+        self._restored = f"{origin}@{saved.iteration}" if origin else None
         if self.config is not None and (not self._schedule or self._schedule[-1]["config"] != self.config):
             self._schedule.append({"from_iteration": saved.iteration, "config": dict(self.config)})  # PBT exploited
         return saved.state
