@@ -96,10 +96,11 @@ def experiment(function: str, searcher: str, seed: int, trials: int, scheduler: 
 
 def ours(function: str, searcher: str, seed: int, trials: int) -> float:
     from orchestrator.run.tuner import build_tune_config
+    from orchestrator.search.resumable import base_searcher
 
     fn = FUNCTIONS[function]
     cfg, space = build_tune_config(experiment(function, searcher, seed, trials))
-    alg = cfg.search_alg
+    alg = base_searcher(cfg.search_alg)
     if space:
         alg.set_search_properties("loss", "min", space)
     best = math.inf

@@ -14,6 +14,7 @@ import time
 
 from experiments.synthetic import KNOWN_OPTIMUM, branin
 from orchestrator.run.tuner import build_tune_config
+from orchestrator.search.resumable import base_searcher
 from orchestrator.search.searchers import SEARCHERS
 from orchestrator.spec.load import validate
 
@@ -26,7 +27,7 @@ def through_orchestrator(name: str, trials: int) -> tuple[float, float]:
                     "searcher": {"name": name, "seed": 0},
                     "scheduler": {"name": scheduler}, "space": {"iterations": 81}, "budget": {"trials": trials}})
     cfg, space = build_tune_config(exp)
-    alg = cfg.search_alg
+    alg = base_searcher(cfg.search_alg)
     if space:
         alg.set_search_properties("loss", "min", space)
     best = float("inf")

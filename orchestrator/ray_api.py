@@ -44,9 +44,18 @@ PRIVATE_APIS: tuple[tuple[str, str, str], ...] = (
      "cluster: a KubeRay RayCluster -> node types"),
     ("ray.tune.impl.tuner_internal", "TunerInternal.get_run_config",
      "resume: a restored Tuner gets this run's callbacks (Tuner._local_tuner holds it)"),
-    ("ray.tune.impl.tuner_internal", "TunerInternal._tune_config", "resume: the time budget left"),
+    ("ray.tune.impl.tuner_internal", "TunerInternal._tune_config",
+     "resume: the time budget left; the search algorithm told what finished after Tune's last snapshot"),
     ("ray.tune.execution.experiment_state", "_find_newest_experiment_checkpoint",
-     "resume: which trials Tune's last snapshot knows (the file's trial_data)"),
+     "resume: which trials Tune's last snapshot knows, and how they stood (the file's trial_data)"),
+    ("ray.tune.search.optuna.optuna_search", "OptunaSearch._ot_study",
+     "searchers: a finished trial added to the study of a define-by-run space (add_evaluated_point)"),
+    ("ray.tune.search.bohb.bohb_search", "_BOHBJobWrapper", "searchers: a finished trial told to BOHB's model"),
+    ("ray.tune.search.bohb.bohb_search", "TuneBOHB.bohber", "searchers: BOHB's model, told a finished trial"),
+    ("ray.tune.search.search_generator", "SearchGenerator._counter",
+     "resume: trials created after Tune's last snapshot count toward num_samples"),
+    ("ray.tune.search.basic_variant", "BasicVariantGenerator._live_trials",
+     "resume: a variant skipped for a trial that finished after Tune's last snapshot"),
     ("ray._private.ray_logging", "global_worker_stdstream_dispatcher", "runner: drop workers' SIGTERM tracebacks"),
     ("ray.tune.experiment.trial", "Trial.should_recover",
      "callbacks: retry a trial (budget.max_failures) only when its worker or node was lost"),
@@ -68,8 +77,9 @@ PRIVATE_APIS: tuple[tuple[str, str, str], ...] = (
 
 
 def missing_private_apis() -> list[str]:
-    """The PRIVATE_APIS entries this Ray no longer has. An attribute a class only sets in its
-    `__init__` (`_trial_info`, `_tune_config`) is looked for in that `__init__`'s source."""
+    """The PRIVATE_APIS entries this Ray no longer has. An attribute a class only sets on its
+    instances (`_trial_info`, `_tune_config`, `_ot_study`) is looked for as `self.<name> =` in the
+    class's source."""
     import inspect
 
     missing = []
@@ -83,7 +93,7 @@ def missing_private_apis() -> list[str]:
         if owner:
             obj = getattr(obj, owner, None)
         found = obj is not None and (hasattr(obj, name) or
-                                     (inspect.isclass(obj) and f"self.{name} =" in inspect.getsource(obj.__init__)))
+                                     (inspect.isclass(obj) and f"self.{name} =" in inspect.getsource(obj)))
         if not found:
             missing.append(f"{module}.{attr}")
     return missing
@@ -164,17 +174,44 @@ def set_time_budget(tuner, seconds: float) -> None:
     tuner._local_tuner._tune_config.time_budget_s = seconds
 
 
-def snapshot_trial_ids(tune_dir: Path) -> set[str]:
-    """The trials in Tune's newest experiment snapshot (what `Tuner.restore` will bring back)."""
+def snapshot_trials(tune_dir: Path) -> tuple[Path | None, dict[str, dict[str, Any]]]:
+    """Tune's newest experiment snapshot (what `Tuner.restore` brings back): its file, and each of
+    its trials' `status` (PENDING, RUNNING, PAUSED, TERMINATED, ERROR) and `last_result`."""
     import json
 
     from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
 
     newest = _find_newest_experiment_checkpoint(str(tune_dir))
     if newest is None:
-        return set()
+        return None, {}
     state = json.loads(Path(newest).read_text())
-    return {json.loads(entry[0])["trial_id"] for entry in state.get("trial_data", [])}
+    trials = {}
+    for entry in state.get("trial_data", []):
+        trial, runtime = json.loads(entry[0]), json.loads(entry[1])
+        trials[trial["trial_id"]] = {"status": trial.get("status"), "last_result": runtime.get("last_result") or {}}
+    return Path(newest), trials
+
+
+def set_snapshot_statuses(snapshot: Path, statuses: Mapping[str, str]) -> None:
+    """Rewrites trials' statuses in Tune's snapshot file (atomically), so that `Tuner.restore` takes a
+    trial that finished after the snapshot for finished (TERMINATED, ERROR) and does not run it again."""
+    import json
+    import os
+
+    state = json.loads(Path(snapshot).read_text())
+    for entry in state.get("trial_data", []):
+        trial = json.loads(entry[0])
+        if trial["trial_id"] in statuses:
+            trial["status"] = statuses[trial["trial_id"]]
+            entry[0] = json.dumps(trial)
+    tmp = Path(snapshot).with_name(f".{Path(snapshot).name}.tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, snapshot)
+
+
+def search_alg_of(tuner) -> Any:
+    """The search algorithm a restored Tuner's fit will restore from Tune's snapshot and run."""
+    return tuner._local_tuner._tune_config.search_alg
 
 
 # --- configuration and cluster files ------------------------------------------------------------

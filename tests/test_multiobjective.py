@@ -22,6 +22,7 @@ from orchestrator.run.driver import run
 from orchestrator.run.outcome import no_front
 from orchestrator.run.summary import lines
 from orchestrator.run.tuner import build_tune_config
+from orchestrator.search.resumable import base_searcher
 from orchestrator.search.schedulers import SCHEDULERS
 from orchestrator.search.searchers import SEARCHERS
 from orchestrator.spec.data import Dataset
@@ -148,7 +149,7 @@ def test_optuna_gets_a_study_with_one_direction_per_metric(searcher, sampler):
     exp = validate({"name": "d", "family": "xgboost", "metric": [{"name": "val_error"}, {"name": "val_accuracy"}],
                     "searcher": {"name": searcher, "seed": 0, **({"population_size": 4} if "nsga" in searcher else {})}})
     cfg, _ = build_tune_config(exp)
-    alg = cfg.search_alg
+    alg = base_searcher(cfg.search_alg)
     assert type(alg._sampler).__name__ == sampler and alg.metric == ["val_error", "val_accuracy"]
     assert alg._ot_study.directions == [optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MAXIMIZE]
     if "nsga" in searcher:

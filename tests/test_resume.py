@@ -19,13 +19,15 @@ from orchestrator.results.contract import EXPERIMENT, HISTORY, PARTS, TRIALS
 from orchestrator.results.reader import load
 from orchestrator.results.writer import Recorder
 from orchestrator.run.resume import resume, spent_s
+from orchestrator.spec.load import validate
 from tests.conftest import ROOT
 
 
-def feed(rec: Recorder, trial_id: str, values: list[float], complete: bool = True) -> None:
-    rec.start(trial_id, {"x": len(values)})
+def feed(rec: Recorder, trial_id: str, values: list[float], complete: bool = True, config: dict | None = None) -> None:
+    config = config or {"x": len(values)}
+    rec.start(trial_id, config)
     for i, v in enumerate(values, start=1):
-        rec.result(trial_id, {"x": len(values)}, {"training_iteration": i, "loss": v, "time_total_s": i})
+        rec.result(trial_id, config, {"training_iteration": i, "loss": v, "time_total_s": i})
     if complete:
         rec.complete(trial_id)
 
@@ -44,8 +46,10 @@ def test_a_reopened_recorder_keeps_trials_and_history_and_numbers_new_parts_afte
 
     trials, history = load(tmp_path)
     assert dict(zip(trials.trial_id, trials.status)) == {"a": "completed", "b": "completed"}
-    assert history.groupby("trial_id")["iteration"].apply(list).to_dict() == {"a": [1, 2], "b": [1, 2]}
-    assert history.set_index(["trial_id", "iteration"]).loc[("b", 2), "metric.loss"] == 1.0
+    # b's first attempt stays in history beside the one that finished (results contract 2)
+    assert history.groupby(["trial_id", "attempt"])["iteration"].apply(list).to_dict() == {
+        ("a", 1): [1, 2], ("b", 1): [1], ("b", 2): [1, 2]}
+    assert history.set_index(["trial_id", "attempt", "iteration"]).loc[("b", 2, 2), "metric.loss"] == 1.0
     assert not (tmp_path / PARTS).exists() and (tmp_path / HISTORY).exists()
 
 
@@ -67,9 +71,40 @@ def test_the_time_spent_counts_each_stretch_up_to_its_last_record(tmp_path):
     trials = pd.read_parquet(tmp_path / TRIALS)
     start = trials["started_at"].iloc[0] - pd.Timedelta(seconds=30)
     meta = {"started_at": start.isoformat()}
-    assert spent_s(meta, tmp_path) == pytest.approx(30, abs=1.5)
+    assert spent_s(meta, *load(tmp_path)) == pytest.approx(30, abs=1.5)
     meta["resumes"] = [{"at": (start + pd.Timedelta(seconds=25)).isoformat(), "spent_s": 100.0}]
-    assert spent_s(meta, tmp_path) == pytest.approx(105, abs=1.5)  # 100 before, 5 since that resume
+    assert spent_s(meta, *load(tmp_path)) == pytest.approx(105, abs=1.5)  # 100 before, 5 since that resume
+
+
+def test_reconcile_settles_the_record_against_tunes_snapshot_trial_by_trial(tmp_path):
+    """Each case of the module docstring, against a snapshot written by hand."""
+    from orchestrator.run.resume import reconcile
+
+    exp = validate({"name": "r", "family": "synthetic", "metric": {"name": "loss"}, "budget": {"trials": 8}})
+    rec = Recorder(tmp_path, "loss", "min", max_t=27)
+    feed(rec, "done_both", [3.0])  # finished in both
+    feed(rec, "done_after", [2.0, 1.0])  # finished, the snapshot has it running
+    feed(rec, "new_done", [4.0], config={"x1": 1.0, "x2": 2.0, "iterations": 27})  # finished, created after it
+    feed(rec, "new_running", [5.0], complete=False)  # created after the snapshot, unfinished
+    feed(rec, "lag", [6.0], complete=False)  # the snapshot has its end, the record not yet
+    feed(rec, "both_running", [7.0], complete=False)  # running in both: Tune resumes it
+    rec.flush()
+    snapshot = {"done_both": {"status": "TERMINATED", "last_result": {}},
+                "done_after": {"status": "RUNNING", "last_result": {}},
+                "lag": {"status": "TERMINATED", "last_result": {"loss": 0.5, "training_iteration": 27}},
+                "both_running": {"status": "RUNNING", "last_result": {}}}
+    _, history = load(tmp_path)
+    plan = reconcile(rec, snapshot, exp, history)
+    told = {f.trial_id: f for f in plan.told}
+    assert set(told) == {"done_after", "new_done"} and told["done_after"].known and not told["new_done"].known
+    assert told["done_after"].result["loss"] == 1.0 and told["done_after"].curve == (2.0, 1.0)
+    assert set(told["new_done"].config) == {"x1", "x2"}  # the sampled parameters, not the constants
+    assert plan.finished_in_record == {"done_after": "TERMINATED"}
+    assert plan.cut_off == ["new_running"] and rec.trials["new_running"].status == "interrupted"
+    assert plan.settled == ["lag"]
+    lag = rec.trials["lag"]
+    assert (lag.status, lag.score, lag.iterations) == ("completed", 0.5, 27)
+    assert rec.trials["both_running"].status == "running"
 
 
 def test_resume_refuses_what_it_cannot_resume(tmp_path):
@@ -84,7 +119,7 @@ SPEC = """
 name: resume-me
 family: synthetic
 metric: {name: loss, mode: min}
-space: {iterations: 10, sleep_s: 0.1}
+space: {iterations: 10, sleep_s: 0.2}
 searcher: {name: optuna-tpe, seed: 0}
 budget: {trials: 10, concurrent: 2}
 """
@@ -126,7 +161,7 @@ def _completed(run_dir) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_finishes_the_budget_and_keeps_finished_trials(tmp_path, ray_tmp):
+def test_kill_9_then_resume_ends_at_exactly_the_budget_and_keeps_finished_trials(tmp_path, ray_tmp):
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
     run_dir = tmp_path / "run"
@@ -148,15 +183,16 @@ def test_kill_9_then_resume_finishes_the_budget_and_keeps_finished_trials(tmp_pa
     meta = json.loads((run_dir / EXPERIMENT).read_text())
     entry = meta["resumes"][0]
     assert meta["status"] == "finished" and len(meta["resumes"]) == 1 and entry["spent_s"] > 0
-    extra, cut = entry["finished_after_snapshot"], entry["cut_off_after_snapshot"]
-    assert len(trials) == 10 + len(extra) + len(cut) and trials.trial_id.is_unique
+    cut = entry["cut_off_after_snapshot"]
     by_status = trials.groupby("status")["trial_id"].apply(set).to_dict()
-    assert by_status.get("interrupted", set()) == set(cut)
-    assert len(by_status["completed"]) == 10 + len(extra)  # Tune ran the budget; nothing finished was dropped
+    assert len(by_status["completed"]) == 10 and trials.trial_id.is_unique  # exactly the budget, none twice
+    assert by_status.get("interrupted", set()) == set(cut) and len(trials) == 10 + len(cut)  # the documented surplus
     after = trials.set_index("trial_id")["score"]
     assert all(after[t] == pytest.approx(score) for t, score in before.items())  # kept, with its score
-    assert not history.duplicated(["trial_id", "iteration"]).any()
+    assert set(entry["told_searcher"]) >= set(entry["finished_after_snapshot"])
+    assert not history.duplicated(["trial_id", "attempt", "iteration"]).any()
     done = trials.loc[trials.status == "completed", "trial_id"]
-    assert history[history.trial_id.isin(done)].groupby("trial_id")["iteration"].apply(
-        lambda s: sorted(s) == list(range(1, 11))).all()
+    last = history[history.trial_id.isin(done)].groupby("trial_id")["attempt"].transform("max")
+    ran = history[history.trial_id.isin(done)][lambda h: h["attempt"] == last]
+    assert ran.groupby("trial_id")["iteration"].apply(lambda s: sorted(s) == list(range(1, 11))).all()
     assert "run " in out and "best trial" in out

@@ -12,6 +12,7 @@ import pytest
 from orchestrator.errors import InputError, RunError
 from orchestrator.run.driver import run
 from orchestrator.run.tuner import build_tune_config
+from orchestrator.search.resumable import base_searcher
 from orchestrator.spec.load import load_spec, validate
 from tests.conftest import EXPERIMENTS, ROOT
 
@@ -37,9 +38,10 @@ def test_build_tune_config_without_ray():
 
     exp = validate(__import__("yaml").safe_load(SMALL_XGB))
     cfg, space = build_tune_config(exp)
-    assert isinstance(cfg.search_alg, OptunaSearch) and space == {}  # define-by-run owns the space
+    assert isinstance(base_searcher(cfg.search_alg), OptunaSearch) and space == {}  # define-by-run owns the space
     assert isinstance(cfg.scheduler, ASHAScheduler) and cfg.scheduler._max_t == 20
-    assert (cfg.metric, cfg.mode, cfg.num_samples, cfg.max_concurrent_trials) == ("val_error", "min", 10, 2)
+    assert (cfg.metric, cfg.mode, cfg.num_samples) == ("val_error", "min", 10)
+    assert cfg.search_alg.searcher.max_concurrent == 2 and cfg.max_concurrent_trials is None  # one owner: the limiter
     assert cfg.reuse_actors is True
 
 

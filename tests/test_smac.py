@@ -12,6 +12,7 @@ import pytest
 
 from orchestrator.run.driver import run
 from orchestrator.run.tuner import build_tune_config
+from orchestrator.search.resumable import base_searcher
 from orchestrator.search.smac import SMACSearch
 from orchestrator.search.space import parse_space
 from orchestrator.spec.load import load_spec, validate
@@ -31,7 +32,7 @@ def searcher(seed: int = 0, trials: int = 20, **opts) -> SMACSearch:
     exp = validate({"name": "s", "family": "synthetic", "metric": {"name": "loss"},
                     "space": SVM_LIKE, "searcher": {"name": "smac", "seed": seed, **opts},
                     "budget": {"trials": trials}})
-    alg = build_tune_config(exp)[0].search_alg
+    alg = base_searcher(build_tune_config(exp)[0].search_alg)
     assert isinstance(alg, SMACSearch)
     return alg
 

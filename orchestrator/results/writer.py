@@ -179,7 +179,7 @@ class Recorder:
         """The trial with the best finite score among those that ended normally (see ELIGIBLE)."""
         best = None
         for rec in self.trials.values():
-            if rec.status in ELIGIBLE and _finite(rec.score) and (best is None or self._better(rec.score, best.score)):
+            if rec.status in ELIGIBLE and _finite(rec.score) and (best is None or self.better(rec.score, best.score)):
                 best = rec
         return best
 
@@ -231,7 +231,7 @@ class Recorder:
         rec.last = metrics
         rec.node_ip = result.get("node_ip", rec.node_ip)
         value = metrics.get(self.metric)
-        if _finite(value) and (rec.score is None or self._better(value, rec.score)):  # NaN and ±inf never count
+        if _finite(value) and (rec.score is None or self.better(value, rec.score)):  # NaN and ±inf never count
             rec.score, rec.score_iteration = value, iteration
         timestamp = timestamp or time.time()
         self._tell("iteration", rec, iteration, timestamp, metrics)
@@ -282,7 +282,8 @@ class Recorder:
         if rec is not None:
             rec.status, rec.error, rec.retries = "pending", message, rec.retries + 1
 
-    def _better(self, a: float, b: float) -> bool:
+    def better(self, a: float, b: float) -> bool:
+        """Whether score `a` beats `b` in the spec's mode."""
         return a < b if self.mode == "min" else a > b
 
     # -- summaries ----------------------------------------------------------------------------

@@ -31,7 +31,7 @@ class RunStopper(Stopper):
       returned without ever reporting when its first trial ends (Ray lets that pass).
     - A result with `done` set here was ended by the trial itself (the scheduler's stop sets
       `done` only after this call): such a trial `completed`, it was not stopped early.
-    - `stop_all` ends the run after Ctrl-C (orchestrator.run.signals).
+    - `stop_all` ends the run after a signal that Tune's own interrupt did not take (orchestrator.run.signals).
 
     Tune pickles its stopper into each experiment checkpoint, so this holds only small state.
     """
@@ -48,7 +48,8 @@ class RunStopper(Stopper):
         return False
 
     def stop_all(self):
-        return signals.requested() is not None
+        # A signal Tune's own interrupt took ends its loop with the trials resumable (run.signals).
+        return signals.requested() is not None and not signals.handed_to_tune()
 
 
 class RecorderCallback(Callback):

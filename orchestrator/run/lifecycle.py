@@ -106,7 +106,8 @@ def fit(exp: Experiment, run_dir: Path, data: Any, recorder: Recorder, make_tune
         signum = getattr(exc, "signum", signal.SIGINT)
     except Exception as exc:
         failure = explain(exc)
-    signum = signals.requested() or signum  # Ctrl-C: Tune stopped the trials and returned normally
+    signals.tune_loop_ended()
+    signum = signals.requested() or signum  # Ctrl-C: Tune left its loop and returned normally
     if watch is not None and watch.progress:
         watch.progress.finish()
     try:

@@ -1,45 +1,60 @@
-"""`hpo resume RUN_DIR`: finish an experiment that was killed (kill -9, OOM, a lost head) in its folder.
+"""`hpo resume RUN_DIR`: finish a run that was stopped (Ctrl-C, SIGTERM, `hpo stop`) or killed
+(kill -9, OOM, a lost head) in its folder, to exactly its budget.
 
-Ray Tune snapshots its own experiment state into `RUN_DIR/tune/` (at the first step, then every
-10 s or more, at most 5% of the time): every trial with its status, config and latest checkpoint,
-and the searcher's and scheduler's state. Resuming restores that with `Tuner.restore`, which is
-sound for every searcher we offer (each one saves and restores itself: Optuna's study, HyperOpt's
-trials, BOHB's model, Ray's generator with its position) and for every scheduler, so:
+Ray Tune snapshots its experiment into `RUN_DIR/tune/` (at the start, then every 10 s or more):
+every trial with its status, config and latest checkpoint, and the searcher's state. Resuming
+restores that with `Tuner.restore`, so the searcher continues from what it had learned and
+unfinished trials continue from their last checkpoint where the scheduler made the family
+checkpoint (HyperBand, PBT), else from the beginning, under their own trial ids.
 
-- trials that had finished stay finished, with the scores trials.parquet holds;
-- Tune's snapshot is at most ~10 s old: a trial it shows running that had finished since runs
-  again (its new outcome replaces the old one; history.parquet keeps each iteration once, the
-  latest), and a trial created after it is unknown to Tune, which proposes another in its place:
-  such a trial is kept if it had finished (the run then ends above `budget.trials` by that many,
-  recorded in experiment.json; a written result is never dropped) and marked cut off if not;
-- unfinished trials continue from their last checkpoint where the scheduler made the family
-  checkpoint (HyperBand, PBT), else they restart from the beginning;
-- the searcher continues from what it had learned, and Tune runs exactly `budget.trials`;
-- `budget.time_s` counts the time already spent;
-- `experiment.json` records each resume.
+After Ctrl-C that snapshot is exact: Tune takes one last when its loop ends (orchestrator.run.signals).
+After a kill it is up to ~10 s older than the run's Parquet, which is the record of what ran, so
+the two are reconciled before Tune restores (`reconcile`), trial by trial:
+
+- finished in the record, running in the snapshot: Tune is told it finished (its status in the
+  snapshot is rewritten) and the searcher is told its result; it is not run again;
+- finished in the record, created after the snapshot: the searcher is told its config and result,
+  and it counts toward `budget.trials` (orchestrator.search.resumable);
+- finished in the snapshot, still running in the record (its end fell between two flushes): the
+  record takes Tune's status and last result;
+- created after the snapshot and unfinished: Ray's generator (random, grid) makes the same trial
+  again, which continues it; any other searcher cannot, so it stays `interrupted`, and the search
+  proposes another trial in its place (listed under `resumes[].cut_off_after_snapshot`).
+
+So a resumed run ends with exactly `budget.trials` finished trials (completed, stopped, errored),
+each kept once with the scores it recorded. `budget.time_s` counts the time already spent, and
+experiment.json records each resume.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from orchestrator import ray_api
 from orchestrator.errors import InputError
 from orchestrator.results import rundir
 from orchestrator.results.contract import EXPERIMENT
 from orchestrator.results.reader import load
-from orchestrator.results.writer import Recorder
+from orchestrator.results.reports import reported_metrics
+from orchestrator.results.writer import Recorder, TrialRecord
 from orchestrator.run import lifecycle
 from orchestrator.run.driver import load_data
 from orchestrator.run.summary import RunSummary
 from orchestrator.run.tuner import TUNE_DIR, can_restore, restore_tuner
+from orchestrator.search.resumable import Finished
 from orchestrator.spec.experiment import Experiment
 from orchestrator.spec.load import validate
 
 RESUMABLE = ("running", "interrupted", "failed")
 CUT_OFF = "interrupted"  # a trial status: ended by the run's end, not by the scheduler
+FINISHED = {"completed": "TERMINATED", "stopped": "TERMINATED", "errored": "ERROR"}  # ours -> Tune's
+TUNE_FINISHED = ("TERMINATED", "ERROR")
 
 
 def resume(run_dir: str | Path, *, quiet: bool = False, ray_address: str | None = None) -> RunSummary:
@@ -55,39 +70,102 @@ def resume(run_dir: str | Path, *, quiet: bool = False, ray_address: str | None 
         claim = rundir.take_over(run_dir)
     except rundir.FolderTaken as exc:
         raise InputError(str(exc)) from None
+    after_snapshot: list[Finished] = []  # filled by begin(), told to the restored search algorithm
 
     def begin() -> tuple[dict[str, Any], Recorder]:
-        spent = spent_s(meta, run_dir)
+        trials, history = _recorded(run_dir)
+        spent = spent_s(meta, trials, history)
         recorder = Recorder.reopen(run_dir, exp.metric, exp.mode, max_t=exp.max_t,
                                    on_flush=lambda _: claim.beat(), objectives=exp.objectives)
-        kept, lost = reconcile(recorder, ray_api.snapshot_trial_ids((run_dir / TUNE_DIR).resolve()))
-        meta.setdefault("resumes", []).append({"at": rundir.now(), "status_before": meta["status"],
-                                               "spent_s": round(spent, 3), "finished_after_snapshot": kept,
-                                               "cut_off_after_snapshot": lost})
+        snapshot, known = ray_api.snapshot_trials((run_dir / TUNE_DIR).resolve())
+        plan = reconcile(recorder, known, exp, history)
+        if snapshot is not None and plan.finished_in_record:
+            ray_api.set_snapshot_statuses(snapshot, plan.finished_in_record)
+        after_snapshot.extend(plan.told)
+        meta.setdefault("resumes", []).append({
+            "at": rundir.now(), "status_before": meta["status"], "spent_s": round(spent, 3),
+            "finished_after_snapshot": [f.trial_id for f in plan.told if not f.known],
+            "told_searcher": [f.trial_id for f in plan.told],
+            "settled_from_snapshot": plan.settled, "cut_off_after_snapshot": plan.cut_off})
         meta.update(status="running", error=None, ended_at=None, signal=None, owner=claim.owner)
         rundir.write_json(run_dir / EXPERIMENT, meta)
         return meta, recorder
 
-    return lifecycle.drive(exp, run_dir, dataset, begin, restore_tuner(meta), quiet=quiet, ray_address=ray_address)
+    return lifecycle.drive(exp, run_dir, dataset, begin, restore_tuner(meta, after_snapshot), quiet=quiet,
+                           ray_address=ray_address)
 
 
-def reconcile(recorder: Recorder, known_to_tune: set[str]) -> tuple[list[str], list[str]]:
-    """Trials the run recorded after Tune's last snapshot, which Tune will not bring back.
+@dataclass
+class Reconciliation:
+    """What a resume does where the run's record and Tune's last snapshot differ (module docstring)."""
 
-    Its searcher proposes that many trials again, so the run ends above `budget.trials` by the
-    ones that had finished: they stay, with their scores (a written result is never dropped).
-    The ones still running can never end: they are marked cut off. Returns (finished, cut off).
-    """
-    finished, cut_off = [], []
+    told: list[Finished] = field(default_factory=list)  # finished after the snapshot: told to the searcher
+    finished_in_record: dict[str, str] = field(default_factory=dict)  # snapshot statuses to rewrite
+    settled: list[str] = field(default_factory=list)  # finished per the snapshot: the record takes its end
+    cut_off: list[str] = field(default_factory=list)  # created after the snapshot and unfinished
+
+
+def reconcile(recorder: Recorder, snapshot: dict[str, dict[str, Any]], exp: Experiment,
+              history: pd.DataFrame) -> Reconciliation:
+    """Compares the reopened record with Tune's last snapshot (`ray_api.snapshot_trials`) and settles
+    the record where Tune knows better; returns what the snapshot and the searcher must be told."""
+    out = Reconciliation()
     for trial_id, rec in recorder.trials.items():
-        if trial_id in known_to_tune:
-            continue
-        if rec.status in ("running", "pending"):
-            rec.status, rec.ended_at = CUT_OFF, rec.ended_at or rec.started_at
-            cut_off.append(trial_id)
-        else:
-            finished.append(trial_id)
-    return finished, cut_off
+        tune_status = (snapshot.get(trial_id) or {}).get("status")
+        finished = rec.status in FINISHED
+        if tune_status is None:
+            if finished:
+                out.told.append(_finished(rec, exp, history, known=False))
+            elif rec.status in ("running", "pending", CUT_OFF):
+                rec.status, rec.ended_at = CUT_OFF, rec.ended_at or rec.started_at
+                out.cut_off.append(trial_id)
+        elif tune_status in TUNE_FINISHED:
+            if not finished:
+                _settle(rec, tune_status, snapshot[trial_id]["last_result"], recorder)
+                out.settled.append(trial_id)
+        elif finished:  # running, pending or paused in the snapshot
+            out.told.append(_finished(rec, exp, history, known=True))
+            out.finished_in_record[trial_id] = FINISHED[rec.status]
+    return out
+
+
+def _finished(rec: TrialRecord, exp: Experiment, history: pd.DataFrame, known: bool) -> Finished:
+    sampled = {n for n, p in exp.params.items() if not p.is_constant}
+    config = {k: v for k, v in rec.config.items() if k in sampled}
+    result = None if rec.status == "errored" else dict(rec.last)
+    column = f"metric.{exp.metric}"
+    curve: tuple[float, ...] = ()
+    if column in history and len(history):
+        mine = history[history["trial_id"] == rec.trial_id]
+        if "attempt" in mine and len(mine):
+            mine = mine[mine["attempt"] == mine["attempt"].max()]
+        curve = tuple(float(v) for v in mine[column] if v is not None and math.isfinite(v))
+    return Finished(rec.trial_id, config, result, known, curve)
+
+
+def _settle(rec: TrialRecord, tune_status: str, last_result: dict[str, Any], recorder: Recorder) -> None:
+    """A trial whose end Tune's snapshot recorded and the run's last flush had not: it takes Tune's."""
+    metrics = reported_metrics(last_result)
+    iteration = int(last_result.get("training_iteration") or rec.iterations)
+    if tune_status == "ERROR":
+        rec.status = "errored"
+        rec.error = rec.error or "errored (its error text was lost with the killed driver; see Tune's trial folder)"
+    else:
+        early = recorder.max_t is not None and iteration < recorder.max_t and not last_result.get("done")
+        rec.status = "stopped" if early else "completed"
+    if metrics:
+        rec.last, rec.iterations = metrics, iteration
+        value = metrics.get(recorder.metric)
+        if value is not None and math.isfinite(value) and (rec.score is None or recorder.better(value, rec.score)):
+            rec.score, rec.score_iteration = value, iteration
+    rec.ended_at = rec.ended_at or rec.started_at
+
+
+def _recorded(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    try:
+        return load(run_dir)
+    except FileNotFoundError:  # the driver died before its first flush
+        return pd.DataFrame(), pd.DataFrame()
 
 
 def _read(run_dir: Path) -> dict[str, Any]:
@@ -113,10 +191,9 @@ def _experiment(meta: dict[str, Any], run_dir: Path) -> Experiment:
                     source=str(run_dir / EXPERIMENT))
 
 
-def spent_s(meta: dict[str, Any], run_dir: Path) -> float:
+def spent_s(meta: dict[str, Any], trials: pd.DataFrame, history: pd.DataFrame) -> float:
     """Seconds of the budget used so far: what earlier resumes recorded, plus the last stretch, from
     its start to the newest record it left (a killed run records no end)."""
-    trials, history = load(run_dir)
     stamps = [ts for col in ("started_at", "ended_at") if col in trials for ts in trials[col].dropna()]
     stamps += list(history["timestamp"].dropna()) if "timestamp" in history else []
     resumes = meta.get("resumes", [])

@@ -6,12 +6,17 @@ early, and nothing tells the caller a signal arrived: `hpo run` exited 0 with `s
 after Ctrl-C. And `ray.init` makes SIGTERM `sys.exit(15)`.
 
 What we do instead, for the duration of a run (`handling_signals`, main thread only):
-- Tune's SIGINT handler is turned off (`TUNE_DISABLE_SIGINT_HANDLER`) and ours records the
-  signal; the run's Tune stopper (orchestrator.run.callbacks.RunStopper) asks `requested()` at every
-  step and stops every trial, so Tune still ends cleanly and our callbacks flush what they have.
-  A second Ctrl-C raises KeyboardInterrupt at once, for a user who will not wait.
+- Tune's SIGINT handler is turned off (`TUNE_DISABLE_SIGINT_HANDLER`) and ours records the signal,
+  then hands it on to Tune's own interrupt (Tune listens for SIGUSR1 while its loop runs): Tune
+  leaves its loop with the trials still running, snapshots the experiment one last time, and
+  returns. That snapshot is what `hpo resume` continues from, the cut-off trials from their last
+  checkpoint. (Stopping the trials instead, through the stopper, told Tune the search was over:
+  a resume after Ctrl-C then ran nothing.) Before Tune's loop has started, the run's stopper
+  (orchestrator.run.callbacks.RunStopper) stops it at its first step. A second Ctrl-C raises
+  KeyboardInterrupt at once, for a user who will not wait.
 - SIGTERM (`hpo stop`, a scheduler's kill) raises `Interrupted` at once: Ray's job supervisor
-  sends SIGKILL 3 s after SIGTERM, too soon for Tune to stop trials gracefully.
+  sends SIGKILL 3 s after SIGTERM, too soon for Tune's own stop. Tune's last snapshot is then
+  older than the run's Parquet, which `hpo resume` reconciles (orchestrator.run.resume).
 The runner then records `status: interrupted`, marks cut-off trials `interrupted`, and the CLI
 exits 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM), as a shell does.
 Tests: tests/test_faults.py::test_a_signal_ends_a_run_as_interrupted.
@@ -26,6 +31,8 @@ import threading
 from collections.abc import Iterator
 
 _requested: list[int] = []  # the signals received during the current run, in order
+_handed_to_tune: list[int] = []  # the ones Tune's own interrupt received
+TUNE_INTERRUPT = getattr(signal, "SIGUSR1", None)  # Tune's loop ends on it (ray.tune.tune._setup_signal_catching)
 
 
 class Interrupted(BaseException):
@@ -46,10 +53,25 @@ def exit_code(signum: int) -> int:
     return 128 + signum
 
 
+def handed_to_tune() -> bool:
+    """Whether Tune's own interrupt got the signal; if not, the stopper stops Tune's loop."""
+    return bool(_handed_to_tune)
+
+
+def tune_loop_ended() -> None:
+    """Tune's loop returned: its interrupt handler, still installed, would now set an event no loop
+    reads, so a signal must reach the next loop (a nested search's) through the stopper instead."""
+    if TUNE_INTERRUPT is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(TUNE_INTERRUPT, signal.SIG_IGN)
+
+
 def _on_sigint(signum, frame) -> None:
     if signal.SIGINT in _requested:
         raise KeyboardInterrupt  # the second Ctrl-C: stop now, without waiting for trials to stop
     _requested.append(signum)
+    if TUNE_INTERRUPT is not None and callable(signal.getsignal(TUNE_INTERRUPT)):
+        _handed_to_tune.append(signum)
+        signal.raise_signal(TUNE_INTERRUPT)  # handled after this handler returns
 
 
 def _on_sigterm(signum, frame) -> None:
@@ -61,13 +83,16 @@ def _on_sigterm(signum, frame) -> None:
 def handling_signals() -> Iterator[None]:
     """Installs our SIGINT/SIGTERM handlers for one run, and restores the previous ones after."""
     _requested.clear()
+    _handed_to_tune.clear()
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread may set handlers; Tune's own then apply
         return
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours records the signal; Tune's would hide it
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    ours = (signal.SIGINT, signal.SIGTERM, *([TUNE_INTERRUPT] if TUNE_INTERRUPT is not None else []))
+    previous = {s: signal.getsignal(s) for s in ours}
     signal.signal(signal.SIGINT, _on_sigint)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    tune_loop_ended()  # a handler an earlier run's Tune left behind is not this run's
     try:
         yield
     finally:

@@ -32,6 +32,8 @@ def build_tune_config(exp: Experiment):
     """The TuneConfig for an experiment: searcher, scheduler, budget. Needs no running Ray."""
     from ray import tune
 
+    from orchestrator.search.resumable import ResumableSearch
+
     spec = exp.spec
     if exp.warm_points:  # searchers that learn from scores take them; the others try the configs first
         points, rewards = [dict(p) for p in exp.warm_points], list(exp.warm_scores)
@@ -43,21 +45,23 @@ def build_tune_config(exp: Experiment):
         else (exp.metric, exp.mode)
     plan = build_search(spec.searcher, SearchContext(exp.params, metric, mode, exp.searcher_seed, points, rewards,
                                                      trials=exp.total_trials))
-    cap = concurrent = min(spec.budget.concurrent, spec.searcher.max_concurrent or spec.budget.concurrent)
-    if isinstance(plan.search_alg, tune.search.BasicVariantGenerator):
+    cap = min(spec.budget.concurrent, spec.searcher.max_concurrent or spec.budget.concurrent)
+    search_alg = plan.search_alg
+    if isinstance(search_alg, tune.search.BasicVariantGenerator):
         # Ray ignores max_concurrent_trials for a generator passed in (with a warning): it must be
         # set on the generator itself.
-        plan.search_alg.max_concurrent, concurrent = concurrent, None
+        search_alg.max_concurrent = cap
+    else:  # wrapped as Tune wraps a Searcher, in a wrapper a resume can tell (orchestrator.search.resumable)
+        search_alg = ResumableSearch(tune.search.ConcurrencyLimiter(search_alg, max_concurrent=cap))
     scheduler = build_scheduler(spec.scheduler, exp.params)
     if hasattr(scheduler, "cap"):  # HyperBand widens the searcher's cap by its paused trials (ray_schedulers)
         scheduler.cap = cap
     config = tune.TuneConfig(
         metric=exp.metric,
         mode=exp.mode,
-        search_alg=plan.search_alg,
+        search_alg=search_alg,
         scheduler=scheduler,
         num_samples=spec.budget.trials,
-        max_concurrent_trials=concurrent,
         time_budget_s=spec.budget.time_s,
         reuse_actors=can_reuse_actors(exp),
         trial_dirname_creator=trial_dirname,
@@ -166,10 +170,12 @@ def can_restore(run_dir: Path) -> bool:
     return tune.Tuner.can_restore(str((Path(run_dir) / TUNE_DIR).resolve()))
 
 
-def restore_tuner(meta: dict[str, Any]) -> TunerFactory:
+def restore_tuner(meta: dict[str, Any], after_snapshot: list) -> TunerFactory:
     """A `TunerFactory` that continues Tune's own snapshot of the run (`hpo resume`), with this
-    process's callbacks and stopper. `meta` is experiment.json as the resume wrote it before the
-    fit: its `resumes` say how much of `budget.time_s` is left."""
+    process's callbacks and stopper. `meta` is experiment.json and `after_snapshot` the trials that
+    finished after Tune's last snapshot (orchestrator.search.resumable.Finished), both as the
+    resume's `begin` leaves them before the fit: `meta`'s `resumes` say how much of
+    `budget.time_s` is left, and the restored search algorithm is told `after_snapshot`."""
 
     def restored(exp: Experiment, run_dir: Path, callbacks: list, data: Any, key: str | None, stopper):
         from ray import tune
@@ -179,6 +185,9 @@ def restore_tuner(meta: dict[str, Any]) -> TunerFactory:
         ray_api.replace_run_hooks(tuner, run_callbacks(exp, callbacks), stopper)
         if exp.spec.budget.time_s is not None:
             ray_api.set_time_budget(tuner, time_left_s(exp.spec.budget.time_s, meta))
+        search_alg = ray_api.search_alg_of(tuner)
+        if hasattr(search_alg, "after_snapshot"):  # not in a run folder written before it existed
+            search_alg.after_snapshot(list(after_snapshot))
         return tuner
 
     return restored

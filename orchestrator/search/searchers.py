@@ -200,9 +200,9 @@ def _build_random(opts: RandomOptions, ctx: SearchContext) -> SearchPlan:
 
 def _ray_generator(ctx: SearchContext, params: Mapping[str, Param]) -> SearchPlan:
     """Ray's own variant generator over Ray domains, seeded, with the points to try first."""
-    from ray.tune.search import BasicVariantGenerator
+    from orchestrator.search.resumable import ResumableVariants
 
-    return SearchPlan(BasicVariantGenerator(points_to_evaluate=ctx.points or None, random_state=ctx.seed),
+    return SearchPlan(ResumableVariants(points_to_evaluate=ctx.points or None, random_state=ctx.seed),
                       to_tune(params))
 
 
@@ -239,10 +239,16 @@ class OptunaDefineByRun:
 
 
 def _optuna_plan(sampler, ctx: SearchContext) -> SearchPlan:
+    import warnings
+
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
+
+    from orchestrator.search.ray_searchers import DefineByRunOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one INFO line per study is noise here
+    # A trial resumed from a checkpoint reports its steps again; Optuna keeps the first, and says so.
+    warnings.filterwarnings("ignore", message=r"The reported value is ignored because this `step=",
+                            category=UserWarning)
     storage, study_name, points = None, None, ctx.points or None
     if ctx.rewards is not None:
         # Ray's OptunaSearch refuses evaluated rewards with a define-by-run space, so the earlier
@@ -256,8 +262,9 @@ def _optuna_plan(sampler, ctx: SearchContext) -> SearchPlan:
             study.add_trial(optuna.trial.create_trial(
                 params=params, distributions={k: dists[k] for k in params}, value=value))
         points = None
-    alg = OptunaSearch(space=OptunaDefineByRun(ctx.params), metric=ctx.metric, mode=ctx.mode, sampler=sampler,
-                       points_to_evaluate=points, storage=storage, study_name=study_name)
+    alg = DefineByRunOptunaSearch(space=OptunaDefineByRun(ctx.params), metric=ctx.metric, mode=ctx.mode,
+                                  sampler=sampler, points_to_evaluate=points, storage=storage, study_name=study_name,
+                                  params=ctx.params)
     return SearchPlan(alg, {})
 
 
@@ -292,18 +299,18 @@ def _build_optuna_gp(opts: OptunaGPOptions, ctx: SearchContext) -> SearchPlan:
 # --- HyperOpt and BOHB, through Ray's wrappers of Ray domains --------------------------------
 
 def _build_hyperopt(opts: HyperOptOptions, ctx: SearchContext) -> SearchPlan:
-    from ray.tune.search.hyperopt import HyperOptSearch
+    from orchestrator.search.ray_searchers import EvaluatedPointsHyperOptSearch
 
-    alg = HyperOptSearch(metric=ctx.metric, mode=ctx.mode, points_to_evaluate=ctx.points or None,
+    alg = EvaluatedPointsHyperOptSearch(metric=ctx.metric, mode=ctx.mode, points_to_evaluate=ctx.points or None,
                          random_state_seed=ctx.seed, **chosen(opts, "n_initial_points", "gamma"))
     return SearchPlan(alg, to_tune(ctx.params))
 
 
 def _build_bohb(opts: BOHBOptions, ctx: SearchContext) -> SearchPlan:
-    from ray.tune.search.bohb import TuneBOHB
+    from orchestrator.search.ray_searchers import EvaluatedPointsBOHB
 
     bohb_config = chosen(opts, "min_points_in_model") or None
-    alg = TuneBOHB(metric=ctx.metric, mode=ctx.mode, points_to_evaluate=ctx.points or None, seed=ctx.seed,
+    alg = EvaluatedPointsBOHB(metric=ctx.metric, mode=ctx.mode, points_to_evaluate=ctx.points or None, seed=ctx.seed,
                    bohb_config=bohb_config)
     return SearchPlan(alg, to_tune(ctx.params))
 

@@ -154,6 +154,16 @@ class SMACSearch(Searcher):
         self.told.append((values, cost))
         self._tell(values, cost)
 
+    def add_evaluated_point(self, parameters: dict, value: Any, error: bool = False, pruned: bool = False,
+                            intermediate_values: list[float] | None = None) -> None:
+        """A finished trial SMAC did not propose (one that finished after Tune's last snapshot, told
+        on `hpo resume`): told as one of its own."""
+        self._ensure()
+        values = self._from_smac(self._configuration(parameters))
+        cost = None if error or value is None or not math.isfinite(value) else self._cost(float(value))
+        self.told.append((values, cost))
+        self._tell(values, cost)
+
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
             pickle.dump(self.__getstate__(), f)

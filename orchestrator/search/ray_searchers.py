@@ -1,0 +1,118 @@
+"""Ray searcher subclasses that take a finished trial they did not propose (`add_evaluated_point`),
+which a resumed run needs for trials that finished after Tune's last snapshot
+(orchestrator.search.resumable). Imported only when chosen.
+
+- Optuna: Ray's `OptunaSearch.add_evaluated_point` refuses a define-by-run space, the only kind
+  we give it (conditional parameters need one); the trial is added to its study with the
+  distributions of our space instead, one value per objective.
+- HyperOpt: Ray's `HyperOptSearch` has none; the point becomes a finished trial document in its
+  `Trials`, categories as indices, as Ray does for `points_to_evaluate`.
+- BOHB: Ray's `TuneBOHB` has none; the result goes to BOHB's model at the budget (iterations) the
+  trial reached, as `on_trial_result` hands it results.
+
+Each class is made when first asked for (the module's `__getattr__`): importing Ray's HyperOpt and
+BOHB wrappers costs ~1.2 s, which an Optuna run must not pay. Pickle finds a class the same way,
+so Tune's snapshots of these searchers restore in a fresh process.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from orchestrator.search.space import Param, optuna_distributions
+
+
+def __getattr__(name: str) -> type:
+    makers = {"DefineByRunOptunaSearch": _optuna, "EvaluatedPointsHyperOptSearch": _hyperopt,
+              "EvaluatedPointsBOHB": _bohb}
+    if name not in makers:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    cls = makers[name]()
+    cls.__module__, cls.__qualname__ = __name__, name
+    globals()[name] = cls
+    return cls
+
+
+def _optuna() -> type:
+    from ray.tune.search.optuna import OptunaSearch
+
+    return type("DefineByRunOptunaSearch", (_OptunaPoints, OptunaSearch), {})
+
+
+def _hyperopt() -> type:
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    return type("EvaluatedPointsHyperOptSearch", (_HyperOptPoints, HyperOptSearch), {})
+
+
+def _bohb() -> type:
+    from ray.tune.search.bohb import TuneBOHB
+
+    return type("EvaluatedPointsBOHB", (_BOHBPoints, TuneBOHB), {})
+
+
+class _OptunaPoints:
+    """OptunaSearch over our define-by-run space that also takes evaluated points."""
+
+    _ot_study: Any
+
+    def __init__(self, *args, params: Mapping[str, Param], **kwargs):
+        super().__init__(*args, **kwargs)
+        self._distributions = optuna_distributions(params)
+
+    def add_evaluated_point(self, parameters: dict, value: Any, error: bool = False, pruned: bool = False,
+                            intermediate_values: list[float] | None = None) -> None:
+        import optuna
+        from optuna.trial import TrialState
+
+        dists = {k: d for k, d in self._distributions.items() if k in parameters}
+        state = TrialState.FAIL if error else TrialState.PRUNED if pruned else TrialState.COMPLETE
+        several = isinstance(value, (list, tuple))
+        done = state == TrialState.COMPLETE
+        trial = optuna.trial.create_trial(
+            state=state, params={k: parameters[k] for k in dists}, distributions=dists,
+            value=None if several or not done else value, values=list(value) if several and done else None,
+            intermediate_values=dict(enumerate(intermediate_values, start=1)) if intermediate_values else None)
+        self._ot_study.add_trial(trial)
+
+
+class _HyperOptPoints:
+    """HyperOptSearch that also takes evaluated points."""
+
+    _hpopt_trials: Any
+    metric_op: float
+
+    def add_evaluated_point(self, parameters: dict, value: Any, error: bool = False, pruned: bool = False,
+                            intermediate_values: list[float] | None = None) -> None:
+        import hyperopt as hpo
+        from hyperopt.fmin import generate_trial
+
+        point = copy.deepcopy(parameters)
+        self._convert_categories_to_indices(point)
+        tid = self._hpopt_trials.new_trial_ids(1)[0]
+        doc = generate_trial(tid, point)
+        doc["state"] = hpo.base.JOB_STATE_DONE
+        doc["result"] = {"status": hpo.STATUS_FAIL} if error or value is None else \
+            {"loss": self.metric_op * float(value), "status": hpo.STATUS_OK}
+        self._hpopt_trials.insert_trial_docs([doc])
+        self._hpopt_trials.refresh()
+
+
+class _BOHBPoints:
+    """TuneBOHB that also takes evaluated points, at the budget their curve reached."""
+
+    bohber: Any
+    _space: Any
+    _metric_op: float
+
+    def add_evaluated_point(self, parameters: dict, value: Any, error: bool = False, pruned: bool = False,
+                            intermediate_values: list[float] | None = None) -> None:
+        from ray.tune.search.bohb.bohb_search import _BOHBJobWrapper
+
+        if error or value is None:
+            return  # BOHB's model has no place for a failed run: Ray drops those too
+        budget = len(intermediate_values) if intermediate_values else 1
+        config = {k: v for k, v in parameters.items() if k in self._space}
+        self.bohber.new_result(_BOHBJobWrapper(self._metric_op * float(value), budget, config))
