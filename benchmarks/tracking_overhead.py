@@ -1,4 +1,4 @@
-"""What each tracker (orchestrator.tracking.backends) costs per reported iteration, and what a run pays for it.
+"""What each tracker (orchestrator.tracking) costs per reported iteration, and what a run pays for it.
 
 Two measurements, back to back in one invocation:
 
@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.results.writer import Recorder  # noqa: E402
-from orchestrator.tracking.backends import TrackingSpec, open_tracking  # noqa: E402
+from orchestrator.tracking.listener import open_tracking  # noqa: E402
+from orchestrator.tracking.spec import TrackingSpec  # noqa: E402
 
 TRACKERS = {"none": {}, "mlflow": {"mlflow": True}, "tensorboard": {"tensorboard": True},
             "wandb": {"wandb": True}, "all": {"mlflow": True, "tensorboard": True, "wandb": True}}

@@ -1,5 +1,6 @@
-"""Experiment tracking (orchestrator.tracking.backends) with the real libraries: an MLflow SQLite store read
+"""Experiment tracking (orchestrator.tracking) with the real libraries: an MLflow SQLite store read
 back with MlflowClient, tensorboardX event files and W&B offline runs read back record by record.
+Also the registry (orchestrator.tracking.spec.TRACKERS) against the spec and the lock, and `check`.
 
 The readers below are written from the files' formats (TFRecord; W&B's LevelDB-style log of
 protobuf records), not from our writers, so they are an independent check of what was written.
@@ -12,6 +13,7 @@ import json
 import os
 import struct
 import time
+import tomllib
 from pathlib import Path
 
 import pandas as pd
@@ -21,8 +23,12 @@ from orchestrator.errors import SpecError
 from orchestrator.results.contract import HELD
 from orchestrator.results.writer import Recorder
 from orchestrator.spec.load import load_spec, validate
-from orchestrator.tracking.backends import TrackingSpec, open_tracking
+from orchestrator.tracking.backend import Backend
+from orchestrator.tracking.listener import open_tracking
+from orchestrator.tracking.spec import TRACKERS, TrackingSpec, check
 from tests.conftest import EXPERIMENTS
+
+ROOT = Path(__file__).resolve().parent.parent
 
 CANARIES = {"WANDB_API_KEY": "canarywandbkey0123456789abcdef0123456789ab",
             "MLFLOW_TRACKING_TOKEN": "canary-mlflow-token-42", "HPO_TEST_SECRET": "canary-secret-env-7"}
@@ -147,6 +153,77 @@ def test_a_run_without_tracking_imports_no_tracker():
                          env={**os.environ, "PYTHONPATH": str(EXPERIMENTS.parent)})
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
 
+
+
+# -- the registry ----------------------------------------------------------------------------------------
+
+def test_every_registry_entry_is_a_field_of_the_spec_and_every_field_an_entry():
+    assert {t.field for t in TRACKERS.values()} == set(TrackingSpec.model_fields)
+    assert len({t.field for t in TRACKERS.values()}) == len(TRACKERS)
+
+
+@pytest.mark.parametrize("name", sorted(TRACKERS))
+def test_every_registry_entry_loads_a_backend_of_its_name_whose_package_is_pinned(name):
+    """The backend's name keys experiment.json's busy_s and the failure lines; the pip name is the
+    one `check` tells the user to install, and says requirements.lock pins."""
+    tracker = TRACKERS[name]
+    backend = tracker.load()
+    assert issubclass(backend, Backend) and backend is not Backend and backend.name == name
+    assert tracker.modules and not tracker.missing()  # the test environment has every tracker
+    pins = {line.split("==")[0].strip().lower() for line in (ROOT / "requirements.lock").read_text().splitlines()
+            if "==" in line and not line.lstrip().startswith("#")}
+    assert tracker.pip.lower() in pins
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["tracking"]
+    assert any(req.lower().startswith(tracker.pip.lower()) for req in extra), extra
+
+
+def test_the_spec_side_and_check_import_no_tracker_library():
+    """`check` looks modules up without importing them, and loading a backend class imports only our module."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from orchestrator.tracking.spec import TRACKERS, TrackingSpec, check; "
+            "spec = TrackingSpec.model_validate({'mlflow': True, 'tensorboard': True, 'wandb': True}); "
+            "assert check(spec) == [], check(spec); [t.load() for t in TRACKERS.values()]; "
+            "print(sorted(m for m in ('mlflow', 'wandb', 'tensorboardX') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_check_names_each_missing_package_with_its_path_and_the_fix(monkeypatch):
+    """Every tracker on, none installed (find_spec finds nothing): one line per tracker."""
+    import importlib.util
+
+    looked_up = []
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: looked_up.append(name))
+    spec = TrackingSpec.model_validate({"mlflow": True, "tensorboard": True, "wandb": True})
+    assert [str(p) for p in check(spec)] == [
+        "tracking.mlflow: needs mlflow-skinny, which is not installed: pip install mlflow-skinny "
+        "(pinned in requirements.lock), or remove tracking.mlflow",
+        "tracking.tensorboard: needs tensorboardX, which is not installed: pip install tensorboardX "
+        "(pinned in requirements.lock), or remove tracking.tensorboard",
+        "tracking.wandb: needs wandb, which is not installed: pip install wandb "
+        "(pinned in requirements.lock), or remove tracking.wandb"]
+    assert sorted(looked_up) == ["mlflow", "tensorboardX", "wandb"]
+    looked_up.clear()
+    assert check(TrackingSpec()) == [] and check(TrackingSpec(tensorboard=False, wandb=None)) == []
+    assert looked_up == []  # a tracker that is off is not looked up
+
+
+def test_check_reports_only_the_tracker_whose_module_is_missing(monkeypatch):
+    """A registry entry whose module does not exist (a fake entry in place of MLflow's)."""
+    from dataclasses import replace
+
+    monkeypatch.setitem(TRACKERS, "mlflow", replace(TRACKERS["mlflow"], modules=("mlflow", "hpo_no_such_module_x"),
+                                                    pip="hpo-no-such-package"))
+    spec = TrackingSpec.model_validate({"mlflow": {"experiment_name": "e"}, "tensorboard": True})
+    problems = check(spec)
+    assert len(problems) == 1 and problems[0].path == "tracking.mlflow"
+    assert str(problems[0]) == ("tracking.mlflow: needs hpo-no-such-package, which is not installed: pip install "
+                                "hpo-no-such-package (pinned in requirements.lock), or remove tracking.mlflow")
+    assert "\n" not in str(problems[0]) and TRACKERS["mlflow"].missing() == ["hpo_no_such_module_x"]
+    assert check(TrackingSpec(tensorboard=True)) == []
 
 # -- the trackers, fed by a Recorder (no Ray) ------------------------------------------------------------
 

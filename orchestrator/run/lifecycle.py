@@ -80,7 +80,7 @@ def _watch(exp: Experiment, meta: dict[str, Any], recorder: Recorder, quiet: boo
 
 
 def _open_tracking(exp: Experiment, run_dir: Path, meta: dict[str, Any]):
-    from orchestrator.tracking.backends import open_tracking
+    from orchestrator.tracking.listener import open_tracking
 
     return open_tracking(exp.spec.tracking, run_dir, meta["run_id"], exp.spec.name, meta["spec"], exp.metric)
 

@@ -24,7 +24,7 @@ from orchestrator.search.searchers import SEARCHERS
 from orchestrator.search.space import Param
 from orchestrator.spec.data import DataSpec
 from orchestrator.spec.evaluation import EvaluationSpec
-from orchestrator.tracking.backends import TrackingSpec
+from orchestrator.tracking.spec import TrackingSpec
 
 
 class MetricSpec(StrictModel):
