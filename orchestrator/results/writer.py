@@ -156,7 +156,7 @@ class Recorder:
         self._last_flush = time.monotonic()
         self._on_flush = on_flush
         # Told of every trial start, history row and trial end, on the driver (so they must be cheap):
-        # orchestrator.tracking.backends.Tracking, which queues them for its own thread.
+        # orchestrator.tracking.listener.Tracking, which queues them for its own thread.
         self.listeners: list[Any] = []
 
     @classmethod

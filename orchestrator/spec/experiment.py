@@ -78,7 +78,7 @@ class ExperimentSpec(StrictModel):
     evaluation: EvaluationSpec = EvaluationSpec()
     extra_params: list[str] = Field(default_factory=list, description="space entries a built-in family does not "
                                     "declare, passed to its library on purpose")
-    tracking: TrackingSpec = TrackingSpec()  # MLflow, TensorBoard, W&B (orchestrator.tracking.backends); off by default
+    tracking: TrackingSpec = TrackingSpec()  # MLflow, TensorBoard, W&B (orchestrator.tracking); off by default
 
 
 @dataclass(frozen=True)

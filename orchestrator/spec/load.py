@@ -34,6 +34,7 @@ from orchestrator.search.space import Param, merge_space, parse_space
 from orchestrator.spec.data import DataError, find_file
 from orchestrator.spec.evaluation import check as check_evaluation
 from orchestrator.spec.experiment import Experiment, ExperimentSpec, MetricSpec
+from orchestrator.tracking.spec import check as check_trackers
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Experiment:
@@ -122,6 +123,7 @@ def resolve(spec: ExperimentSpec, base_dir: Path, source: str = "<spec>") -> Exp
     problems += SCHEDULERS[spec.scheduler.name].check(strategy)
     problems += _check_budget(spec, params)
     problems += check_evaluation(spec.evaluation, family)
+    problems += check_trackers(spec.tracking)  # a tracker that is on must be installed
     warm_points, warm_scores = [], []
     if spec.searcher.warm_start and not problems:
         ws = spec.searcher.warm_start
