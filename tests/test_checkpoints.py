@@ -35,3 +35,25 @@ def test_keep_only_keeps_latest_checkpoints_even_in_another_trials_folder(tmp_pa
     assert keep_only([a, b], {a / "checkpoint_000002", a / "checkpoint_000001"}) == 3
     assert _left(a) == ["checkpoint_000001", "checkpoint_000002", "result.json"]
     assert _left(b) == ["result.json"]
+
+
+def test_a_superseded_checkpoint_waits_for_tunes_next_snapshot(tmp_path):
+    """Tune's newest snapshot names the checkpoint `hpo resume` continues a trial from: the older ones
+    go only once a snapshot taken after the newer one exists (a kill in between must find it)."""
+    import os
+
+    from orchestrator.run.checkpoints import Deferred, older
+
+    tune = tmp_path / "tune"
+    trial = tune / "t1"
+    for i in range(3):
+        (trial / f"checkpoint_{i:06d}").mkdir(parents=True)
+    snapshot = tune / "experiment_state-2026-01-01_00-00-00.json"
+    snapshot.write_text("{}")
+    os.utime(snapshot, (1000, 1000))  # taken before checkpoint 2 superseded the others
+    deferred = Deferred(tune)
+    deferred.add(older(trial / "checkpoint_000002"), at=2000)
+    assert deferred.prune() == 0 and len(list(trial.iterdir())) == 3
+    os.utime(snapshot, (3000, 3000))  # Tune snapshotted again: it names checkpoint 2 now
+    assert deferred.prune() == 2 and [p.name for p in trial.iterdir()] == ["checkpoint_000002"]
+    assert not deferred.pending

@@ -416,6 +416,61 @@ def _worker_raylet(state: localcluster.LocalState):
     return next(p for p in psutil.Process(worker.pid).children(recursive=True) if p.name() == "raylet")
 
 
+def _apart_spec(folder: Path, name: str, trials: int, seed: int) -> Path:
+    """A search whose trials checkpoint (HyperBand), so that two of them could mix up checkpoints."""
+    spec = folder / f"{name}.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": name, "family": "synthetic", "metric": {"name": "loss"},
+        "space": {"iterations": 6, "sleep_s": 0.05}, "searcher": {"name": "random", "seed": seed},
+        "scheduler": {"name": "hyperband", "max_t": 6}, "budget": {"trials": trials, "concurrent": 2},
+        "resources": {"cpu": 0.5}}))
+    return spec
+
+
+def _apart(folder: Path, trials: int) -> pd.DataFrame:
+    """One run's folder holds its own budget, and only its own trials, histories and checkpoints."""
+    t, h = pd.read_parquet(folder / "trials.parquet"), pd.read_parquet(folder / "history.parquet")
+    assert len(t) == trials and (t["status"].isin(["completed", "stopped"])).all() and t["node_id"].notna().all()
+    assert set(h["trial_id"]) == set(t["trial_id"])
+    checkpointed = {c.parent.name for c in (folder / "tune").glob("*/checkpoint_*")}
+    assert checkpointed and checkpointed <= set(t["trial_id"])
+    return t
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_two_runs_on_one_ray_stay_apart(local_cluster, tmp_path):
+    """`hpo run --ray` twice at once on one Ray: folders, checkpoints and placement records apart,
+    neither sees the other's trials, each ends at its own budget."""
+    c, state = local_cluster
+    env = dict(os.environ, RAY_AUTH_TOKEN_PATH=str(c.hpo.auth.path()))
+    runs = [(tmp_path / "a", 3, _apart_spec(tmp_path, "apart-a", 3, 0)),
+            (tmp_path / "b", 5, _apart_spec(tmp_path, "apart-b", 5, 1))]
+    procs = [subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(spec), "--output", str(out),
+                               "--quiet", "--ray", state.gcs_address], cwd=ROOT, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for out, _, spec in runs]
+    for proc in procs:
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-3000:]
+    a, b = (_apart(out, trials) for out, trials, _ in runs)
+    assert not set(a["trial_id"]) & set(b["trial_id"])
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_two_jobs_at_once_on_the_cluster_keep_their_own_budgets(local_cluster, tmp_path):
+    c, _ = local_cluster
+    specs = [(_apart_spec(tmp_path, "job-a", 3, 0), 3), (_apart_spec(tmp_path, "job-b", 4, 1), 4)]
+    subs = [jobs.submit(c, spec, [], tmp_path) for spec, _ in specs]  # both submitted before either runs far
+    assert subs[0].results != subs[1].results
+    for sub, (_, trials) in zip(subs, specs):
+        assert jobs.follow(c, sub.job_id, io.StringIO()) == "SUCCEEDED"
+        fetched = jobs.fetch(c, sub.job_id, tmp_path / "fetched" / sub.job_id)
+        t = pd.read_parquet(fetched / "trials.parquet")
+        assert len(t) == trials and t["node_id"].notna().all()
+        assert json.loads((fetched / "experiment.json").read_text())["status"] == "finished"
+
+
 @pytest.mark.cluster
 @pytest.mark.slow
 def test_a_killed_worker_node_is_retried_named_refused_and_restarted(local_cluster, tmp_path):

@@ -96,7 +96,8 @@ def test_reconcile_settles_the_record_against_tunes_snapshot_trial_by_trial(tmp_
     _, history = load(tmp_path)
     plan = reconcile(rec, snapshot, exp, history)
     told = {f.trial_id: f for f in plan.told}
-    assert set(told) == {"done_after", "new_done"} and told["done_after"].known and not told["new_done"].known
+    assert set(told) == {"done_after", "new_done", "new_running"}
+    assert told["done_after"].known and not told["new_done"].known and not told["new_running"].finished
     assert told["done_after"].result["loss"] == 1.0 and told["done_after"].curve == (2.0, 1.0)
     assert set(told["new_done"].config) == {"x1", "x2"}  # the sampled parameters, not the constants
     assert plan.finished_in_record == {"done_after": "TERMINATED"}
@@ -105,6 +106,10 @@ def test_reconcile_settles_the_record_against_tunes_snapshot_trial_by_trial(tmp_
     lag = rec.trials["lag"]
     assert (lag.status, lag.score, lag.iterations) == ("completed", 0.5, 27)
     assert rec.trials["both_running"].status == "running"
+    # told by an earlier resume and finished in the snapshot: told again, the searcher's state decides
+    again = reconcile(rec, {**snapshot, "done_after": {"status": "TERMINATED", "last_result": {}}}, exp, history,
+                      told_before={"done_after"})
+    assert "done_after" in {t.trial_id for t in again.told if t.known} and "done_after" not in again.finished_in_record
 
 
 def test_resume_refuses_what_it_cannot_resume(tmp_path):
@@ -196,3 +201,83 @@ def test_kill_9_then_resume_ends_at_exactly_the_budget_and_keeps_finished_trials
     ran = history[history.trial_id.isin(done)][lambda h: h["attempt"] == last]
     assert ran.groupby("trial_id")["iteration"].apply(lambda s: sorted(s) == list(range(1, 11))).all()
     assert "run " in out and "best trial" in out
+
+
+def _saved_and_restored(alg, folder: Path, after: list, build):
+    """The searcher state Tune would snapshot, restored into a fresh algorithm told `after`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    alg.save_to_dir(str(folder), session_str=f"s{len(list(folder.iterdir()))}")
+    fresh = build()
+    fresh.after_snapshot(after)
+    fresh.restore_from_dir(str(folder))
+    return fresh
+
+
+@pytest.mark.parametrize("searcher", ["optuna-tpe", "smac"])
+def test_a_restored_searcher_is_told_each_trial_after_the_snapshot_once(tmp_path, searcher):
+    """A trial the snapshot had running and one created after it reach the searcher once, even when the
+    resume that told them is itself killed and resumed again (its state says what it told)."""
+    from orchestrator.run.tuner import build_tune_config
+    from orchestrator.search.resumable import AfterSnapshot, base_searcher
+
+    exp = validate({"name": "r", "family": "synthetic", "metric": {"name": "loss"}, "budget": {"trials": 6},
+                    "searcher": {"name": searcher, "seed": 0}})
+
+    def build():
+        return build_tune_config(exp)[0].search_alg
+
+    alg = build()
+    alg._total_samples = 6
+    known = alg.searcher.suggest("known")  # proposed before the snapshot, running in it
+    alg._counter = 1
+    after = [AfterSnapshot("known", {k: known[k] for k in ("x1", "x2")}, {"loss": 1.5}, known=True),
+             AfterSnapshot("later", {"x1": 1.0, "x2": 2.0}, {"loss": 0.5}, known=False),
+             AfterSnapshot("cut", {"x1": 3.0, "x2": 4.0, "iterations": 27}, None, known=False, finished=False)]
+    once = _saved_and_restored(alg, tmp_path / "a", after, build)
+    assert once._counter == 2 and once.told == {"known", "later"} and once._rerun == [("cut", after[2].config)]
+
+    def results(search):
+        base = base_searcher(search)
+        if searcher == "smac":
+            return sorted(cost for _, cost in base.told)
+        return sorted(t.value for t in base._ot_study.trials if t.state.is_finished())
+
+    assert results(once) == [0.5, 1.5]
+    # The resume is killed after Tune's next snapshot, and resumed with the same trials again.
+    twice = _saved_and_restored(once, tmp_path / "b", after, build)
+    assert twice._counter == 2 and results(twice) == [0.5, 1.5] and twice._rerun == [("cut", after[2].config)]
+    # ... or killed before it: the older state is restored, and told all over again, once.
+    again = _saved_and_restored(alg, tmp_path / "c", after, build)
+    assert again._counter == 2 and results(again) == [0.5, 1.5]
+
+
+def test_rays_generator_skips_a_trial_that_finished_after_the_snapshot(tmp_path):
+    """Random search makes the same trials in the same order from its restored state: the one that
+    finished after the snapshot is skipped, the next one is what the killed run would have run next."""
+    from ray.tune.experiment import Experiment
+
+    from orchestrator.run.tuner import build_tune_config
+    from orchestrator.search.resumable import AfterSnapshot
+
+    exp = validate({"name": "r", "family": "synthetic", "metric": {"name": "loss"}, "budget": {"trials": 4},
+                    "searcher": {"name": "random", "seed": 0}})
+
+    def build():
+        alg, space = build_tune_config(exp)
+        alg = alg.search_alg
+        alg.add_configurations([Experiment("t", lambda config: None, config=space, num_samples=4)])
+        return alg
+
+    def take(alg):
+        trial = alg.next_trial()
+        alg.on_trial_complete(trial.trial_id)
+        return trial
+
+    first = build()
+    ids = [take(first).trial_id]
+    alg = _saved_and_restored(first, tmp_path / "snap", [], build)  # Tune's snapshot, after one trial
+    later, following = take(alg), take(alg)  # the killed run went on: `later` finished after the snapshot
+    after = [AfterSnapshot(later.trial_id, {"x1": later.config["x1"]}, {"loss": 1.0}, known=False)]
+    resumed = _saved_and_restored(first, tmp_path / "snap", after, build)
+    nxt = take(resumed)
+    assert nxt.trial_id == following.trial_id and nxt.config == following.config and nxt.trial_id not in ids

@@ -7,6 +7,7 @@ they are tested without it; this module only translates Tune's events into their
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from orchestrator.errors import RunError
 from orchestrator.results.reports import metric_problem
 from orchestrator.results.writer import Recorder
 from orchestrator.run import signals
-from orchestrator.run.checkpoints import keep_only, prune_older
+from orchestrator.run.checkpoints import Deferred, keep_only, older
 from orchestrator.trial import placement
 
 
@@ -189,20 +190,31 @@ def last_failure(trial) -> str:
 
 
 class CheckpointPruner(Callback):
-    """Deletes checkpoints nothing can read any more (see orchestrator.run.checkpoints).
+    """Deletes checkpoints nothing can read any more, `hpo resume` included (orchestrator.run.checkpoints).
 
     Args:
         shared: trials load each other's checkpoints (PBT), so nothing goes before the run ends.
+        tune_dir: Tune's experiment folder, whose snapshots a superseded checkpoint waits for.
     """
 
-    def __init__(self, shared: bool):
+    PRUNE_EVERY_S = 1.0  # how often a step looks for a newer snapshot (a few stat calls)
+
+    def __init__(self, shared: bool, tune_dir: Path):
         self.shared = shared
+        self.deferred = Deferred(tune_dir)
+        self._looked = 0.0
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         if not self.shared and (path := _local_path(checkpoint)):
-            prune_older(path)
+            self.deferred.add(older(path))
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.deferred.pending and time.monotonic() - self._looked >= self.PRUNE_EVERY_S:
+            self._looked = time.monotonic()
+            self.deferred.prune()
 
     def on_experiment_end(self, trials, **info):
+        # Tune took its last snapshot, naming each trial's latest checkpoint, before this call.
         latest = {Path(p) for t in trials if (p := _local_path(t.checkpoint))}
         if latest:  # else the storage is not local, or no trial saved one
             keep_only([Path(t.path) for t in trials if t.path], latest)

@@ -17,9 +17,8 @@ the two are reconciled before Tune restores (`reconcile`), trial by trial:
   and it counts toward `budget.trials` (orchestrator.search.resumable);
 - finished in the snapshot, still running in the record (its end fell between two flushes): the
   record takes Tune's status and last result;
-- created after the snapshot and unfinished: Ray's generator (random, grid) makes the same trial
-  again, which continues it; any other searcher cannot, so it stays `interrupted`, and the search
-  proposes another trial in its place (listed under `resumes[].cut_off_after_snapshot`).
+- created after the snapshot and unfinished: it is created again under its own id and config
+  (listed under `resumes[].cut_off_after_snapshot`), from its start.
 
 So a resumed run ends with exactly `budget.trials` finished trials (completed, stopped, errored),
 each kept once with the scores it recorded. `budget.time_s` counts the time already spent, and
@@ -47,7 +46,7 @@ from orchestrator.run import lifecycle
 from orchestrator.run.driver import load_data
 from orchestrator.run.summary import RunSummary
 from orchestrator.run.tuner import TUNE_DIR, can_restore, restore_tuner
-from orchestrator.search.resumable import Finished
+from orchestrator.search.resumable import AfterSnapshot
 from orchestrator.spec.experiment import Experiment
 from orchestrator.spec.load import validate
 
@@ -70,7 +69,7 @@ def resume(run_dir: str | Path, *, quiet: bool = False, ray_address: str | None 
         claim = rundir.take_over(run_dir)
     except rundir.FolderTaken as exc:
         raise InputError(str(exc)) from None
-    after_snapshot: list[Finished] = []  # filled by begin(), told to the restored search algorithm
+    after_snapshot: list[AfterSnapshot] = []  # filled by begin(), told to the restored search algorithm
 
     def begin() -> tuple[dict[str, Any], Recorder]:
         trials, history = _recorded(run_dir)
@@ -78,16 +77,18 @@ def resume(run_dir: str | Path, *, quiet: bool = False, ray_address: str | None 
         recorder = Recorder.reopen(run_dir, exp.metric, exp.mode, max_t=exp.max_t,
                                    on_flush=lambda _: claim.beat(), objectives=exp.objectives)
         snapshot, known = ray_api.snapshot_trials((run_dir / TUNE_DIR).resolve())
-        plan = reconcile(recorder, known, exp, history)
+        told_before = {t for r in meta.get("resumes", []) for t in r.get("told_searcher", [])}
+        plan = reconcile(recorder, known, exp, history, told_before)
         if snapshot is not None and plan.finished_in_record:
             ray_api.set_snapshot_statuses(snapshot, plan.finished_in_record)
         after_snapshot.extend(plan.told)
         meta.setdefault("resumes", []).append({
             "at": rundir.now(), "status_before": meta["status"], "spent_s": round(spent, 3),
-            "finished_after_snapshot": [f.trial_id for f in plan.told if not f.known],
-            "told_searcher": [f.trial_id for f in plan.told],
+            "finished_after_snapshot": [t.trial_id for t in plan.told if t.finished and not t.known],
+            "told_searcher": [t.trial_id for t in plan.told if t.finished],
             "settled_from_snapshot": plan.settled, "cut_off_after_snapshot": plan.cut_off})
-        meta.update(status="running", error=None, ended_at=None, signal=None, owner=claim.owner)
+        meta.update(status="running", error=None, ended_at=None, signal=None,
+                    owner={k: claim.owner[k] for k in ("host", "pid")})  # its claim: owner.json
         rundir.write_json(run_dir / EXPERIMENT, meta)
         return meta, recorder
 
@@ -99,37 +100,44 @@ def resume(run_dir: str | Path, *, quiet: bool = False, ray_address: str | None 
 class Reconciliation:
     """What a resume does where the run's record and Tune's last snapshot differ (module docstring)."""
 
-    told: list[Finished] = field(default_factory=list)  # finished after the snapshot: told to the searcher
+    told: list[AfterSnapshot] = field(default_factory=list)  # for the restored search algorithm
     finished_in_record: dict[str, str] = field(default_factory=dict)  # snapshot statuses to rewrite
     settled: list[str] = field(default_factory=list)  # finished per the snapshot: the record takes its end
-    cut_off: list[str] = field(default_factory=list)  # created after the snapshot and unfinished
+    cut_off: list[str] = field(default_factory=list)  # created after the snapshot and unfinished: run again
 
 
-def reconcile(recorder: Recorder, snapshot: dict[str, dict[str, Any]], exp: Experiment,
-              history: pd.DataFrame) -> Reconciliation:
+def reconcile(recorder: Recorder, snapshot: dict[str, dict[str, Any]], exp: Experiment, history: pd.DataFrame,
+              told_before: set[str] = frozenset()) -> Reconciliation:
     """Compares the reopened record with Tune's last snapshot (`ray_api.snapshot_trials`) and settles
-    the record where Tune knows better; returns what the snapshot and the searcher must be told."""
+    the record where Tune knows better; returns what the snapshot and the searcher must be told.
+
+    `told_before`: trials an earlier resume told the searcher. Told again: the searcher's state in
+    the snapshot says whether it already has them (a resume killed before Tune's next snapshot
+    left a state without them), and it skips the ones it has (orchestrator.search.resumable)."""
     out = Reconciliation()
     for trial_id, rec in recorder.trials.items():
         tune_status = (snapshot.get(trial_id) or {}).get("status")
         finished = rec.status in FINISHED
         if tune_status is None:
             if finished:
-                out.told.append(_finished(rec, exp, history, known=False))
+                out.told.append(_after_snapshot(rec, exp, history, known=False))
             elif rec.status in ("running", "pending", CUT_OFF):
                 rec.status, rec.ended_at = CUT_OFF, rec.ended_at or rec.started_at
                 out.cut_off.append(trial_id)
+                out.told.append(AfterSnapshot(trial_id, dict(rec.config), None, known=False, finished=False))
         elif tune_status in TUNE_FINISHED:
             if not finished:
                 _settle(rec, tune_status, snapshot[trial_id]["last_result"], recorder)
                 out.settled.append(trial_id)
+            elif trial_id in told_before:
+                out.told.append(_after_snapshot(rec, exp, history, known=True))
         elif finished:  # running, pending or paused in the snapshot
-            out.told.append(_finished(rec, exp, history, known=True))
+            out.told.append(_after_snapshot(rec, exp, history, known=True))
             out.finished_in_record[trial_id] = FINISHED[rec.status]
     return out
 
 
-def _finished(rec: TrialRecord, exp: Experiment, history: pd.DataFrame, known: bool) -> Finished:
+def _after_snapshot(rec: TrialRecord, exp: Experiment, history: pd.DataFrame, known: bool) -> AfterSnapshot:
     sampled = {n for n, p in exp.params.items() if not p.is_constant}
     config = {k: v for k, v in rec.config.items() if k in sampled}
     result = None if rec.status == "errored" else dict(rec.last)
@@ -140,7 +148,7 @@ def _finished(rec: TrialRecord, exp: Experiment, history: pd.DataFrame, known: b
         if "attempt" in mine and len(mine):
             mine = mine[mine["attempt"] == mine["attempt"].max()]
         curve = tuple(float(v) for v in mine[column] if v is not None and math.isfinite(v))
-    return Finished(rec.trial_id, config, result, known, curve)
+    return AfterSnapshot(rec.trial_id, config, result, known, curve=curve)
 
 
 def _settle(rec: TrialRecord, tune_status: str, last_result: dict[str, Any], recorder: Recorder) -> None:

@@ -127,7 +127,7 @@ def build_trainable(exp: Experiment, data: Any = None, placement_key: str | None
     return tune.with_resources(trainable, {"cpu": res.cpu, "gpu": res.gpu})
 
 
-def run_callbacks(exp: Experiment, callbacks: list) -> list:
+def run_callbacks(exp: Experiment, callbacks: list, run_dir: Path) -> list:
     """The run's callbacks, plus checkpoint pruning where the scheduler makes trials checkpoint,
     plus retries for lost workers only where budget.max_failures allows any."""
     from orchestrator.run.callbacks import CheckpointPruner, RetryLostWorkersOnly
@@ -138,7 +138,7 @@ def run_callbacks(exp: Experiment, callbacks: list) -> list:
     if not policy.every:
         return callbacks
     # Not Ray's num_to_keep, which deletes checkpoints still in use: see orchestrator.run.checkpoints.
-    return [*callbacks, CheckpointPruner(policy.shared)]
+    return [*callbacks, CheckpointPruner(policy.shared, Path(run_dir).resolve() / TUNE_DIR)]
 
 
 def build_tuner(exp: Experiment, run_dir: Path, callbacks: list, data: Any = None, placement_key: str | None = None,
@@ -152,7 +152,7 @@ def build_tuner(exp: Experiment, run_dir: Path, callbacks: list, data: Any = Non
     run_config = tune.RunConfig(
         name=TUNE_DIR,
         storage_path=str(Path(run_dir).resolve()),
-        callbacks=run_callbacks(exp, callbacks),
+        callbacks=run_callbacks(exp, callbacks, run_dir),
         stop=stopper or RunStopper(exp.metric),
         # lost workers only: callbacks.RetryLostWorkersOnly
         failure_config=tune.FailureConfig(max_failures=exp.spec.budget.max_failures),
@@ -173,7 +173,7 @@ def can_restore(run_dir: Path) -> bool:
 def restore_tuner(meta: dict[str, Any], after_snapshot: list) -> TunerFactory:
     """A `TunerFactory` that continues Tune's own snapshot of the run (`hpo resume`), with this
     process's callbacks and stopper. `meta` is experiment.json and `after_snapshot` the trials that
-    finished after Tune's last snapshot (orchestrator.search.resumable.Finished), both as the
+    finished after Tune's last snapshot (orchestrator.search.resumable.AfterSnapshot), both as the
     resume's `begin` leaves them before the fit: `meta`'s `resumes` say how much of
     `budget.time_s` is left, and the restored search algorithm is told `after_snapshot`."""
 
@@ -182,7 +182,7 @@ def restore_tuner(meta: dict[str, Any], after_snapshot: list) -> TunerFactory:
 
         tuner = tune.Tuner.restore(str((Path(run_dir) / TUNE_DIR).resolve()), build_trainable(exp, data, key),
                                    resume_unfinished=True, resume_errored=False, restart_errored=False)
-        ray_api.replace_run_hooks(tuner, run_callbacks(exp, callbacks), stopper)
+        ray_api.replace_run_hooks(tuner, run_callbacks(exp, callbacks, run_dir), stopper)
         if exp.spec.budget.time_s is not None:
             ray_api.set_time_budget(tuner, time_left_s(exp.spec.budget.time_s, meta))
         search_alg = ray_api.search_alg_of(tuner)

@@ -28,10 +28,25 @@ class _StopsFinishedBrackets:
     """
 
     def on_trial_remove(self, tune_controller, trial) -> None:
+        if trial not in self._trial_info:  # ended before a resume: never in a bracket (below)
+            return
         bracket, _ = self._trial_info[trial]
         super().on_trial_remove(tune_controller, trial)
         if bracket.finished():
             bracket.cleanup_full(tune_controller)  # stops the bracket's paused trials
+
+
+class _LeavesEndedTrialsOutOnResume:
+    """`hpo resume` restores Tune's trials but not the scheduler's brackets: Tune adds every trial to
+    a fresh scheduler, the ones that had ended too. In a bracket, an ended trial is one that never
+    reports again, so the bracket never filled: each live trial was paused after every iteration
+    and resumed, and once none could be resumed the run spun forever (seen with BOHB in
+    benchmarks/chaos.py). Ended trials stay out of the brackets; the live ones fill new brackets,
+    continuing from their checkpoints."""
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        if trial.status not in (Trial.TERMINATED, Trial.ERROR):
+            super().on_trial_add(tune_controller, trial)
 
 
 class _FillsBracketsUnderTheCap:
@@ -111,9 +126,10 @@ def _limiter(search_alg):
     return None
 
 
-class FinishingHyperBand(_StopsFinishedBrackets, _FillsBracketsUnderTheCap, HyperBandScheduler):
+class FinishingHyperBand(_LeavesEndedTrialsOutOnResume, _StopsFinishedBrackets, _FillsBracketsUnderTheCap,
+                         HyperBandScheduler):
     """Ray's HyperBandScheduler with finished brackets always closed, and paused trials outside the cap."""
 
 
-class FinishingHyperBandForBOHB(_StopsFinishedBrackets, HyperBandForBOHB):
+class FinishingHyperBandForBOHB(_LeavesEndedTrialsOutOnResume, _StopsFinishedBrackets, HyperBandForBOHB):
     """Ray's HyperBandForBOHB with finished brackets always closed."""

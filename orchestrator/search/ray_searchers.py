@@ -82,6 +82,7 @@ class _HyperOptPoints:
     """HyperOptSearch that also takes evaluated points."""
 
     _hpopt_trials: Any
+    _space: Any
     metric_op: float
 
     def add_evaluated_point(self, parameters: dict, value: Any, error: bool = False, pruned: bool = False,
@@ -89,7 +90,7 @@ class _HyperOptPoints:
         import hyperopt as hpo
         from hyperopt.fmin import generate_trial
 
-        point = copy.deepcopy(parameters)
+        point = copy.deepcopy({k: v for k, v in parameters.items() if k in self._space})
         self._convert_categories_to_indices(point)
         tid = self._hpopt_trials.new_trial_ids(1)[0]
         doc = generate_trial(tid, point)
