@@ -187,6 +187,7 @@ def one_setup(setup: str, trials: int, faults: int | list[str], rng: random.Rand
             time.sleep(0.1)
         if plan and proc.poll() is None:
             time.sleep(rng.uniform(0.5, 3.0))
+        killed = False
         while plan and proc.poll() is None:
             fault = plan.pop(0)
             out.faults.append(fault)
@@ -197,6 +198,7 @@ def one_setup(setup: str, trials: int, faults: int | list[str], rng: random.Rand
                 time.sleep(rng.uniform(1.0, 3.0))
                 continue
             if fault == "kill":
+                killed = True
                 for p in session(proc):
                     p.kill()
             elif fault == "term":  # to the driver, as `hpo stop` or a batch scheduler sends it
@@ -211,6 +213,12 @@ def one_setup(setup: str, trials: int, faults: int | list[str], rng: random.Rand
             for p in session(proc):
                 p.kill()
             proc.wait()
+        if not killed:  # the driver ended by itself (or on a signal): its Ray must go with it
+            stray_deadline = time.monotonic() + 15
+            while session(proc) and time.monotonic() < stray_deadline:
+                time.sleep(0.5)
+            if left := session(proc):
+                out.failed.append(f"{len(left)} Ray processes outlived their driver: {left[0].name()}")
         for p in session(proc):  # a killed driver's Ray: gone with its session, or killed here
             p.kill()
         rows, finished = written(run_dir)

@@ -27,8 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--ray", metavar="ADDRESS", help="join a running Ray instead of starting one ('auto': the one "
                                                       "`ray start --head` started here); saves Ray's start-up")
     r.set_defaults(func=cmd_run)
-    rs = sub.add_parser("resume", help="finish a run that was killed, in its own folder (to budget.trials)")
+    rs = sub.add_parser("resume", help="finish a stopped or killed run in its own folder (to budget.trials); "
+                                       "--set budget.trials=N extends one, a finished one too")
     rs.add_argument("run_dir", metavar="RUN_DIR")
+    rs.add_argument("--set", action="append", default=[], metavar="budget.trials=N",
+                    help="a new budget: budget.trials or budget.time_s (nothing else may change)")
     rs.add_argument("--quiet", action="store_true", help="no progress line")
     rs.add_argument("--ray", metavar="ADDRESS", help="join a running Ray instead of starting one")
     rs.set_defaults(func=cmd_resume)
@@ -57,7 +60,7 @@ def cmd_validate(args) -> int:
 def cmd_resume(args) -> int:
     from orchestrator.run.resume import resume
 
-    return summary.report(resume(args.run_dir, quiet=args.quiet, ray_address=args.ray))
+    return summary.report(resume(args.run_dir, quiet=args.quiet, ray_address=args.ray, overrides=args.set))
 
 
 def cmd_run(args) -> int:

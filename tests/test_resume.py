@@ -281,3 +281,35 @@ def test_rays_generator_skips_a_trial_that_finished_after_the_snapshot(tmp_path)
     resumed = _saved_and_restored(first, tmp_path / "snap", after, build)
     nxt = take(resumed)
     assert nxt.trial_id == following.trial_id and nxt.config == following.config and nxt.trial_id not in ids
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("searcher", ["random", "optuna-tpe"])
+def test_a_finished_run_extended_with_a_new_budget_ends_at_exactly_it(ray_local, tmp_path, searcher, capsys):
+    """`hpo resume RUN --set budget.trials=N`: the same folder, the searcher's state, the earlier trials
+    unchanged, exactly N trials at the end, and the refit again; any other change is refused."""
+    from orchestrator.cli import main
+    from orchestrator.run.driver import run
+    from orchestrator.run.resume import resume
+
+    exp = validate({"name": "extend", "family": "synthetic", "metric": {"name": "loss"},
+                    "space": {"iterations": 3}, "searcher": {"name": searcher, "seed": 0},
+                    "budget": {"trials": 4, "concurrent": 2}})
+    first = run(exp, tmp_path / "run", quiet=True)
+    before = pd.read_parquet(first.run_dir / TRIALS).set_index("trial_id")["score"]
+    assert len(before) == 4
+
+    assert main(["resume", str(first.run_dir), "--set", "searcher.name=random"]) == 2
+    assert "--set searcher.name: a resumed run takes a new budget only" in capsys.readouterr().err
+    assert main(["resume", str(first.run_dir), "--set", "budget.trials=3"]) == 2  # fewer than ran
+    assert main(["resume", str(first.run_dir)]) == 2  # finished: nothing to resume without a new budget
+
+    resume(first.run_dir, quiet=True, overrides=["budget.trials=7"])
+    trials = pd.read_parquet(first.run_dir / TRIALS).set_index("trial_id")
+    meta = json.loads((first.run_dir / EXPERIMENT).read_text())
+    assert len(trials) == 7 and (trials["status"] == "completed").all()
+    assert all(trials.loc[t, "score"] == pytest.approx(s) for t, s in before.items())  # kept as they were
+    assert meta["status"] == "finished" and meta["spec"]["budget"]["trials"] == 7
+    assert meta["resumes"][-1]["budget"]["from"]["trials"] == 4 and meta["resumes"][-1]["budget"]["to"]["trials"] == 7
+    if searcher == "random":  # Ray's generator went on with its sequence: no config twice
+        assert not trials[["config.x1", "config.x2"]].duplicated().any()

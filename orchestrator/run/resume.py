@@ -36,7 +36,7 @@ from typing import Any
 import pandas as pd
 
 from orchestrator import ray_api
-from orchestrator.errors import InputError
+from orchestrator.errors import InputError, Problem, SpecError
 from orchestrator.results import rundir
 from orchestrator.results.contract import EXPERIMENT
 from orchestrator.results.reader import load
@@ -56,10 +56,16 @@ FINISHED = {"completed": "TERMINATED", "stopped": "TERMINATED", "errored": "ERRO
 TUNE_FINISHED = ("TERMINATED", "ERROR")
 
 
-def resume(run_dir: str | Path, *, quiet: bool = False, ray_address: str | None = None) -> RunSummary:
+def resume(run_dir: str | Path, *, quiet: bool = False, ray_address: str | None = None,
+           overrides: list[str] | None = None) -> RunSummary:
+    """Finishes a stopped or killed run to its budget; with `overrides` (`budget.trials=N`,
+    `budget.time_s=S`, the only ones taken), continues a run to a new budget, a finished one too."""
     run_dir = Path(run_dir)
-    meta = _read(run_dir)
+    meta = _read(run_dir, extending=bool(overrides))
     exp = _experiment(meta, run_dir)
+    extension = _extend(meta, exp, overrides or [], run_dir) if overrides else None
+    if extension is not None:
+        exp = extension
     # Everything the user can get wrong is checked before the claim and Ray's start-up.
     if not can_restore(run_dir):
         raise InputError(f"{run_dir} has no Ray Tune state to resume from (the run ended before Tune's "
@@ -82,8 +88,12 @@ def resume(run_dir: str | Path, *, quiet: bool = False, ray_address: str | None 
         if snapshot is not None and plan.finished_in_record:
             ray_api.set_snapshot_statuses(snapshot, plan.finished_in_record)
         after_snapshot.extend(plan.told)
+        budget = {}
+        if extension is not None:  # the run's spec is the extended one from now on
+            budget = {"budget": {"from": meta["spec"]["budget"], "to": extension.resolved()["budget"]}}
+            meta["spec"] = extension.resolved()
         meta.setdefault("resumes", []).append({
-            "at": rundir.now(), "status_before": meta["status"], "spent_s": round(spent, 3),
+            "at": rundir.now(), "status_before": meta["status"], "spent_s": round(spent, 3), **budget,
             "finished_after_snapshot": [t.trial_id for t in plan.told if t.finished and not t.known],
             "told_searcher": [t.trial_id for t in plan.told if t.finished],
             "settled_from_snapshot": plan.settled, "cut_off_after_snapshot": plan.cut_off})
@@ -92,8 +102,40 @@ def resume(run_dir: str | Path, *, quiet: bool = False, ray_address: str | None 
         rundir.write_json(run_dir / EXPERIMENT, meta)
         return meta, recorder
 
-    return lifecycle.drive(exp, run_dir, dataset, begin, restore_tuner(meta, after_snapshot), quiet=quiet,
-                           ray_address=ray_address)
+    return lifecycle.drive(exp, run_dir, dataset, begin, restore_tuner(meta, after_snapshot, exp.total_trials),
+                           quiet=quiet, ray_address=ray_address)
+
+
+EXTENDABLE = ("budget.trials", "budget.time_s")
+
+
+def _extend(meta: dict[str, Any], exp: Experiment, overrides: list[str], run_dir: Path) -> Experiment:
+    """The run's spec with a new budget (`hpo resume --set budget.trials=N`); anything else is refused
+    before Ray starts, since the search and its recorded trials would no longer match the spec."""
+    import copy
+
+    from orchestrator.spec.load import apply_override
+
+    raw = copy.deepcopy(meta["spec"])
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key not in EXTENDABLE:
+            raise SpecError(Problem(f"--set {key}", f"a resumed run takes a new budget only ({', '.join(EXTENDABLE)}): "
+                                                   f"to change anything else, run the spec again"), str(run_dir))
+        apply_override(raw, item, str(run_dir))
+    extended = validate(raw, base_dir=Path(meta.get("base_dir") or "."), source=f"{run_dir} --set")
+    trials, _ = _recorded(run_dir)
+    done = int(trials["status"].isin(list(FINISHED)).sum()) if "status" in trials else 0
+    if extended.total_trials < done:
+        raise SpecError(Problem("--set budget.trials", f"{extended.spec.budget.trials} is below the {done} trials "
+                                                       f"this run already finished; give at least that many"),
+                        str(run_dir))
+    if meta["status"] == "finished" and extended.total_trials <= exp.total_trials and \
+            (extended.spec.budget.time_s or 0) <= (exp.spec.budget.time_s or 0):
+        raise SpecError(Problem("--set budget.trials", f"the run finished its budget of {exp.spec.budget.trials} "
+                                                       f"trials; raise budget.trials (or budget.time_s) to extend it"),
+                        str(run_dir))
+    return extended
 
 
 @dataclass
@@ -176,15 +218,16 @@ def _recorded(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         return pd.DataFrame(), pd.DataFrame()
 
 
-def _read(run_dir: Path) -> dict[str, Any]:
+def _read(run_dir: Path, extending: bool = False) -> dict[str, Any]:
     path = run_dir / EXPERIMENT
     if not path.is_file():
         raise InputError(f"{run_dir} is not a run folder (no {EXPERIMENT}); give the folder `hpo run` "
                          f"printed, e.g. results/<name>/<run id>")
     meta = rundir.read_json(path)
-    if meta.get("status") not in RESUMABLE:
+    if meta.get("status") not in RESUMABLE and not (extending and meta.get("status") == "finished"):
         raise InputError(f"{run_dir} {meta.get('status')}: nothing to resume (only a run that is "
-                         f"{', '.join(RESUMABLE)} can be)")
+                         f"{', '.join(RESUMABLE)} can be; a finished one with a new budget: "
+                         f"--set budget.trials=N)")
     if rundir.liveness(run_dir) == "live":
         owner = meta.get("owner") or {}
         raise InputError(f"{run_dir} is still running (pid {owner.get('pid')} on {owner.get('host')}); "

@@ -170,12 +170,13 @@ def can_restore(run_dir: Path) -> bool:
     return tune.Tuner.can_restore(str((Path(run_dir) / TUNE_DIR).resolve()))
 
 
-def restore_tuner(meta: dict[str, Any], after_snapshot: list) -> TunerFactory:
+def restore_tuner(meta: dict[str, Any], after_snapshot: list, total_trials: int | None = None) -> TunerFactory:
     """A `TunerFactory` that continues Tune's own snapshot of the run (`hpo resume`), with this
     process's callbacks and stopper. `meta` is experiment.json and `after_snapshot` the trials that
     finished after Tune's last snapshot (orchestrator.search.resumable.AfterSnapshot), both as the
     resume's `begin` leaves them before the fit: `meta`'s `resumes` say how much of
-    `budget.time_s` is left, and the restored search algorithm is told `after_snapshot`."""
+    `budget.time_s` is left, and the restored search algorithm is told `after_snapshot`, and
+    `total_trials`, the run's budget (new after `hpo resume --set budget.trials=N`)."""
 
     def restored(exp: Experiment, run_dir: Path, callbacks: list, data: Any, key: str | None, stopper):
         from ray import tune
@@ -187,7 +188,7 @@ def restore_tuner(meta: dict[str, Any], after_snapshot: list) -> TunerFactory:
             ray_api.set_time_budget(tuner, time_left_s(exp.spec.budget.time_s, meta))
         search_alg = ray_api.search_alg_of(tuner)
         if hasattr(search_alg, "after_snapshot"):  # not in a run folder written before it existed
-            search_alg.after_snapshot(list(after_snapshot))
+            search_alg.after_snapshot(list(after_snapshot), total_trials)
         return tuner
 
     return restored

@@ -29,6 +29,7 @@ resume killed before Tune's next snapshot tells the same trials again, and one a
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -54,9 +55,10 @@ class _Told:
     """What both algorithms share: what to tell, held until Tune restores the state, and what was."""
 
     _after_snapshot: tuple[AfterSnapshot, ...] = ()
+    _new_total: int | None = None  # the run's budget, when a resume changed it (--set budget.trials=N)
 
-    def after_snapshot(self, trials: list[AfterSnapshot]) -> None:
-        self._after_snapshot = tuple(trials)
+    def after_snapshot(self, trials: list[AfterSnapshot], total: int | None = None) -> None:
+        self._after_snapshot, self._new_total = tuple(trials), total
 
     @property
     def told(self) -> set[str]:
@@ -83,7 +85,10 @@ class ResumableSearch(_Told, SearchGenerator):
 
     def restore_from_dir(self, dirpath: str) -> None:
         after, self._after_snapshot = self._after_snapshot, ()
+        total, self._new_total = self._new_total, None
         super().restore_from_dir(dirpath)
+        if total is not None and total != self._total_samples:  # a new budget: the searcher goes on to it
+            self._total_samples, self._finished = total, False
         for t in after:
             if not t.finished:
                 room = self._total_samples - self._counter - len(self._reruns())  # never beyond num_samples
@@ -155,12 +160,25 @@ class ResumableVariants(_Told, BasicVariantGenerator):
         state = super().get_state()
         if state:  # False where Ray's generator cannot be resumed (a huge grid)
             state.pop("_after_snapshot", None)
+            state.pop("_new_total", None)
         return state
 
     def restore_from_dir(self, dirpath: str) -> None:
         # The restored state replaces the whole generator's (Ray's set_state updates __dict__).
         after, self._after_snapshot = self._after_snapshot, ()
+        total, self._new_total = self._new_total, None
         super().restore_from_dir(dirpath)
+        if total is not None and total > self._total_samples and self._iterators:  # a new budget
+            last = self._iterators[-1]
+            per_sample = max(1, self._total_samples // max(1, last.num_samples))  # a grid's points per sample
+            more = (total - self._total_samples) // per_sample
+            last.num_samples += more
+            last.num_samples_left += more
+            self._total_samples += more * per_sample
+            self._finished = False
+            self._trial_generator = []
+            for iterator in self._iterators:
+                self._trial_generator = itertools.chain(self._trial_generator, iterator)
         made = sum(it.counter for it in self._iterators)  # variants created before the snapshot
         skip = self.__dict__.setdefault("_skip", set())
         for t in after:
