@@ -40,6 +40,9 @@ class Discard:
     def restore(self) -> None:
         return None
 
+    def keep(self, model) -> None:
+        pass
+
 
 def seconds(fn, repeat: int) -> float:
     fn()  # warm-up: imports, first allocations

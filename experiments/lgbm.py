@@ -62,7 +62,7 @@ def train(config, data, trial):
 
     latest = {}
 
-    def keep(pred, dataset):
+    def hold(pred, dataset):
         # LightGBM's buffer, rewritten next round: scored by `report` in this round, never kept.
         latest["pred"] = pred
         return []
@@ -74,18 +74,20 @@ def train(config, data, trial):
         trial.report(score(data.task, data.y_valid, latest.pop("pred"), names=names), state=ckpt)
 
     if rounds <= done:
+        trial.keep(init)
         return
     params.setdefault("metric", "None")  # LightGBM's own metrics on the validation set: not used
     train_set = lgb.Dataset(data.X_train, data.y_train)
     try:
-        lgb.train(params, train_set, rounds - done, init_model=init, callbacks=[reseed, report],
-                  valid_sets=[lgb.Dataset(data.X_valid, data.y_valid, reference=train_set)], feval=keep)
+        booster = lgb.train(params, train_set, rounds - done, init_model=init, callbacks=[reseed, report],
+                            valid_sets=[lgb.Dataset(data.X_valid, data.y_valid, reference=train_set)], feval=hold)
     except lgb.basic.LightGBMError as exc:
         if "not enabled in this build" in str(exc) and trial.device == "cuda":
             raise RuntimeError("this LightGBM was built without CUDA (the PyPI wheel is): build it with "
                                "-DUSE_CUDA=1, or run LightGBM trials with resources.gpu: 0") from exc
         raise
+    trial.keep(booster)  # the refit saves it (orchestrator.model.formats, "lightgbm")
 
 
 FAMILY = Family(name="lightgbm", train=train, default_space=DEFAULT_SPACE, iterations_param="n_estimators",
-                checkpoints=True)
+                checkpoints=True, model_format="lightgbm")

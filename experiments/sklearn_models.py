@@ -81,6 +81,7 @@ def train_forest(config, data, trial):
         final = k + 1 == trees
         metrics = score(data.task, data.y_valid, total / (k + 1), names=needed(trial, final=final))
         trial.report({**metrics, **_forest_costs(forest, data, trial)} if final else metrics, state=ckpt)
+    trial.keep(forest)  # its predict_proba sums the trees in this order: the scores above, exactly
 
 
 def _forest_costs(forest, data, trial) -> dict[str, float]:
@@ -113,6 +114,7 @@ def train_svm(config, data, trial):
     model.fit(data.X_train, data.y_train)
     pred, costs = predict_ms(lambda X: _predictions(model, X, data), data.X_valid, trial)
     trial.report({**score(data.task, data.y_valid, pred), **costs})
+    trial.keep(model)
 
 
 # --- any estimator by import path -------------------------------------------------------------
@@ -155,9 +157,13 @@ def train_estimator(config, data, trial):
         model.fit(data.X_train, data.y_train)
     pred, costs = predict_ms(lambda X: _predictions(model, X, data), data.X_valid, trial)
     trial.report({**score(data.task, data.y_valid, pred), **costs})
+    trial.keep(model)
 
 
+# Each keeps its fitted estimator, which orchestrator.model.formats ("sklearn") predicts with `_predictions`' rule.
 RANDOM_FOREST = Family(name="random_forest", train=train_forest, default_space=RF_SPACE,
-                       iterations_param="n_estimators", checkpoints=True, costs=("predict_ms", "model_size"))
-SVM = Family(name="svm", train=train_svm, default_space=SVM_SPACE, costs=("predict_ms",))
-ESTIMATOR = Family(name="sklearn", train=train_estimator, default_space={}, costs=("predict_ms",))
+                       iterations_param="n_estimators", checkpoints=True, costs=("predict_ms", "model_size"),
+                       model_format="sklearn")
+SVM = Family(name="svm", train=train_svm, default_space=SVM_SPACE, costs=("predict_ms",), model_format="sklearn")
+ESTIMATOR = Family(name="sklearn", train=train_estimator, default_space={}, costs=("predict_ms",),
+                   model_format="sklearn")

@@ -308,7 +308,9 @@ def _train(config: dict, data, trial, arch: str, build: Callable) -> None:
         names = needed(trial, final=diverged or epoch + 1 == epochs)
         trial.report(score(data.task, data.y_valid, pred, names=names), state=state)
         if diverged:
-            return
+            return  # nothing to keep: it predicts NaN, and the scores above are a constant's
+    # The net and what maps raw rows into it and its output back (orchestrator.model.formats, "torch").
+    trial.keep({"net": model, "x_mean": mean, "x_std": std, "y_mean": y_mean, "y_std": y_std})
 
 
 def _predict(model, X, classify: bool, chunk: int = 4096):
@@ -353,6 +355,8 @@ def train_cnn(config, data, trial):
 
 # params: beyond the default space, train() reads only the per-layer sizes; any other name is a typo.
 MLP = Family(name="torch_mlp", train=train_mlp, default_space=MLP_SPACE, iterations_param="epochs", checkpoints=True,
-             params=LAYER_WIDTHS, check_space=per_layer_rule("depth", LAYER_WIDTHS, default_count=2))
+             params=LAYER_WIDTHS, check_space=per_layer_rule("depth", LAYER_WIDTHS, default_count=2),
+             model_format="torch")
 CNN = Family(name="torch_cnn", train=train_cnn, default_space=CNN_SPACE, iterations_param="epochs", checkpoints=True,
-             params=LAYER_FILTERS, check_space=per_layer_rule("conv_layers", LAYER_FILTERS, default_count=2))
+             params=LAYER_FILTERS, check_space=per_layer_rule("conv_layers", LAYER_FILTERS, default_count=2),
+             model_format="torch")

@@ -67,7 +67,8 @@ def train(config, data, trial):
             trial.report({**metrics, **_costs(model, data, trial)} if n == rounds else metrics, state=ckpt)
             return False
 
-    xgb.train(params, dtrain, rounds - done, xgb_model=booster, callbacks=[Report()], verbose_eval=False)
+    booster = xgb.train(params, dtrain, rounds - done, xgb_model=booster, callbacks=[Report()], verbose_eval=False)
+    trial.keep(booster)  # the refit saves it (orchestrator.model.formats, "xgboost")
 
 
 def _costs(booster, data, trial) -> dict[str, float]:
@@ -82,4 +83,4 @@ def _costs(booster, data, trial) -> dict[str, float]:
 
 
 FAMILY = Family(name="xgboost", train=train, default_space=DEFAULT_SPACE, iterations_param="n_estimators",
-                checkpoints=True, params=PARAMS, costs=("predict_ms", "model_size"))
+                checkpoints=True, params=PARAMS, costs=("predict_ms", "model_size"), model_format="xgboost")

@@ -6,12 +6,13 @@ sub-package, say `orchestrator.analysis` in a notebook, pulls in nothing else):
     load_spec(path, overrides)   orchestrator.spec.load       YAML -> a validated Experiment
     load_runs(paths)             orchestrator.analysis.runs   run folders -> frames for analysis
     load(run_dir)                orchestrator.results.reader  one run's (trials, history)
+    load_model(run_dir)          orchestrator.model.load      the run's saved model: predict, predict_proba
 
 Running one from Python: `orchestrator.run.driver.run(experiment, output)` (`hpo run`) and
 `orchestrator.run.resume.resume(run_dir)` (`hpo resume`); `orchestrator.run` is the package.
 
 The packages, bottom to top (a package imports only those below it): families, results, search,
-tracking, spec, trial, cluster, run; then cli and job_entry. analysis reads results alone.
+tracking, spec, trial, model, cluster, run; then cli and job_entry. analysis reads results alone.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from orchestrator.errors import HpoError, InputError, ResultsError, RunError, SpecError
+from orchestrator.errors import HpoError, InputError, ModelError, ResultsError, RunError, SpecError
 
 _LAZY = {
     "ExperimentSpec": "orchestrator.spec.experiment",
@@ -27,9 +28,10 @@ _LAZY = {
     "load_spec": "orchestrator.spec.load",
     "load_runs": "orchestrator.analysis.runs",
     "load": "orchestrator.results.reader",
+    "load_model": "orchestrator.model.load",
 }
 
-__all__ = ["HpoError", "InputError", "ResultsError", "RunError", "SpecError", *_LAZY]
+__all__ = ["HpoError", "InputError", "ModelError", "ResultsError", "RunError", "SpecError", *_LAZY]
 __version__ = "0.1.0"
 
 

@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("--quiet", action="store_true", help="no progress line")
     rs.add_argument("--ray", metavar="ADDRESS", help="join a running Ray instead of starting one")
     rs.set_defaults(func=cmd_resume)
+    _model_commands(sub)
     _cluster_commands(sub)
     _analysis_commands(sub)
     return p
@@ -69,6 +70,57 @@ def cmd_run(args) -> int:
 
     exp = load_spec(args.spec, args.set)
     return summary.report(run(exp, args.output, quiet=args.quiet, ray_address=args.ray))  # else RunError
+
+
+# --- the saved model: thin wrappers over orchestrator.model.predict and orchestrator.run.take_home -----
+
+def _model_commands(sub) -> None:
+    p = sub.add_parser("predict", help="predict a .csv/.parquet table with a run's saved model")
+    p.add_argument("model", metavar="RUN_DIR", help="run folder (its model/) or a model folder (models/<trial id>)")
+    p.add_argument("data", metavar="DATA", help=".csv or .parquet with the model's columns (its target column too "
+                                                "to score the predictions)")
+    p.add_argument("--output", required=True, metavar="PRED", help=".parquet or .csv to write (index kept)")
+    p.add_argument("--force", action="store_true", help="replace PRED if it exists")
+    p.add_argument("--trust", action="append", default=[], metavar="TYPE",
+                   help="a type a scikit-learn model file may build beyond scikit-learn's own (skops)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="load a joblib model file, which runs any code it holds: only files you made")
+    p.set_defaults(func=cmd_predict)
+    r = sub.add_parser("refit", help="refit a trial's config on train+valid, score it on test, save its model")
+    r.add_argument("run_dir", metavar="RUN_DIR")
+    r.add_argument("--trial", required=True, metavar="ID", help="the trial (trials.parquet trial_id), e.g. a "
+                                                                "point of the Pareto front")
+    r.add_argument("--force", action="store_true", help="replace RUN_DIR/models/ID if it was saved before")
+    r.set_defaults(func=cmd_refit)
+
+
+def cmd_predict(args) -> int:
+    from orchestrator.model.predict import predict_file
+
+    done = predict_file(args.model, args.data, args.output, force=args.force, trusted=tuple(args.trust),
+                        trust_pickle=args.trust_pickle)
+    cols = done.columns if len(done.columns) <= 4 else [*done.columns[:3], "...", done.columns[-1]]
+    print(f"wrote {done.rows} predictions to {done.output} (columns: {', '.join(cols)})")
+    if done.scores is not None:
+        card = done.model.card
+        name = card.test_metric
+        ours = f"{name}={done.scores[name]:.6g}" if name in done.scores else \
+            ", ".join(f"{k}={v:.4g}" for k, v in done.scores.items())
+        ref = f"; the run's test split: {name}={card.test_score:.6g}" if card.test_score is not None else ""
+        print(f"{ours} on {args.data} (target column {card.target!r}){ref}")
+    return 0
+
+
+def cmd_refit(args) -> int:
+    from orchestrator.run.take_home import refit_trial
+
+    folder, card = refit_trial(args.run_dir, args.trial, force=args.force)
+    how = card["training"]["method"]
+    score = f"{card['test_metric']}={card['test_score']:.6g}" if card.get("test_score") is not None else "no test score"
+    print(f"trial {args.trial} refitted on train+valid ({how}): {score}\n"
+          f"model: {folder}/ ({card['format']})\n"
+          f"next: hpo predict {folder} DATA.csv --output predictions.parquet")
+    return 0
 
 
 # --- clusters: thin wrappers over orchestrator.cluster.spec / localcluster / jobs -------------------

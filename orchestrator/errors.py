@@ -56,6 +56,12 @@ class InputError(HpoError):
     exit_code = 2
 
 
+class ModelError(InputError):
+    """A saved model cannot be loaded or used as asked: a model file missing or damaged, a card
+    (model.json) newer than this package reads, or data whose columns, types or labels do not fit
+    the model. One line naming the file or column and the fix (exit 2), as for any input."""
+
+
 class RunError(HpoError):
     """The experiment started but could not finish; results written so far are kept.
 

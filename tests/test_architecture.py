@@ -30,6 +30,7 @@ LAYERS = (
     {"tracking"},  # MLflow, TensorBoard, W&B behind a registry
     {"spec"},  # YAML -> Experiment
     {"trial"},  # what runs inside a Ray worker
+    {"model"},  # the saved model: formats, card, load and predict (never Ray, never the run's lifecycle)
     {"cluster"},  # cluster files, local clusters, the Jobs API, live nodes, auth
     {"run"},  # the driver: a run folder's lifecycle
     {"cli", "job_entry", "__init__"},  # the entry points

@@ -253,7 +253,9 @@ def test_cli_submits_the_unchanged_spec_follows_it_and_fetches_parquet(local_clu
 
     # No secret from the environment (nor the token) in results, metadata or logs.
     token = c.token()
-    texts = [p.read_bytes() for p in (tmp_path / "fetched").iterdir()]
+    texts = [p.read_bytes() for p in (tmp_path / "fetched").rglob("*") if p.is_file()]
+    card = json.loads((tmp_path / "fetched" / "model" / "model.json").read_text())  # the model folder came too
+    assert card["checkpoint"].startswith("tune/") and (tmp_path / "fetched" / card["checkpoint"]).is_dir()
     texts += [r.encode() for r in (sub.stdout, sub.stderr, logs.stdout, logs.stderr, status.stdout)]
     assert not any(CANARY.encode() in t or token.encode() in t for t in texts)
 

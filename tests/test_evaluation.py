@@ -129,6 +129,9 @@ class Trial:
     def restore(self):
         return self._restored
 
+    def keep(self, model):
+        self.kept = model
+
 
 def toy_family(log: list, fail_at: tuple[int, int] | None = None) -> Family:
     """Fold f at iteration t reports val_error = f + t/10. Each iteration notes how many folds are
@@ -216,7 +219,7 @@ def test_kfold_with_a_real_family_matches_training_each_fold_alone(digits):
 
 def test_refit_scores_the_best_config_on_test(digits):
     exp = validate(spec())
-    out = refit.conclude(exp, digits, Best({"n_estimators": 8, "max_depth": 6}, 0.95, "t1"), search=None, run_dir=".")
+    out = refit.conclude(exp, digits, Best({"n_estimators": 8, "max_depth": 6}, 0.95, "t1"), search=None, run_dir=".").evaluation
     # The same model trained by hand: the test score is the family's score on the test set.
     from sklearn.ensemble import RandomForestClassifier
 
@@ -263,7 +266,7 @@ def test_after_pbt_the_refit_replays_the_best_trials_schedule(digits):
     base = {k: v for k, v in exp.resolved()["space"].items() if not isinstance(v, dict)}
     schedule = [{"from_iteration": 0, "config": {**base, "learning_rate": 0.3}},
                 {"from_iteration": 3, "config": {**base, "learning_rate": 0.02}}]
-    out = refit.conclude(exp, digits, Best(schedule[-1]["config"], 0.1, "t1", schedule), search=None, run_dir=".")
+    out = refit.conclude(exp, digits, Best(schedule[-1]["config"], 0.1, "t1", schedule), search=None, run_dir=".").evaluation
     assert out["refit"] == {"method": "replay-schedule", "schedule": schedule, "trained": [[1, 3], [4, 8]]}
     assert out["test"]["test_log_loss"] == pytest.approx(_xgb_by_hand(digits, schedule), rel=1e-6)
     assert out["test"]["test_log_loss"] != pytest.approx(_xgb_by_hand(digits, schedule[1:]), rel=1e-3)
@@ -272,7 +275,7 @@ def test_after_pbt_the_refit_replays_the_best_trials_schedule(digits):
 
 
 def test_other_schedulers_refit_the_last_config(digits):
-    out = refit.conclude(validate(spec()), digits, Best({"n_estimators": 3}, 0.9, "t1"), search=None, run_dir=".")
+    out = refit.conclude(validate(spec()), digits, Best({"n_estimators": 3}, 0.9, "t1"), search=None, run_dir=".").evaluation
     assert out["refit"] == {"method": "last-config"}
 
 
@@ -301,6 +304,14 @@ def test_a_pbt_run_records_and_replays_its_best_trials_schedule(ray_local, tmp_p
     history = pd.read_parquet(result.run_dir / "history.parquet")
     assert history["config.learning_rate"].nunique() > 2, "PBT never exploited"
     assert any("refit replayed" in ln for ln in summary.lines(result))
+    # The saved model is that replayed schedule's, and predicts the test split to the recorded score.
+    from orchestrator import load_model
+    from orchestrator.model.load import load_test_split
+
+    card = json.loads((result.run_dir / "model" / "model.json").read_text())
+    assert card["training"] == plan and card["trial_id"] == best and meta["model"]["reproduced"]
+    X, y = load_test_split(result.run_dir)
+    assert load_model(result.run_dir).score(X, y)["test_error"] == meta["evaluation"]["test_score"]
 
 
 def test_nothing_to_refit_without_data_or_a_best_trial(digits):
@@ -311,7 +322,7 @@ def test_nothing_to_refit_without_data_or_a_best_trial(digits):
 
 def test_a_failed_refit_is_recorded_not_raised(digits):
     exp = validate(spec())
-    out = refit.conclude(exp, digits, Best({"n_estimators": 3, "max_depth": "deep"}, 0.9), search=None, run_dir=".")
+    out = refit.conclude(exp, digits, Best({"n_estimators": 3, "max_depth": "deep"}, 0.9), search=None, run_dir=".").evaluation
     assert out["error"].startswith("refit failed") and "test" not in out
     assert any(line.startswith("evaluation: refit failed") for line in summary.evaluation_lines(out))
 
@@ -324,7 +335,7 @@ def test_nested_runs_one_search_per_outer_fold_and_scores_each_on_its_held_out_f
         seen.append((data, out_dir))
         return Best({"n_estimators": 5, "max_depth": 2 + len(seen)}, 0.9)
 
-    out = refit.conclude(exp, digits, Best({"n_estimators": 5}, 0.9), search, tmp_path)
+    out = refit.conclude(exp, digits, Best({"n_estimators": 5}, 0.9), search, tmp_path).evaluation
     nested = out["nested"]
     assert [d.X_test.shape[0] for d, _ in seen] == [f.X_test.shape[0] for f in protocol.outer_folds(digits, 3, 0)]
     assert [p.name for _, p in seen] == ["outer-0", "outer-1", "outer-2"]
@@ -378,3 +389,8 @@ budget: {trials: 2, concurrent: 2}
     meta = json.loads((summary.run_dir / "experiment.json").read_text())
     assert meta["evaluation"]["nested"]["mean"] == pytest.approx(np.mean([f["test"] for f in nested["folds"]]))
     assert meta["evaluation"]["test_metric"] == "test_error"
+    # The final model is the refit of the config the search over all rows chose; the outer scores beside it.
+    card = json.loads((summary.run_dir / "model" / "model.json").read_text())
+    assert card["config"] == meta["evaluation"]["config"] and card["test_score"] == meta["evaluation"]["test_score"]
+    assert card["nested"]["mean"] == meta["evaluation"]["nested"]["mean"]
+    assert [f["test"] for f in card["nested"]["folds"]] == [f["test"] for f in nested["folds"]]

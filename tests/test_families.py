@@ -50,7 +50,8 @@ REGRESSOR = {"sklearn": {"estimator": "sklearn.linear_model.Ridge", "alpha": 1.0
 
 
 class Probe:
-    """A trial context outside Ray: records every report, pickles every state like a checkpoint."""
+    """A trial context outside Ray: records every report, pickles every state like a checkpoint,
+    keeps the model the family hands over."""
 
     def __init__(self, restored=None, seed: int = 0, checkpointing: bool = True, metric: str | None = None):
         self.seed, self.cpus, self.gpus, self.gpu_ids, self.device = seed, 1, 0.0, (), "cpu"
@@ -65,6 +66,9 @@ class Probe:
 
     def restore(self):
         return self._restored
+
+    def keep(self, model):
+        self.kept = model
 
 
 @pytest.fixture(scope="module")

@@ -269,7 +269,7 @@ def test_a_disk_that_fills_mid_run_fails_the_run_and_keeps_what_was_written(moun
     assert len([ln for ln in err.splitlines() if ln.startswith("error:")]) == 1
     assert not list(out.rglob(".*.tmp"))
     (disk / "filler").unlink()  # to read experiment.json's fate we need no space; to load, neither
-    trials, history = __import__("orchestrator.results.writer", fromlist=["load"]).load(out)
+    trials, history = __import__("orchestrator.results.reader", fromlist=["load"]).load(out)
     assert set(kept.trial_id) <= set(trials.trial_id) and len(history) >= kept["iterations"].sum()
     meta = json.loads((out / "experiment.json").read_text())
     assert meta["status"] in ("failed", "running")  # failed where it could still be written

@@ -218,6 +218,9 @@ class FakeTrial:
     def restore(self):
         return None
 
+    def keep(self, model):
+        pass
+
 
 def _data(n=120):
     from sklearn.datasets import load_breast_cancer
@@ -278,6 +281,23 @@ def test_nsga2_run_marks_the_pareto_front_and_skips_the_refit(ray_local, tmp_pat
     # the analysis side reads the run and names the front
     assert any(f"Pareto front of val_error, predict_ms: {len(front_ids)} trials" in line
                for line in describe(load_runs(summary.run_dir)))
+    # Nothing saved after the search; a point of the front is taken home with `hpo refit --trial`.
+    from orchestrator import cli, load_model
+    from orchestrator.errors import ModelError
+    from orchestrator.model.load import load_test_split
+
+    assert "hpo refit RUN_DIR --trial ID" in meta["model"]["skipped"] and not (summary.run_dir / "model").exists()
+    with pytest.raises(ModelError, match="holds no saved model"):
+        load_model(summary.run_dir)
+    chosen = meta["pareto"][-1]["trial_id"]
+    assert cli.main(["refit", str(summary.run_dir), "--trial", chosen]) == 0
+    folder = summary.run_dir / "models" / chosen
+    card = json.loads((folder / "model.json").read_text())
+    assert card["trial_id"] == chosen and card["reproduced"] and card["config"]["C"] == pytest.approx(
+        trials.set_index("trial_id").loc[chosen, "config.C"])
+    assert [o["name"] for o in card["metric"]["objectives"]] == ["val_error", "predict_ms"]
+    X, y = load_test_split(folder)
+    assert load_model(folder).score(X, y)["test_error"] == card["test_score"]
 
 
 @pytest.mark.slow

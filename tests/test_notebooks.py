@@ -76,6 +76,12 @@ def test_analyse_run_notebook(which, analysis_results, tmp_path, monkeypatch):
     if (trials["status"] == "completed").sum() >= 2:  # Optuna's evaluators need two completed trials
         expected |= {"importance_fanova", "importance_ped-anova"}
         assert "fANOVA (Optuna's FanovaImportanceEvaluator, seed 0)" in shown(book, "importance")
+    if meta.get("model", {}).get("path"):  # the SVM run saved its model: predicted vs true on the test split
+        expected.add("predicted_vs_true")
+        test = meta["evaluation"]
+        assert f"{test['test_metric']}={test['test_score']:.6g} on the test split" in shown(book, "model")
+    else:
+        assert "no model to show: " in shown(book, "model")
     assert pngs(tmp_path) == expected
     assert f"{len(trials)} trials" in shown(book, "optuna")
 

@@ -9,7 +9,8 @@ import sys
 import pandas as pd
 import pytest
 
-from orchestrator.errors import InputError, RunError
+from orchestrator import load_model
+from orchestrator.errors import InputError, ModelError, RunError
 from orchestrator.run.driver import run
 from orchestrator.run.tuner import build_tune_config
 from orchestrator.search.resumable import base_searcher
@@ -81,6 +82,16 @@ def test_user_trainable_from_a_file_runs_unchanged(ray_local, tmp_path):
     assert len(trials) == 4 and set(trials.status) <= {"completed", "stopped"}
     assert {"metric.loss", "metric.x", "config.lr"} <= set(history.columns)
     assert trials["score"].notna().all()
+    # Nothing refitted: the card links the best trial's latest checkpoint as the trainable saved it.
+    meta = json.loads((summary.run_dir / "experiment.json").read_text())
+    card = json.loads((summary.run_dir / "model" / "model.json").read_text())
+    best = meta["best"]["trial_id"]
+    assert card["format"] is None and card["trial_id"] == best and meta["model"]["checkpoint"] == card["checkpoint"]
+    assert card["checkpoint"].startswith(f"tune/{best}/checkpoint_")
+    steps = json.loads((summary.run_dir / card["checkpoint"] / "state.json").read_text())["step"]
+    assert steps == trials.set_index("trial_id").loc[best, "iterations"]
+    with pytest.raises(ModelError, match="describes a checkpoint of your own trainable"):
+        load_model(summary.run_dir)
 
 
 @pytest.mark.slow

@@ -212,3 +212,33 @@ def timeline(tl: pd.DataFrame, ax=None, title: str | None = None):
     ax.set(xlabel="seconds since the run's first trial started", title=title or "trials per node")
     ax.legend(frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
     return fig
+
+
+def predicted_vs_true(true: pd.Series, predicted: pd.Series, classes: list | None = None, ax=None,
+                      title: str | None = None):
+    """A model's predictions against the truth: a confusion matrix (counts, rows the true class) for
+    a classifier (`classes` in order), else a scatter with the diagonal where they would agree."""
+    if classes:
+        index = {c: i for i, c in enumerate(classes)}
+        counts = np.zeros((len(classes), len(classes)), dtype=int)
+        for t, p in zip(true, predicted):
+            counts[index[t], index[p]] += 1
+        fig, ax = _axis(ax, (0.45 * len(classes) + 2.5, 0.4 * len(classes) + 2))
+        ax.imshow(counts, cmap="Blues")
+        for (i, j), n in np.ndenumerate(counts):
+            if n:
+                ax.text(j, i, str(n), ha="center", va="center", fontsize="small",
+                        color="white" if n > counts.max() / 2 else "black")
+        ticks = range(len(classes))
+        ax.set_xticks(ticks, [str(c) for c in classes], fontsize="small")
+        ax.set_yticks(ticks, [str(c) for c in classes], fontsize="small")
+        accuracy = np.trace(counts) / max(1, counts.sum())
+        ax.set(xlabel="predicted", ylabel="true", title=title or f"test split: accuracy {accuracy:.3f}")
+        return fig
+    fig, ax = _axis(ax, (5, 5))
+    ax.scatter(true, predicted, s=10, alpha=0.6)
+    low, high = float(min(true.min(), predicted.min())), float(max(true.max(), predicted.max()))
+    ax.plot([low, high], [low, high], color="tab:gray", linewidth=1, linestyle="--")
+    rmse = float(np.sqrt(np.mean((np.asarray(true, dtype=float) - np.asarray(predicted, dtype=float)) ** 2)))
+    ax.set(xlabel="true", ylabel="predicted", title=title or f"test split: rmse {rmse:.4g}")
+    return fig

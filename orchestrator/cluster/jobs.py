@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import re
 import shlex
 import sys
@@ -33,7 +34,7 @@ from orchestrator.cluster import nodes
 from orchestrator.cluster.spec import Capacity, Cluster, ClusterError, check_capacity
 from orchestrator.errors import Problem, SpecError
 from orchestrator.results import storage
-from orchestrator.results.contract import PARTS, RESULT_FILES
+from orchestrator.results.contract import CARD, MODEL_DIR, PARTS, RESULT_FILES
 from orchestrator.results.rundir import new_run_id
 from orchestrator.spec.load import load_spec
 
@@ -259,7 +260,8 @@ def stop(cluster: Cluster, job_id: str, wait_s: float = 30.0) -> str:
 
 
 def fetch(cluster: Cluster, job_id: str, dest: str | Path | None = None) -> Path:
-    """Copies the job's Parquet files and experiment.json here (again, if fetched before)."""
+    """Copies the job's Parquet files and experiment.json here (again, if fetched before), and the
+    saved model folders with the checkpoint a model card links (orchestrator.results.storage.carried)."""
     import pyarrow.fs as pafs
 
     details = info(cluster, job_id)
@@ -281,4 +283,11 @@ def fetch(cluster: Cluster, job_id: str, dest: str | Path | None = None) -> Path
         storage.download(fs, f.path, dest / f.base_name)
     for f in parts:
         storage.download(fs, f.path, dest / PARTS / f.base_name)
+    card = dest / MODEL_DIR / CARD
+    if fs.get_file_info(f"{root}/{MODEL_DIR}/{CARD}").type == pafs.FileType.File:
+        storage.download(fs, f"{root}/{MODEL_DIR}/{CARD}", card)
+    for rel in storage.carried(json.loads(card.read_text()) if card.is_file() else None):
+        for f in fs.get_file_info(pafs.FileSelector(f"{root}/{rel}", recursive=True, allow_not_found=True)):
+            if f.type == pafs.FileType.File:
+                storage.download(fs, f.path, dest / rel / Path(f.path).relative_to(f"{root}/{rel}"))
     return dest

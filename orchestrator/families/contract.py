@@ -6,6 +6,11 @@ evaluation names, resources and reporting. `trial` is anything that fulfils `Tri
 trial (orchestrator.trial.context), one fold's view of it under k-fold (orchestrator.trial.folds),
 the refit after the search (orchestrator.run.refit), or a test's fake; a family depends on this
 contract and on nothing of Ray's.
+
+What a user takes home is the refit's model: a family hands its finished model over with
+`trial.keep(model)`, and names, in `Family.model_format`, the entry of orchestrator.model.formats that
+saves it in its library's own format. Only the refit's context stores it; in a Ray trial `keep` does
+nothing, so a search never pays for it.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ class Family:
             reports at a trial's last report when the spec lists them (`metrics.wants`).
         optima: the known optimum of a reported metric (a test function's), written to
             experiment.json so that analysis reports regret without importing the family.
+        model_format: the entry of `orchestrator.model.formats.FORMATS` that saves what `train` hands
+            to `trial.keep(...)` (its docstring says what object it takes); None: the family keeps no
+            model, and nothing is saved after the refit.
     """
 
     name: str
@@ -55,6 +63,7 @@ class Family:
     check_space: Callable[[Mapping[str, Any]], list] | None = None
     costs: tuple[str, ...] = ()
     optima: Mapping[str, float] | None = None
+    model_format: str | None = None
 
     def known_params(self) -> list[str] | None:
         """Every hyperparameter name this family understands, or None if it does not say."""
@@ -95,3 +104,7 @@ class Trial(Protocol):
 
     def restore(self) -> Any | None:
         """The state this trial resumes from (PBT exploit, resume), or None."""
+
+    def keep(self, model: Any) -> None:
+        """The finished model, once `train` has trained its last iteration: the refit saves it
+        (`Family.model_format`); a trial inside a search ignores it. Call it after the last report."""

@@ -90,16 +90,24 @@ def score(task: str, y_true: np.ndarray, y_pred: np.ndarray, prefix: str = "val_
     if task == "regression":
         table, args = _REGRESSION, (y_true.astype(float), np.asarray(y_pred, dtype=float))
     else:
-        # Row-major, as a model's predict() gives: a column-major view (LightGBM's validation
-        # scores) would sum each row in another order, and a last-bit difference can break a tie
-        # between two rows' probabilities, which moves AUC.
-        proba = np.ascontiguousarray(y_pred, dtype=float)
-        if proba.ndim == 1:  # binary models may give P(class 1) only
-            proba = np.column_stack([1 - proba, proba])
-        proba = np.clip(proba, 1e-15, 1)
-        proba /= proba.sum(axis=1, keepdims=True)
+        proba = probabilities(y_pred)
         table, args = _CLASSIFICATION, (y_true.astype(int), proba, proba.argmax(axis=1))
     return {f"{prefix}{name}": float(fn(*args)) for name, fn in table.items() if names is None or name in names}
+
+
+def probabilities(y_pred: np.ndarray) -> np.ndarray:
+    """A classifier's output as the (n, k) probabilities every metric reads, and whose argmax is
+    the predicted class: P(class 1) alone becomes two columns, then each row is clipped to
+    [1e-15, 1] and summed to 1. A saved model predicts labels by the same rule (orchestrator.model)."""
+    # Row-major, as a model's predict() gives: a column-major view (LightGBM's validation
+    # scores) would sum each row in another order, and a last-bit difference can break a tie
+    # between two rows' probabilities, which moves AUC.
+    proba = np.ascontiguousarray(y_pred, dtype=float)
+    if proba.ndim == 1:  # binary models may give P(class 1) only
+        proba = np.column_stack([1 - proba, proba])
+    proba = np.clip(proba, 1e-15, 1)
+    proba /= proba.sum(axis=1, keepdims=True)
+    return proba
 
 
 # --- classification: (labels, probabilities (n, k), predicted labels) -> value ----------------

@@ -21,6 +21,9 @@ HISTORY = "history.parquet"
 PARTS = "history.parts"  # numbered history flushes while a run is going on
 OWNER = "owner.json"  # the claim on the folder: who runs it, and its heartbeat (results.rundir)
 RESULT_FILES = (TRIALS, HISTORY, EXPERIMENT)
+MODEL_DIR = "model"  # the run's refitted model and its card (orchestrator.model); docs/model.md
+MODELS_DIR = "models"  # models/<trial id>/: a chosen trial's, from `hpo refit RUN_DIR --trial ID`
+CARD = "model.json"  # the card in a model folder; `checkpoint` in it may link a user trainable's checkpoint
 
 # --- a trial's status in trials.parquet -----------------------------------------------------------
 STATUSES = {

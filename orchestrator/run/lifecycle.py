@@ -3,7 +3,8 @@
 A run is: hold Ray and the signals (`drive`), record what the run is (`begin`: a fresh
 `experiment.json` and Recorder, or the resumed ones), fit a Tuner into the folder (`fit`), decide how
 it ended from what was recorded (orchestrator.run.outcome), write that down, and conclude (refit the
-best config, or the Pareto front) before a summary is returned or the run's error raised.
+best config and save its model, or the Pareto front) before a summary is returned or the run's error
+raised.
 
 The one seam is the Tuner's construction, a `TunerFactory` (orchestrator.run.tuner): `build_tuner`
 for a fresh run and each outer fold's inner search, `restore_tuner` for `hpo resume`. Everything
@@ -27,7 +28,7 @@ from orchestrator.errors import RunError, RunInterrupted, SpecError
 from orchestrator.results import rundir
 from orchestrator.results.contract import EXPERIMENT, OWNER
 from orchestrator.results.writer import Recorder
-from orchestrator.run import ray_local, refit, signals
+from orchestrator.run import ray_local, refit, signals, take_home
 from orchestrator.run.outcome import Ended, outcome, pareto_evaluation
 from orchestrator.run.progress import Progress
 from orchestrator.run.summary import RunSummary, top_trials
@@ -119,28 +120,35 @@ def fit(exp: Experiment, run_dir: Path, data: Any, recorder: Recorder, make_tune
 
 def conclude(exp: Experiment, run_dir: Path, meta: dict[str, Any], recorder: Recorder, data: Any, ended: Ended,
              tracking=None) -> RunSummary:
-    """Records how the run ended in experiment.json, then refits the best config (or records the
-    Pareto front) if it finished; returns the summary, or raises the run's error carrying it."""
+    """Records how the run ended in experiment.json, then refits the best config and saves its model
+    (or records the Pareto front) if it finished, then closes the trackers (after the model, which
+    they may log); returns the summary, or raises the run's error carrying it."""
     out = outcome(exp, recorder, ended)
-    if tracking:
-        for line in tracking.close(out.status, out.best_row):
-            print(line, file=sys.stderr)
-        meta["tracking"] = tracking.stats()
     meta.update(status=out.status, error=out.failure, ended_at=rundir.now(), counts=out.counts,
                 best=_jsonable(out.best_row), signal=out.signal_name)
     if exp.multi_objective:
         meta.update(pareto=_jsonable(out.pareto))
     write_meta(run_dir, meta)
-    evaluated = None
+    evaluated, model = None, None
     if out.status == "finished":
-        evaluated = pareto_evaluation(out.pareto) if exp.multi_objective else \
-            refit.conclude(exp, data, out.best, nested_search(exp), run_dir)
+        concluded = None if exp.multi_objective else \
+            refit.conclude(exp, data, out.best, nested_search(exp), run_dir, keep=True)
+        evaluated = pareto_evaluation(out.pareto) if exp.multi_objective else concluded and concluded.evaluation
+        model = take_home.save_run_model(run_dir, exp, data, meta, out.best, concluded)  # never raises
         if evaluated is not None:
-            meta.update(evaluation=_jsonable(evaluated), ended_at=rundir.now())
-            write_meta(run_dir, meta)
+            meta.update(evaluation=_jsonable(evaluated))
+        meta.update(model=_jsonable(model), ended_at=rundir.now())
+        write_meta(run_dir, meta)
+        if tracking and model.get("path"):  # the model folder and its card, as the trackers' artifacts
+            tracking.model_saved(run_dir / model["path"])
+    if tracking:  # after the model, so that a tracker can log it with the run
+        for line in tracking.close(out.status, out.best_row):
+            print(line, file=sys.stderr)
+        meta["tracking"] = tracking.stats()
+        write_meta(run_dir, meta)
     summary = RunSummary(run_dir, meta["run_id"], exp.metric, out.counts, out.best_row, evaluated, out.status,
                          out.failure, top=() if exp.multi_objective else top_trials(recorder.trials.values(), exp.mode),
-                         pareto=out.pareto)
+                         pareto=out.pareto, model=model)
     if out.signum:
         raise RunInterrupted(out.failure, out.signum, summary)
     if out.failure:

@@ -28,15 +28,19 @@ import numpy as np
 
 from orchestrator.families.contract import Family, Trial
 from orchestrator.families.registry import resolve
+from orchestrator.model.formats import Target
+from orchestrator.model.package import Packed, package
 from orchestrator.search.schedulers import SCHEDULERS
 from orchestrator.spec.data import Dataset
 from orchestrator.spec.evaluation import outer_folds, refit_data
 from orchestrator.spec.experiment import Experiment
 from orchestrator.trial.context import TrialContext, thread_limit
+from orchestrator.trial.settings import TrialSettings
 
 
 class _Collect:
-    """A trial context outside Tune: keeps the last report, never checkpoints, never restores."""
+    """A trial context outside Tune: keeps the last report and the model the family hands over,
+    never checkpoints, never restores."""
 
     checkpointing = False
 
@@ -44,6 +48,7 @@ class _Collect:
         self._trial = trial
         self.last: dict[str, Any] = {}
         self.reports = 0
+        self.kept: Any = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._trial, name)
@@ -53,6 +58,9 @@ class _Collect:
 
     def restore(self) -> None:
         return None
+
+    def keep(self, model: Any) -> None:
+        self.kept = model
 
 
 class _SegmentDone(Exception):
@@ -99,10 +107,35 @@ def as_test_metric(metric: str) -> str:
     return f"test_{metric.removeprefix('val_')}"
 
 
+@dataclass(frozen=True)
+class Kept:
+    """What became of the refit's model: its files (orchestrator.model.package.Packed), or why not."""
+
+    packed: Packed | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Refitted:
+    """One refit: its test metrics, the iterations each config of a replayed schedule trained, and
+    the model (when asked to keep it)."""
+
+    test: dict[str, float]
+    trained: list[list[int]]
+    kept: Kept | None = None
+
+
 def _refit_task(family_ref: str, base_dir: str, config: dict, data: Dataset, seed: int,
-                schedule: list[dict[str, Any]] | None = None) -> tuple[dict[str, float], list[list[int]]]:
+                schedule: list[dict[str, Any]] | None = None, keep: bool = False,
+                resources: tuple[int, float] = (1, 0.0)) -> Refitted:
     family = resolve(family_ref, Path(base_dir))
-    ctx = _Replay(TrialContext.current(seed)) if schedule else _Collect(TrialContext.current(seed))
+    import ray
+
+    if ray.is_initialized():  # a Ray task: the resources Ray gave it
+        trial = TrialContext.current(TrialSettings(family_ref, seed=seed))
+    else:  # in this process (`hpo refit`): the spec's, as Ray would give them
+        trial = TrialContext(seed=seed, cpus=max(1, int(resources[0])), gpus=float(resources[1]))
+    ctx = _Replay(trial) if schedule else _Collect(trial)
     with thread_limit(ctx.cpus):
         if schedule:
             _replay(family, schedule, refit_data(data), ctx)
@@ -111,24 +144,41 @@ def _refit_task(family_ref: str, base_dir: str, config: dict, data: Dataset, see
     if not ctx.reports:
         raise RuntimeError(f"family {family_ref} reported nothing when refitted on train+valid")
     test = {as_test_metric(k): float(v) for k, v in ctx.last.items() if k.startswith("val_")}
-    return test, getattr(ctx, "trained", [])
+    return Refitted(test, getattr(ctx, "trained", []), _keep(family, ctx.kept, data, test) if keep else None)
+
+
+def _keep(family: Family, kept: Any, data: Dataset, test: dict[str, float]) -> Kept:
+    """The kept model as files, checked against the test score; a failure is a reason, never raised:
+    the refit's score stands without it."""
+    if family.model_format is None:
+        return Kept(error=f"family {family.name} keeps no model (it names no model_format)")
+    if kept is None:
+        return Kept(error=f"family {family.name} handed over no model (trial.keep was not called: its training "
+                          f"diverged, or it predates trial.keep)")
+    try:
+        return Kept(package(family.model_format, kept, data.X_test, data.y_test, Target(data.task, data.n_classes),
+                            test))
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        return Kept(error=f"saving it as {family.model_format} failed: {type(exc).__name__}: {text[0] if text else ''}")
 
 
 def refit(exp: Experiment, config: Mapping[str, Any], data: Dataset,
           schedule: list[dict[str, Any]] | None = None) -> dict[str, float]:
     """Trains `config` (or replays `schedule`) on train+valid and scores it on test, as a Ray task
     with a trial's resources (so it gets the trial's GPU and threads); in-process without Ray."""
-    return _run_refit(exp, config, data, schedule)[0]
+    return run_refit(exp, config, data, schedule).test
 
 
-def _run_refit(exp: Experiment, config: Mapping[str, Any], data: Dataset,
-               schedule: list[dict[str, Any]] | None) -> tuple[dict[str, float], list[list[int]]]:
+def run_refit(exp: Experiment, config: Mapping[str, Any], data: Dataset, schedule: list[dict[str, Any]] | None,
+              keep: bool = False) -> Refitted:
+    """`refit`, and with `keep` the model as files (`Refitted.kept`)."""
     import ray
 
-    args = (exp.spec.family, str(exp.base_dir), dict(config), data, exp.spec.seed, schedule)
+    res = exp.spec.resources
+    args = (exp.spec.family, str(exp.base_dir), dict(config), data, exp.spec.seed, schedule, keep, (res.cpu, res.gpu))
     if not ray.is_initialized():
         return _refit_task(*args)
-    res = exp.spec.resources
     task = ray.remote(num_cpus=res.cpu, num_gpus=res.gpu, max_retries=0)(_refit_task)
     return ray.get(task.remote(*args))
 
@@ -155,11 +205,22 @@ class Best:
 Search = Callable[[Dataset, Path], "Best | None"]  # runs the spec's search on other data
 
 
+@dataclass(frozen=True)
+class Concluded:
+    """After the search: experiment.json's `evaluation` entry, and the refit's model (or why not),
+    which orchestrator.run.take_home saves."""
+
+    evaluation: dict[str, Any]
+    kept: Kept | None = None
+
+
 def conclude(exp: Experiment, data: Dataset | None, best: Best | None, search: Search,
-             run_dir: Path) -> dict[str, Any] | None:
+             run_dir: Path, keep: bool = False) -> Concluded | None:
     """After the search: refit the best config on train+valid and score it on test; for nested,
-    run one more search per outer fold. Returns the `evaluation` entry of experiment.json, or None
-    when there is nothing to refit (a user trainable, a family without data, no best trial).
+    run one more search per outer fold (its final model is still this refit, of the config the
+    search over all rows chose). Returns the `evaluation` entry of experiment.json and, with
+    `keep`, the refit's model as files; None when there is nothing to refit (a user trainable, a
+    family without data, no best trial).
 
     A failure here is recorded in the entry, not raised: the search's results stand on their own.
     """
@@ -172,19 +233,22 @@ def conclude(exp: Experiment, data: Dataset | None, best: Best | None, search: S
     if ev.per_trial == "kfold":
         out["folds"] = ev.folds
     plan = out["refit"] = refit_plan(exp, best)
+    kept = None
     try:
-        test, trained = _run_refit(exp, best.config, data, plan.get("schedule"))
-        if trained:
-            plan["trained"] = trained  # the iterations each config of the schedule trained
-        out.update(test=test, test_score=test.get(metric), gap=_gap(test.get(metric), best.score))
+        done = run_refit(exp, best.config, data, plan.get("schedule"), keep=keep)
+        if done.trained:
+            plan["trained"] = done.trained  # the iterations each config of the schedule trained
+        out.update(test=done.test, test_score=done.test.get(metric), gap=_gap(done.test.get(metric), best.score))
+        kept = done.kept
     except Exception as exc:
         out["error"] = f"refit failed: {type(exc).__name__}: {exc}"
+        kept = Kept(error="the refit failed (evaluation.error)") if keep else None
     if ev.protocol == "nested":
         try:
             out["nested"] = _nested(exp, data, search, Path(run_dir) / "nested", metric)
         except Exception as exc:
             out["error"] = "; ".join(filter(None, [out.get("error"), f"nested: {type(exc).__name__}: {exc}"]))
-    return out
+    return Concluded(out, kept)
 
 
 def _nested(exp: Experiment, data: Dataset, search: Search, root: Path, metric: str) -> dict[str, Any]:

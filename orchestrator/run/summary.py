@@ -31,6 +31,7 @@ class RunSummary:
     error: str | None = None  # why it failed or was interrupted
     top: tuple[dict[str, Any], ...] = ()  # the best trials, best first (top_trials)
     pareto: list[dict[str, Any]] | None = None  # several metrics: the front, best first on the first metric
+    model: dict[str, Any] | None = None  # experiment.json's `model`: the saved model, or why there is none
 
 
 def lines(summary: RunSummary) -> list[str]:
@@ -60,6 +61,7 @@ def _parts(summary: RunSummary) -> list:
         out.append(top_table(summary.top, summary.metric))
     out += pareto_lines(summary.pareto)
     out += evaluation_lines(summary.evaluation)
+    out += model_lines(summary.model, summary.run_dir)
     out.append(f"results: {summary.run_dir}/ (trials.parquet, history.parquet, experiment.json)")
     return out
 
@@ -185,6 +187,26 @@ def evaluation_lines(entry: Mapping[str, Any] | None) -> list[str]:
     if entry.get("error"):
         out.append(f"evaluation: {entry['error']}")
     return out
+
+
+def model_lines(model: Mapping[str, Any] | None, run_dir: Path) -> list[str]:
+    """Where the saved model is and how to predict with it, or in one line why there is none."""
+    if not model:
+        return []
+    if model.get("error"):
+        return [f"model: not saved: {model['error']}"]
+    if model.get("skipped"):
+        return [f"model: none ({model['skipped']})"]
+    if model.get("checkpoint"):
+        return [f"model: {run_dir / model['path']}/model.json links your trainable's checkpoint {model['checkpoint']}"]
+    checked = "reproduces the test score" if model.get("reproduced") else \
+        f"DOES NOT reproduce the test score: {model.get('differs')}"
+    return [f"model: {run_dir / model['path']}/ ({model['format']}, {_size(model['bytes'])}; {checked})",
+            f"  predict: hpo predict {run_dir} DATA.csv --output predictions.parquet"]
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
 def refit_lines(plan: Mapping[str, Any] | None, trial_id: str | None) -> list[str]:

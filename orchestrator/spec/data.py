@@ -3,13 +3,19 @@
 Data is loaded once in the driver and shared with every trial through Ray's object store
 (`tune.with_parameters`), never re-read per trial. Only offline sources exist: scikit-learn's
 bundled datasets (no `fetch_*`, which download), generated data, and local files.
+
+Every source is first a table (`read_frame`: feature columns and a target column, as a user would
+hold them), then a matrix by one rule (`encode`, described by `Column`s), then split by row
+(`split_rows`). A saved model (orchestrator.model) keeps the columns and the classes, and encodes
+the rows it is asked to predict with the same `encode`, so what it predicts on is what the
+family trained on, to the bit; `heldout_frame` gives back the test split as a table.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -71,8 +77,38 @@ class DataError(ValueError):
 
 
 @dataclass(frozen=True)
+class Column:
+    """One input column as it was read, and how `encode` turns it into matrix columns.
+
+    Attributes:
+        name: the column's name in the table.
+        dtype: the pandas dtype it was read with (`float64`, `int64`, `bool`, `str`, ...).
+        categories: for a text column, its values (as text, sorted): one 0/1 matrix column each,
+            in this order (pandas' `get_dummies`; a missing value is all zeros). None for a number.
+    """
+
+    name: str
+    dtype: str
+    categories: tuple[str, ...] | None = None
+
+    @property
+    def kind(self) -> str:
+        """`number` (integers, floats, booleans: interchangeable) or `text` (one-hot encoded)."""
+        return "text" if self.categories is not None else "number"
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "kind": self.kind,
+                **({"categories": list(self.categories)} if self.categories is not None else {})}
+
+
+@dataclass(frozen=True)
 class Dataset:
-    """Arrays after the split; `test` is held out from the search entirely."""
+    """Arrays after the split; `test` is held out from the search entirely.
+
+    `columns`, `target` and `classes` describe the table the arrays came from (what a saved model
+    expects): its input columns, the target column's name, and for classification the target's
+    labels in the order of their codes 0..k-1 (`y` holds the codes).
+    """
 
     task: str
     X_train: np.ndarray
@@ -82,6 +118,9 @@ class Dataset:
     X_test: np.ndarray
     y_test: np.ndarray
     feature_names: tuple[str, ...]
+    columns: tuple[Column, ...] = ()
+    target: str = "target"
+    classes: tuple[Any, ...] = ()
 
     @property
     def n_classes(self) -> int:
@@ -90,17 +129,35 @@ class Dataset:
 
 
 def load(spec: DataSpec, base_dir: Path | None = None) -> Dataset:
-    X, y, names = _read(spec, base_dir)
-    return split(X, y, spec, names)
+    frame, y = read_frame(spec, base_dir)
+    columns = describe(frame)
+    classes, codes = labels(y, spec.resolved_task)
+    X = encode(frame, columns)
+    train, valid, test = split_rows(codes, spec)
+    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+    return Dataset(spec.resolved_task, f32(X[train]), codes[train], f32(X[valid]), codes[valid], f32(X[test]),
+                   codes[test], tuple(frame.columns), columns, str(y.name), classes)
 
 
-def _read(spec: DataSpec, base_dir: Path | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def heldout_frame(spec: DataSpec, base_dir: Path | None = None):
+    """The test split as a table: (feature columns, target with its own labels), rows as in the file."""
+    frame, y = read_frame(spec, base_dir)
+    _, codes = labels(y, spec.resolved_task)
+    test = split_rows(codes, spec)[2]
+    return frame.iloc[test], y.iloc[test]
+
+
+def read_frame(spec: DataSpec, base_dir: Path | None):
+    """(features as a DataFrame, target as a named Series) for any source."""
+    import pandas as pd
+
     task = spec.resolved_task
     if spec.source == "sklearn":
         from sklearn import datasets
 
         bunch = getattr(datasets, f"load_{spec.name}")()
-        return bunch.data, bunch.target, list(getattr(bunch, "feature_names", []))
+        names = list(getattr(bunch, "feature_names", [])) or [f"x{i}" for i in range(bunch.data.shape[1])]
+        return pd.DataFrame(bunch.data, columns=names), pd.Series(bunch.target, name="target")
     if spec.source == "synthetic":
         from sklearn.datasets import make_classification, make_regression
 
@@ -110,7 +167,7 @@ def _read(spec: DataSpec, base_dir: Path | None) -> tuple[np.ndarray, np.ndarray
         else:
             X, y = make_regression(n_samples=spec.n_samples, n_features=spec.n_features, noise=0.1,
                                    random_state=spec.seed)
-        return X, y, [f"x{i}" for i in range(spec.n_features)]
+        return pd.DataFrame(X, columns=[f"x{i}" for i in range(spec.n_features)]), pd.Series(y, name="target")
     return _read_file(spec, base_dir)
 
 
@@ -136,22 +193,60 @@ def _read_file(spec: DataSpec, base_dir: Path | None):
                                      f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     if spec.target not in frame.columns:
         raise DataError("data.target", f"column {spec.target!r} not in {path}; columns: {list(frame.columns)}")
-    y = frame.pop(spec.target).to_numpy()
-    if spec.task == "classification":
-        _, y = np.unique(y, return_inverse=True)  # labels -> 0..k-1, as every family expects
-    X = pd.get_dummies(frame, dtype=float).to_numpy(dtype=float)
-    return X, y, list(frame.columns)
+    y = frame.pop(spec.target)
+    return frame, y
 
 
-def split(X, y, spec: DataSpec, names: list[str]) -> Dataset:
+def labels(y, task: str) -> tuple[tuple[Any, ...], np.ndarray]:
+    """(the labels in code order, each row's code 0..k-1) for classification, as every family
+    expects its target; ((), the values) for regression."""
+    values = y.to_numpy()
+    if task != "classification":
+        return (), values
+    classes, codes = np.unique(values, return_inverse=True)
+    return tuple(c.item() if hasattr(c, "item") else c for c in classes), codes
+
+
+def describe(frame) -> tuple[Column, ...]:
+    """The table's columns: numbers (and booleans) stay one column; any other column is text,
+    one-hot encoded over its values."""
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    out = []
+    for name, dtype in frame.dtypes.items():
+        if is_numeric_dtype(dtype) or is_bool_dtype(dtype):
+            out.append(Column(str(name), str(dtype)))
+        else:
+            values = frame[name].dropna().astype(str).unique()
+            out.append(Column(str(name), str(dtype), tuple(sorted(values))))
+    return tuple(out)
+
+
+def encode(frame, columns: tuple[Column, ...]) -> np.ndarray:
+    """The matrix a family trains on: the number columns in order (as floats), then each text
+    column's categories as 0/1 columns, in order (pandas' `get_dummies` layout). A value outside
+    a column's categories, like a missing one, sets none of them; orchestrator.model refuses it
+    before it gets here."""
+    numbers = [frame[c.name].to_numpy(dtype=float) for c in columns if c.kind == "number"]
+    dummies = []
+    for c in columns:
+        if c.kind == "text":
+            text = frame[c.name].astype(str).where(frame[c.name].notna(), None).to_numpy()
+            dummies += [(text == category).astype(float) for category in c.categories]
+    parts = numbers + dummies
+    return np.column_stack(parts) if parts else np.zeros((len(frame), 0))
+
+
+def split_rows(y: np.ndarray, spec: DataSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row numbers of (train, valid, test): stratified by class for classification, seeded by
+    `data.seed`. Splitting the row numbers draws what splitting the arrays themselves would."""
     from sklearn.model_selection import train_test_split
 
     stratify = spec.resolved_task == "classification"
-    X_rest, X_test, y_rest, y_test = train_test_split(
-        X, y, test_size=spec.test_size, random_state=spec.seed, stratify=y if stratify else None)
+    rows = np.arange(len(y))
+    rest, test = train_test_split(rows, test_size=spec.test_size, random_state=spec.seed,
+                                  stratify=y if stratify else None)
     valid_share = spec.valid_size / (1 - spec.test_size)
-    X_train, X_valid, y_train, y_valid = train_test_split(
-        X_rest, y_rest, test_size=valid_share, random_state=spec.seed, stratify=y_rest if stratify else None)
-    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
-    return Dataset(spec.resolved_task, f32(X_train), y_train, f32(X_valid), y_valid, f32(X_test), y_test,
-                   tuple(names))
+    train, valid = train_test_split(rest, test_size=valid_share, random_state=spec.seed,
+                                    stratify=y[rest] if stratify else None)
+    return train, valid, test

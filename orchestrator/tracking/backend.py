@@ -48,7 +48,9 @@ class Backend:
     2. Per trial, `trial_started`, then `iterations` any number of times (every row of
        history.parquet, in order, batched: what queued up since the last pass), then `trial_ended`.
        Trials interleave; a trial's rows never come before its start nor after its end.
-    3. `close`, once, at the run's end, after every queued event; it ends whatever is still open.
+    3. `model_saved`, at most once, after the last trial: the run's saved model folder (the refit's
+       model and its model.json card; orchestrator.model), for a tracker that keeps artifacts.
+    4. `close`, once, at the run's end, after every queued event; it ends whatever is still open.
 
     A method that raises drops its backend for the rest of the run (one warning, and one line in
     experiment.json); the other trackers and the search go on. `name` keys the tracker in those
@@ -69,6 +71,8 @@ class Backend:
 
     def trial_ended(self, trial_id: str, status: str, score: float | None, score_iteration: int | None,
                     error: str | None) -> None: ...
+
+    def model_saved(self, folder: Path) -> None: ...
 
     def close(self, status: str, best: Mapping[str, Any] | None) -> None: ...
 

@@ -74,6 +74,10 @@ class Tracking:
     def trial_ended(self, rec) -> None:
         self.events.put(("end", rec.trial_id, (rec.status, rec.score, rec.score_iteration, rec.error)))
 
+    def model_saved(self, folder: Path) -> None:
+        """The run's saved model folder, for the trackers that log artifacts (before `close`)."""
+        self.events.put(("model", None, Path(folder)))
+
     def close(self, status: str, best: Mapping[str, Any] | None) -> list[str]:
         """Ends every run; returns one line per tracker that failed or timed out (also logged)."""
         t0 = time.perf_counter()
@@ -118,6 +122,8 @@ class Tracking:
             elif kind == "end" and trial_id in self._open:
                 self._open.discard(trial_id)
                 self._call("trial_ended", trial_id, *payload)
+            elif kind == "model":
+                self._call("model_saved", payload)
             elif kind == "close":
                 for tid, pending in rows.items():
                     self._rows(tid, pending)

@@ -4,7 +4,8 @@ Where: `sqlite:///RUN_DIR/mlflow.db` unless `tracking_uri` says otherwise (MLflo
 backend is SQLite; its file store `mlruns/` now raises unless `MLFLOW_ALLOW_FILE_STORE` is set), with
 the artifact root `RUN_DIR/mlartifacts` (it would otherwise default to ./mlruns under the working
 directory). The parent run's params are the resolved spec without its `tracking` section (no URI
-becomes a param); at the end it gets the best score and trial. A child run's params are its trial's
+becomes a param); at the end it gets the best score and trial, and the saved model folder (the
+refit's model and its model.json card) as artifacts under `model/`. A child run's params are its trial's
 config; its metrics come per iteration, with `step` = the iteration and the time it was reported,
 one `log_batch` per trial per pass of the tracking thread (Ray's `MLflowLoggerCallback` makes one
 `log_metric` call, a database transaction with SQLite, per metric per result, inside Tune's loop);
@@ -96,6 +97,12 @@ class MlflowBackend(Backend):
         if is_finite_number(score):
             self.client.log_metric(run_id, f"best_{self.metric}", score, step=score_iteration or 0)
         self.client.set_terminated(run_id, end_state(status))
+
+    def model_saved(self, folder):
+        # The folder as it is (model files and model.json) under the parent run's `model/`: MLflow
+        # copies it into the run's artifact store; docs/tracking.md says how to register it.
+        self.client.log_artifacts(self.parent, str(folder), artifact_path="model")
+        self.client.set_tag(self.parent, "hpo.model", "model")
 
     def close(self, status, best):
         for trial_id in list(self.runs):  # left open by a dropped event; should not happen

@@ -137,6 +137,9 @@ class TrialContext:
                 pickle.dump(saved, f, protocol=pickle.HIGHEST_PROTOCOL)
             ray_api.report(metrics, checkpoint_dir=tmp)
 
+    def keep(self, model: Any) -> None:
+        """Nothing: a trial's model is not saved; the refit after the search keeps its own."""
+
     def restore(self) -> Any | None:
         with ray_api.restored_dir() as path:
             if path is None:
