@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress line")
     r.add_argument("--ray", metavar="ADDRESS", help="join a running Ray instead of starting one ('auto': the one "
                                                       "`ray start --head` started here); saves Ray's start-up")
+    r.add_argument("--dashboard", action="store_true", help="write a live Optuna journal for `hpo dashboard RUN_DIR` "
+                                                            "(as `dashboard: true` in the spec)")
     r.set_defaults(func=cmd_run)
     rs = sub.add_parser("resume", help="finish a stopped or killed run in its own folder (to budget.trials); "
                                        "--set budget.trials=N extends one, a finished one too")
@@ -38,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     _model_commands(sub)
     _cluster_commands(sub)
     _analysis_commands(sub)
+    _dashboard_command(sub)
     return p
 
 
@@ -68,7 +71,10 @@ def cmd_run(args) -> int:
     from orchestrator.run.driver import run
     from orchestrator.spec.load import load_spec
 
-    exp = load_spec(args.spec, args.set)
+    exp = load_spec(args.spec, args.set + (["dashboard=true"] if args.dashboard else []))
+    if exp.spec.dashboard and not args.quiet:
+        where = args.output or f"results/{exp.spec.name}/<run id>"
+        print(f"live Optuna journal on: hpo dashboard {where}", file=sys.stderr)
     return summary.report(run(exp, args.output, quiet=args.quiet, ray_address=args.ray))  # else RunError
 
 
@@ -340,6 +346,70 @@ def cmd_export_optuna(args) -> int:
     print(f"study {study.study_name!r}: {len(study.trials)} trials written to {args.storage}"
           + (f" ({len(skipped)} outside the spec's space left out)" if skipped else ""))
     print(f"next: optuna-dashboard {args.storage}   (pip install optuna-dashboard, or .[dashboard])")
+    return 0
+
+
+# --- the dashboard: a thin wrapper over orchestrator.analysis.dashboard ------------------------------
+
+def _dashboard_command(sub) -> None:
+    import os
+
+    d = sub.add_parser("dashboard", help="optuna-dashboard on a run's live Optuna journal (or a snapshot exported "
+                                         "from its results), during the run or after it")
+    d.add_argument("run", metavar="RUN_DIR|JOB", help="a run folder, or a cluster job's id (with --cluster)")
+    d.add_argument("--port", type=int, help="default: the first free port from 8080")
+    d.add_argument("--host", help="default 127.0.0.1 (this machine only); another address serves the dashboard, "
+                                  "which has no authentication, to whoever can reach it")
+    d.add_argument("--cluster", metavar="FILE", help="RUN is a job on this cluster: follow its results on the shared "
+                                                     "storage (default for a job: $HPO_CLUSTER or cluster/local.yaml)")
+    d.set_defaults(func=cmd_dashboard, default_cluster=os.environ.get("HPO_CLUSTER", "cluster/local.yaml"))
+
+
+def cmd_dashboard(args) -> int:
+    import re
+    import signal
+    import threading
+    from pathlib import Path
+
+    from orchestrator.analysis import dashboard
+    from orchestrator.errors import ResultsError
+
+    run_dir = Path(args.run)
+    job_id = re.fullmatch(r"\d{8}-\d{6}-\d{6}-[0-9a-f]{4}-[0-9a-f]{8}", args.run)  # rundir.new_run_id's shape
+    if args.cluster or (job_id and not run_dir.exists()):
+        from orchestrator.cluster import jobs
+        from orchestrator.cluster import spec as cluster
+
+        file = args.cluster or args.default_cluster
+        _quiet_ray_logs()
+        details = jobs.info(cluster.load(file), args.run)
+        run_dir = dashboard.job_run_dir((details.metadata or {}).get(jobs.META_RESULTS), args.run,
+                                        str(details.status), f"--cluster {file}")
+    elif not run_dir.exists():
+        raise ResultsError(f"no run folder at {run_dir}; give a run folder (results/<name>/<run id>), or a cluster "
+                           f"job id with --cluster FILE")
+    journal = dashboard.journal_of(run_dir)
+    try:
+        server, url = dashboard.open_server(journal, args.host, args.port)
+        what = (f"live journal {journal.path}" if journal.live else
+                f"a snapshot exported from {run_dir}'s results: it has no live journal (run with --dashboard, or "
+                f"`dashboard: true`, to follow one as it runs)")
+        print(f"study {journal.study_name!r}, {journal.trials} trials so far; {what}", file=sys.stderr)
+        if args.host and not dashboard.is_loopback(args.host):
+            print(f"warning: serving on {args.host}, not this machine alone: optuna-dashboard has no authentication, "
+                  f"and anyone who can reach it can read the study and change it (notes, deleting it)", file=sys.stderr)
+        print(url, flush=True)  # alone on stdout
+        print("Ctrl-C stops it", file=sys.stderr, flush=True)
+        # SIGTERM stops it as Ctrl-C does, so an exported snapshot's folder is removed either way.
+        signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+    finally:
+        journal.cleanup()
     return 0
 
 

@@ -255,7 +255,7 @@ def test_a_crashed_run_with_only_history_parts(tmp_path):
     assert anytime.anytime(runs)["best"].iloc[-1] == 1.5
     study = optuna_study.to_study(runs)
     states = {t.user_attrs["hpo_trial_id"]: t.state.name for t in study.trials}
-    assert states == {"a": "COMPLETE", "b": "FAIL"}
+    assert states == {"a": "COMPLETE", "b": "RUNNING"}  # unfinished: hpo resume may still finish it
 
 
 def test_history_keeps_every_report_and_curves_follow_each_trials_final_lineage(tmp_path):

@@ -7,14 +7,23 @@ from the run folder alone:
   table the Optuna searchers use (`orchestrator.search.space.optuna_distributions`), so a log range
   stays a log range and an integer range an integer one; `grid:` entries become categoricals and
   constants are left out (Optuna does not sample them).
+- one objective per metric of the spec (several for a multi-objective run), each with its mode's
+  direction; `set_metric_names` names them.
 - `completed` trials are COMPLETE with their `score` (the best value they reported: what hpo ranks
-  trials by, and what a warm start hands an Optuna sampler); `stopped` ones are PRUNED with every
-  reported value as intermediate values and, as Optuna records a pruned trial, the last of them as
-  value; `errored` ones are FAIL; `running`/`pending` ones (a crashed or unfinished run) are FAIL
-  too, their status kept in the user attribute `hpo_status`.
+  trials by, and what a warm start hands an Optuna sampler) or, with several metrics, their last
+  value of each (what the Pareto front is taken on); `stopped` ones are PRUNED with every reported
+  value as intermediate values and, as Optuna records a pruned trial, the last of them as value
+  (no value with several metrics: Optuna prunes single-objective studies only); `errored` ones are
+  FAIL; unfinished ones (`running`, `pending`, `interrupted`, `unknown`: a run still going, cut off
+  by Ctrl-C or killed) are RUNNING, since `hpo resume` may still finish them; the status is kept in
+  the user attribute `hpo_status`.
 - A conditional parameter is set only in the trials where it was active.
 - Each trial keeps its start and end time (Optuna's timeline plot), hpo's trial id, status,
   iterations, node and last metrics as user attributes; the study keeps the run's setup.
+
+The live journal a run writes with `dashboard: true` (orchestrator.tracking.journal) builds each
+trial with the same `trial` function, from the same record, so a study read from it and one
+exported here after the run agree (tests/test_dashboard.py compares them).
 
 A trial whose config lies outside the spec's space (a space edited after the run, or a q-rounded
 value past the high end) cannot be a trial of that study: it is left out and counted in the study's
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +45,11 @@ from orchestrator.analysis.runs import Runs, final_lineage, load_runs
 from orchestrator.errors import ResultsError
 from orchestrator.search.space import optuna_distributions, parse_space
 
-STATES = {"completed": "COMPLETE", "stopped": "PRUNED", "errored": "FAIL", "running": "FAIL", "pending": "FAIL"}
+# A trial's status (results.contract.STATUSES) as an Optuna TrialState name; unfinished ones stay
+# RUNNING, so that `hpo resume` goes on with the same Optuna trial in a live journal.
+STATES = {"completed": "COMPLETE", "stopped": "PRUNED", "errored": "FAIL", "running": "RUNNING",
+          "pending": "RUNNING", "interrupted": "RUNNING", "unknown": "RUNNING"}
+STUDY_ATTRS = ("run", "name", "family", "searcher", "scheduler", "seed", "spec_hash", "path")
 
 
 def distributions(space: dict[str, Any]) -> dict[str, Any]:
@@ -46,40 +60,65 @@ def distributions(space: dict[str, Any]) -> dict[str, Any]:
     return optuna_distributions(params)
 
 
-def to_study(run: Runs | str | Path, storage: Any = None, study_name: str | None = None):
-    """The run (a one-run `Runs` or a run folder) as an Optuna study, in `storage` (default in
-    memory; any Optuna storage or URL, e.g. a JournalStorage for optuna-dashboard)."""
+def objectives(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(name, mode) of each metric the run tuned, from its experiment.json: several with `objectives`."""
+    listed = meta.get("objectives") or [meta.get("metric") or (meta.get("spec") or {}).get("metric") or {}]
+    return [(o.get("name"), o.get("mode")) for o in listed]
+
+
+def study_attrs(meta: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
+    """The study's user attributes (`hpo_<key>` for each of STUDY_ATTRS) from the run's experiment.json."""
+    spec = meta.get("spec") or {}
+    searcher, scheduler = spec.get("searcher") or {}, spec.get("scheduler") or {}
+    values = {"run": meta.get("run_id") or Path(path).name, "name": meta.get("name"), "family": spec.get("family"),
+              "searcher": searcher.get("name"), "scheduler": scheduler.get("name"),
+              "seed": meta.get("seed", spec.get("seed")), "spec_hash": meta.get("spec_hash"), "path": str(path)}
+    return {f"hpo_{k}": _scalar(values[k]) for k in STUDY_ATTRS}
+
+
+def default_study_name(meta: Mapping[str, Any], path: str | Path) -> str:
+    """`<name>/<run id>`: what `hpo export optuna` and the live journal call a run's study."""
+    return f"{meta.get('name')}/{meta.get('run_id') or Path(path).name}"
+
+
+def create_study(storage: Any, study_name: str | None, meta: Mapping[str, Any], path: str | Path):
+    """An empty study for the run in `storage`: its directions, metric names and setup attributes."""
     import optuna
 
-    runs = run if isinstance(run, Runs) else load_runs(run)
-    if len(runs) != 1:
-        raise ResultsError(f"one run at a time, got {len(runs)} runs: give one run folder")
-    row = runs.runs.iloc[0]
-    meta = runs.meta[row["run"]]
-    dists = distributions((meta.get("spec") or {}).get("space") or {})
+    objs = objectives(meta)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.create_study(storage=storage, study_name=study_name,
-                                    direction="minimize" if row["mode"] == "min" else "maximize")
+                                    directions=["minimize" if mode == "min" else "maximize" for _, mode in objs])
     except optuna.exceptions.DuplicatedStudyError:
         raise ResultsError(f"a study named {study_name!r} is already in that storage; choose another name "
                            f"(--study-name) or another file") from None
     with warnings.catch_warnings():  # experimental since Optuna 3.2, and what the dashboard shows
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([row["metric"]])
-    for key in ("run", "name", "family", "searcher", "scheduler", "seed", "spec_hash", "path"):
-        study.set_user_attr(f"hpo_{key}", _scalar(row[key]))
-    # Intermediate values along each trial's final lineage (a repeated iteration counts once).
-    lineage = final_lineage(runs.history)
-    history = lineage.groupby("trial_id") if len(lineage) else None
-    metric = f"metric.{row['metric']}"
+        study.set_metric_names([name for name, _ in objs])
+    for key, value in study_attrs(meta, path).items():
+        study.set_user_attr(key, value)
+    return study
+
+
+def to_study(run: Runs | str | Path, storage: Any = None, study_name: str | None = None):
+    """The run (a one-run `Runs` or a run folder) as an Optuna study, in `storage` (default in
+    memory; any Optuna storage or URL, e.g. a JournalStorage for optuna-dashboard)."""
+    runs = run if isinstance(run, Runs) else load_runs(run)
+    if len(runs) != 1:
+        raise ResultsError(f"one run at a time, got {len(runs)} runs: give one run folder")
+    row = runs.runs.iloc[0]
+    meta = runs.meta[row["run"]]
+    meta = {**meta, "run_id": row["run"], "metric": {"name": row["metric"], "mode": row["mode"]}}
+    dists = distributions((meta.get("spec") or {}).get("space") or {})
+    objs = objectives(meta)
+    study = create_study(storage, study_name, meta, row["path"])
+    history = curves(runs.history, objs[0][0])
     trials, skipped = [], []
     ordered = runs.trials.sort_values("started_at", kind="stable") if "started_at" in runs.trials else runs.trials
     for t in ordered.to_dict("records"):
-        h = history.get_group(t["trial_id"]) if history is not None and t["trial_id"] in history.groups else None
-        steps = _intermediate(h, metric)
         try:
-            trials.append(_trial(t, dists, steps))
+            trials.append(trial(t, dists, history.get(t["trial_id"], {}), objs))
         except ValueError:
             skipped.append(t["trial_id"])
     study.add_trials(trials)
@@ -87,45 +126,68 @@ def to_study(run: Runs | str | Path, storage: Any = None, study_name: str | None
     return study
 
 
-def _trial(t: dict[str, Any], dists: dict[str, Any], steps: dict[int, float]):
-    import optuna
+def curves(history: pd.DataFrame, metric: str) -> dict[str, dict[int, float]]:
+    """Each trial's intermediate values: `metric` along its final lineage (a repeated iteration counts
+    once, as the trial's final state went through it; orchestrator.analysis.runs.final_lineage)."""
+    lineage = final_lineage(history)
+    column = f"metric.{metric}"
+    if not len(lineage) or column not in lineage:
+        return {}
+    return {str(tid): intermediate(zip(h["iteration"], h[column])) for tid, h in lineage.groupby("trial_id")}
+
+
+def intermediate(pairs) -> dict[int, float]:
+    """(iteration, value) pairs as Optuna's intermediate values: finite values only, the last per step."""
+    return {int(i): float(v) for i, v in pairs if v is not None and math.isfinite(v)}
+
+
+def outcome(t: Mapping[str, Any], steps: Mapping[int, float], objs: list[tuple[str, str]]):
+    """(TrialState, values or None) of a trials.parquet row, given its intermediate values."""
     from optuna.trial import TrialState
 
     state = TrialState[STATES.get(t["status"], "FAIL")]
+    if state == TrialState.COMPLETE:
+        if len(objs) > 1:
+            values = [_scalar(t.get(f"metric.{name}")) for name, _ in objs]
+            ok = all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+        else:
+            values = [_scalar(t.get("score"))]
+            ok = values[0] is not None
+        return (state, values) if ok else (TrialState.FAIL, None)  # finished but never reported the metric
+    if state == TrialState.PRUNED:
+        if len(objs) > 1:
+            return state, None
+        return (state, [steps[max(steps)]]) if steps else (TrialState.FAIL, None)
+    return state, None
+
+
+def trial(t: Mapping[str, Any], dists: dict[str, Any], steps: Mapping[int, float], objs: list[tuple[str, str]]):
+    """The Optuna trial of a trials.parquet row (or a live `TrialRecord.row()`); ValueError if its
+    config lies outside the distributions."""
+    import optuna
+
+    state, values = outcome(t, steps, objs)
     params = {}
     for name, dist in dists.items():
         value = _scalar(t.get(f"config.{name}"))
         if value is not None:
             params[name] = _as_in(dist, value)
-    if state == TrialState.COMPLETE:
-        value = _scalar(t.get("score"))
-        if value is None:  # finished but never reported the metric
-            state, value = TrialState.FAIL, None
-    else:
-        value = steps[max(steps)] if state == TrialState.PRUNED and steps else None
-        state = TrialState.FAIL if state == TrialState.PRUNED and value is None else state
-    trial = optuna.trial.create_trial(
-        state=state, value=value, params=params, distributions={k: dists[k] for k in params},
-        intermediate_values=steps,
-        user_attrs={k: v for k, v in _attrs(t).items() if v is not None})
-    trial.datetime_start = _datetime(t.get("started_at")) or trial.datetime_start
+    frozen = optuna.trial.create_trial(
+        state=state, values=values, params=params, distributions={k: dists[k] for k in params},
+        intermediate_values=dict(steps), user_attrs={k: v for k, v in attrs(t).items() if v is not None})
+    frozen.datetime_start = _datetime(t.get("started_at")) or frozen.datetime_start
     if state.is_finished():
-        trial.datetime_complete = _datetime(t.get("ended_at")) or trial.datetime_complete
-    return trial
+        frozen.datetime_complete = _datetime(t.get("ended_at")) or frozen.datetime_complete
+    return frozen
 
 
-def _attrs(t: dict[str, Any]) -> dict[str, Any]:
-    attrs = {"hpo_trial_id": t["trial_id"], "hpo_status": t["status"]}
+def attrs(t: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's user attributes: hpo's trial id and status, and what trials.parquet says of it."""
+    out = {"hpo_trial_id": t["trial_id"], "hpo_status": t["status"]}
     for key in ("iterations", "score_iteration", "wall_s", "node_ip", "gpus", "gpu_ids", "error"):
-        attrs[key] = _scalar(t.get(key))
-    attrs.update({k: _scalar(v) for k, v in t.items() if k.startswith("metric.")})
-    return attrs
-
-
-def _intermediate(h: pd.DataFrame | None, metric: str) -> dict[int, float]:
-    if h is None or metric not in h:
-        return {}
-    return {int(i): float(v) for i, v in zip(h["iteration"], h[metric]) if v is not None and math.isfinite(v)}
+        out[key] = _scalar(t.get(key))
+    out.update({k: _scalar(v) for k, v in t.items() if k.startswith("metric.")})
+    return out
 
 
 def _as_in(dist, value: Any) -> Any:

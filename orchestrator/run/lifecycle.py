@@ -63,7 +63,12 @@ def drive(exp: Experiment, run_dir: Path, data: Any, begin: Begin, make_tuner: T
             tracking = _open_tracking(exp, run_dir, meta)
             if tracking:  # fed by the Recorder's events, written on its own thread (orchestrator.tracking)
                 recorder.listeners.append(tracking)
-            ended = fit(exp, run_dir, data, recorder, make_tuner, watch=_watch(exp, meta, recorder, quiet))
+            journal = _open_journal(exp, run_dir, meta, recorder)
+            try:
+                ended = fit(exp, run_dir, data, recorder, make_tuner, watch=_watch(exp, meta, recorder, quiet))
+            finally:  # every trial's end is queued by now (the Recorder closed): the journal is complete
+                if journal:
+                    meta["dashboard"] = journal.close()
             return conclude(exp, run_dir, meta, recorder, data, ended, tracking)
     except BaseException:
         if not (run_dir / EXPERIMENT).exists():  # refused before anything ran: the folder stays free
@@ -84,6 +89,17 @@ def _open_tracking(exp: Experiment, run_dir: Path, meta: dict[str, Any]):
     from orchestrator.tracking.listener import open_tracking
 
     return open_tracking(exp.spec.tracking, run_dir, meta["run_id"], exp.spec.name, meta["spec"], exp.metric)
+
+
+def _open_journal(exp: Experiment, run_dir: Path, meta: dict[str, Any], recorder: Recorder):
+    """With `dashboard: true`: the live Optuna journal, a listener of the Recorder (orchestrator.tracking.journal)."""
+    if not exp.spec.dashboard:
+        return None
+    from orchestrator.tracking.journal import open_journal
+
+    journal = open_journal(run_dir, meta, recorder)
+    recorder.listeners.append(journal)
+    return journal
 
 
 def fit(exp: Experiment, run_dir: Path, data: Any, recorder: Recorder, make_tuner: TunerFactory = build_tuner,

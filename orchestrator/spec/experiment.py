@@ -79,6 +79,8 @@ class ExperimentSpec(StrictModel):
     extra_params: list[str] = Field(default_factory=list, description="space entries a built-in family does not "
                                     "declare, passed to its library on purpose")
     tracking: TrackingSpec = TrackingSpec()  # MLflow, TensorBoard, W&B (orchestrator.tracking); off by default
+    dashboard: bool = Field(False, description="write the run as a live Optuna journal (RUN_DIR/optuna.journal) "
+                            "that `hpo dashboard RUN_DIR` serves while the run goes (orchestrator.tracking.journal)")
 
 
 @dataclass(frozen=True)
