@@ -312,6 +312,11 @@ def test_a_pbt_run_records_and_replays_its_best_trials_schedule(ray_local, tmp_p
     assert card["training"] == plan and card["trial_id"] == best and meta["model"]["reproduced"]
     X, y = load_test_split(result.run_dir)
     assert load_model(result.run_dir).score(X, y)["test_error"] == meta["evaluation"]["test_score"]
+    # `hpo refit --trial` reads the schedule back from trials.parquet and replays it the same way.
+    from orchestrator.run.take_home import refit_trial
+
+    folder, again = refit_trial(result.run_dir, best)
+    assert again["training"] == plan and again["test"] == meta["evaluation"]["test"]
 
 
 def test_nothing_to_refit_without_data_or_a_best_trial(digits):

@@ -199,8 +199,9 @@ def model_lines(model: Mapping[str, Any] | None, run_dir: Path) -> list[str]:
         return [f"model: none ({model['skipped']})"]
     if model.get("checkpoint"):
         return [f"model: {run_dir / model['path']}/model.json links your trainable's checkpoint {model['checkpoint']}"]
+    differs = ", ".join(f"{k}={v:.6g}" for k, v in (model.get("differs") or {}).items())
     checked = "reproduces the test score" if model.get("reproduced") else \
-        f"DOES NOT reproduce the test score: {model.get('differs')}"
+        f"loaded back on the CPU it scores {differs or 'differently'}, not exactly the refit's test score"
     return [f"model: {run_dir / model['path']}/ ({model['format']}, {_size(model['bytes'])}; {checked})",
             f"  predict: hpo predict {run_dir} DATA.csv --output predictions.parquet"]
 
