@@ -17,12 +17,20 @@ over (run wall time x CPUs), where run wall time spans the first trial's start t
 
     .venv/bin/python benchmarks/trial_overhead.py --trials 400 --reports 10 --sleep-ms 10
     .venv/bin/python benchmarks/trial_overhead.py --trials 100 --reports 1 --sleep-ms 1000   # 1 s trials
+
+`--dashboard both --repeat N` times what the live Optuna journal (`dashboard: true`) adds: each `hpo`
+row runs N times without and N times with it, alternating, and the table gives each one's median
+wall time (with its range) and the change:
+
+    .venv/bin/python benchmarks/trial_overhead.py --skip-bare --searchers random --dashboard both --repeat 3
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,7 +70,8 @@ tuner.fit()
 '''
 
 
-def spec(name: str, family: str, searcher: str, trials: int, reports: int, sleep_s: float, cpus: int) -> str:
+def spec(name: str, family: str, searcher: str, trials: int, reports: int, sleep_s: float, cpus: int,
+         dashboard: bool = False) -> str:
     space = (f"{{x1: {{uniform: [-5, 10]}}, x2: {{uniform: [0, 15]}}, reports: {reports}, sleep_s: {sleep_s}}}"
              if family.endswith(":train") else
              f"{{iterations: {reports}, sleep_s: {sleep_s}}}")
@@ -73,6 +82,7 @@ def spec(name: str, family: str, searcher: str, trials: int, reports: int, sleep
         space: {space}
         searcher: {{name: {searcher}, seed: 0}}
         budget: {{trials: {trials}, concurrent: {cpus}}}
+        dashboard: {str(dashboard).lower()}
         """)
 
 
@@ -127,6 +137,9 @@ def main() -> None:
     p.add_argument("--searchers", default="random,optuna-tpe")
     p.add_argument("--skip-bare", action="store_true")
     p.add_argument("--join", action="store_true", help="add runs joining a running Ray (hpo run --ray)")
+    p.add_argument("--dashboard", choices=("off", "on", "both"), default="off",
+                   help="the live Optuna journal (dashboard: true) in the hpo runs; both: without, with, alternating")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each hpo row (the table gives the median)")
     args = p.parse_args()
     cpus = os.cpu_count() or 2
     sleep_s = args.sleep_ms / 1000
@@ -142,25 +155,45 @@ def main() -> None:
             script.write_text(BARE.format(folder=str(folder), reports=args.reports, sleep_s=sleep_s,
                                           trials=args.trials, cpus=cpus, storage=str(folder / "bare")))
             launched, wall, _ = timed([sys.executable, str(script)], folder)
-            rows.append(("bare Ray Tune (reuse_actors)", wall, None, None))
+            rows.append(("bare Ray Tune (reuse_actors)", wall, None, None, None))
+        modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.dashboard]
+        changes = []
         for searcher in args.searchers.split(","):
             for label, family in (("built-in", "synthetic"), ("user fn", "user_fn.py:train")):
-                name = f"{searcher}-{label.replace(' ', '-')}"
-                path = folder / f"{name}.yaml"
-                path.write_text(spec(name, family, searcher, args.trials, args.reports, sleep_s, cpus))
-                out = folder / "runs" / name
-                launched, wall, _ = timed([sys.executable, "-m", "orchestrator.cli", "run", str(path),
-                                           "--output", str(out), "--quiet"], folder)
-                trials = pd.read_parquet(out / "trials.parquet")
-                util, first = utilisation(trials, cpus)
-                rows.append((f"hpo {searcher} {label}", wall, util, first.timestamp() - launched))
+                runs: dict[bool, list[tuple]] = {m: [] for m in modes}
+                for r in range(args.repeat):
+                    for dashboard in modes:
+                        name = f"{searcher}-{label.replace(' ', '-')}-{r}{'-dashboard' if dashboard else ''}"
+                        path = folder / f"{name}.yaml"
+                        path.write_text(spec(name, family, searcher, args.trials, args.reports, sleep_s, cpus,
+                                             dashboard))
+                        out = folder / "runs" / name
+                        launched, wall, _ = timed([sys.executable, "-m", "orchestrator.cli", "run", str(path),
+                                                   "--output", str(out), "--quiet"], folder)
+                        util, first = utilisation(pd.read_parquet(out / "trials.parquet"), cpus)
+                        runs[dashboard].append((wall, util, first.timestamp() - launched))
+                        shutil.rmtree(out, ignore_errors=True)  # Tune's checkpoints: keep the disk small
+                for dashboard, done in runs.items():
+                    walls = sorted(w for w, _, _ in done)
+                    rows.append((f"hpo {searcher} {label}" + (" +dashboard" if dashboard else ""),
+                                 statistics.median(walls), statistics.median(u for _, u, _ in done),
+                                 statistics.median(f for _, _, f in done), (walls[0], walls[-1])))
+                if len(modes) == 2:
+                    off, on = (statistics.median(w for w, _, _ in runs[m]) for m in modes)
+                    changes.append(f"dashboard on hpo {searcher} {label}: {on / off - 1:+.1%} wall time "
+                                   f"(median of {args.repeat}: {off:.1f} s -> {on:.1f} s)")
         if args.join:
-            rows += joined(folder, args, sleep_s, cpus)
-    print(f"{'':34s} {'wall s':>7s} {'x ideal':>8s} {'CPU util':>9s} {'first trial s':>14s}")
-    for name, wall, util, first in rows:
+            rows += [(*row, None) for row in joined(folder, args, sleep_s, cpus)]
+    print(f"{'':34s} {'wall s':>7s} {'x ideal':>8s} {'CPU util':>9s} {'first trial s':>14s}"
+          + (f" {'range s':>12s}" if args.repeat > 1 else ""))
+    for name, wall, util, first, *spread in rows:
         util_text = f"{util:9.0%}" if util is not None else f"{'':9s}"
-        first_text = f"{first:14.1f}" if first is not None else ""
-        print(f"{name:34s} {wall:7.1f} {wall / ideal:7.2f}x {util_text} {first_text}")
+        first_text = f"{first:14.1f}" if first is not None else f"{'':14s}"
+        span = spread[0] if spread else None
+        span_text = f" {span[0]:5.1f}-{span[1]:5.1f}" if args.repeat > 1 and span else ""
+        print(f"{name:34s} {wall:7.1f} {wall / ideal:7.2f}x {util_text} {first_text}{span_text}")
+    for line in changes:
+        print(line)
 
 
 if __name__ == "__main__":
