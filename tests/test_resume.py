@@ -191,7 +191,7 @@ def test_kill_9_then_resume_ends_at_exactly_the_budget_and_keeps_finished_trials
     cut = entry["cut_off_after_snapshot"]
     by_status = trials.groupby("status")["trial_id"].apply(set).to_dict()
     assert len(by_status["completed"]) == 10 and trials.trial_id.is_unique  # exactly the budget, none twice
-    assert by_status.get("interrupted", set()) == set(cut) and len(trials) == 10 + len(cut)  # the documented surplus
+    assert len(trials) == 10 and set(cut) <= by_status["completed"]  # cut-off trials ran again, under their ids
     after = trials.set_index("trial_id")["score"]
     assert all(after[t] == pytest.approx(score) for t, score in before.items())  # kept, with its score
     assert set(entry["told_searcher"]) >= set(entry["finished_after_snapshot"])
