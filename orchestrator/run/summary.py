@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import HpoError, RunError, RunInterrupted, SpecError
+from orchestrator.results.contract import JOURNAL
 
 TOP_K = 5  # trials in the table printed after a run
 
@@ -62,7 +63,9 @@ def _parts(summary: RunSummary) -> list:
     out += pareto_lines(summary.pareto)
     out += evaluation_lines(summary.evaluation)
     out += model_lines(summary.model, summary.run_dir)
-    out.append(f"results: {summary.run_dir}/ (trials.parquet, history.parquet, experiment.json)")
+    journal = (Path(summary.run_dir) / JOURNAL).is_file()  # `dashboard: true`: and how to open it
+    out.append(f"results: {summary.run_dir}/ (trials.parquet, history.parquet, experiment.json"
+               + (f", {JOURNAL}: hpo dashboard {summary.run_dir})" if journal else ")"))
     return out
 
 

@@ -27,17 +27,26 @@ What it writes, and why it agrees with `hpo export optuna`:
   only queues a small tuple on the driver; one daemon thread imports Optuna and writes every event.
   A journal write that fails (a full disk) stops the journal with one warning and a line in
   experiment.json (`dashboard.error`); the search goes on. `close` waits for the queue (bounded).
-- **Readable after kill -9.** Optuna appends one JSON line per operation (and fsyncs it); a reader
-  skips an incomplete last line. Reopening for `hpo resume` first cuts such a line off, since the next
+- **Readable after kill -9.** Optuna's journal is one JSON line per operation, appended; a reader skips
+  an incomplete last line. Reopening for `hpo resume` first cuts such a line off, since the next
   append would otherwise glue onto it.
+- **No fsync per line.** Optuna's `JournalFileBackend` fsyncs after every line: measured here, 156 µs
+  of CPU per write (half of it kernel time) against 53 µs without, taken from cores that run trials,
+  for one write per reported iteration; the whole-run benchmark showed it (+3.2% wall time on 4,000
+  unbatched reports). `_backend` appends the same lines under Optuna's own lock with one `write` and
+  no fsync, and the journal is fsynced once when it closes. A kill -9 loses nothing written (the page
+  cache is the kernel's); a power cut may lose the last seconds, as it may for the Parquet files,
+  which are not fsynced either.
 
 A journal that holds another run's study is left alone (the run goes on without a live journal).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -143,7 +152,6 @@ class LiveJournal:
 
     def _open(self) -> None:
         from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
 
         from orchestrator.analysis import optuna_study
 
@@ -153,7 +161,7 @@ class LiveJournal:
         if self.path.exists() and self.path.stat().st_size > 0:  # `hpo resume`: after a kill, perhaps
             _cut_incomplete_line(self.path)
             _drop_stale_lock(self.path)
-        self.storage = JournalStorage(JournalFileBackend(str(self.path)))
+        self.storage = JournalStorage(_backend(self.path))
         run_id = self.meta.get("run_id")
         others = [s.user_attrs.get("hpo_run") for s in self.storage.get_all_studies()
                   if s.user_attrs.get("hpo_run") != run_id]
@@ -254,6 +262,11 @@ class LiveJournal:
     def _finish(self) -> None:
         if self.storage.get_study_user_attrs(self.study_id).get("hpo_skipped_trials") != self.skipped:
             self._op(self.storage.set_study_user_attr, self.study_id, "hpo_skipped_trials", self.skipped)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # once, at the end (see "No fsync per line" above)
+        finally:
+            os.close(fd)
 
     def _op(self, fn, *args):
         self.written += 1
@@ -268,6 +281,32 @@ class _Detached:
     def iteration(self, rec, iteration, timestamp, metrics) -> None: ...
 
     def trial_ended(self, rec) -> None: ...
+
+
+def _backend(path: Path):
+    """Optuna's JournalFileBackend, appending each batch of lines with one `write` under Optuna's own
+    lock, without its fsync per line (see the module docstring); reading is Optuna's."""
+    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+
+    class Backend(JournalFileBackend):
+        def __init__(self, file_path: str):
+            self.hpo_path, self.hpo_lock = file_path, JournalFileSymlinkLock(file_path)
+            super().__init__(file_path, lock_obj=self.hpo_lock)
+
+        def append_logs(self, logs: list[dict[str, Any]]) -> None:
+            text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode()
+            self.hpo_lock.acquire()
+            try:
+                fd = os.open(self.hpo_path, os.O_WRONLY | os.O_APPEND)
+                try:
+                    while text:  # one write unless the kernel takes less (then the rest follows)
+                        text = text[os.write(fd, text):]
+                finally:
+                    os.close(fd)
+            finally:
+                self.hpo_lock.release()
+
+    return Backend(str(path))
 
 
 def _cut_incomplete_line(path: Path) -> None:
