@@ -69,13 +69,14 @@ def assert_same_study(folder: Path):
     return live
 
 
-def new_run(tmp_path, name="run", **meta) -> tuple[Path, Recorder, LiveJournal]:
+def new_run(tmp_path, name="run", pass_s=0.5, **meta) -> tuple[Path, Recorder, LiveJournal]:
     folder = write_run(tmp_path / name, [], history=None, status="running", ended_at=None, **meta)
     (folder / "trials.parquet").unlink()
     doc = json.loads((folder / "experiment.json").read_text())
     objectives = tuple((o["name"], o["mode"]) for o in doc.get("objectives") or ())
     rec = Recorder(folder, "loss", "min", max_t=4, objectives=objectives)
     journal = open_journal(folder, doc, rec)
+    journal.pass_s = pass_s
     rec.listeners.append(journal)
     return folder, rec, journal
 
@@ -86,8 +87,10 @@ def report(rec: Recorder, trial: str, iteration: int, loss: float, restored: str
     time.sleep(0.002)  # distinct timestamps: the lineage reads what a source had reported by then
 
 
-def test_the_live_journal_and_the_export_give_the_same_study(tmp_path):
-    folder, rec, journal = new_run(tmp_path)
+@pytest.mark.parametrize("pass_s", [0.5, 0.0], ids=["passes", "event-by-event"])
+def test_the_live_journal_and_the_export_give_the_same_study(tmp_path, pass_s):
+    """Whole trials written in one pass, or each event as it comes (trials created, then added to)."""
+    folder, rec, journal = new_run(tmp_path, pass_s=pass_s)
     rec.start("a", CFG)
     for i, v in enumerate([5.0, 4.0, 3.0, 2.0], start=1):
         report(rec, "a", i, v)
@@ -125,7 +128,8 @@ def test_the_live_journal_and_the_export_give_the_same_study(tmp_path):
     assert got["a"][:4] == ("COMPLETE", CFG, [1.8], {1: 5.0, 2: 4.0, 3: 3.0, 4: 1.8})
     assert got["b"][:4] == ("COMPLETE", CFG, [1.5], {1: 5.0, 2: 4.0, 3: 2.5, 4: 1.5})  # b's lineage: a's, then its own
     assert got["c"][:4] == ("PRUNED", CFG, [5.5], {1: 6.5, 3: 5.5})  # attempt 2 alone; NaN is no value
-    assert got["d"][0] == "FAIL" and live.trials[3].user_attrs["error"] == "ValueError: boom"
+    d = next(t for t in live.trials if t.user_attrs["hpo_trial_id"] == "d")
+    assert got["d"][0] == "FAIL" and d.user_attrs["error"] == "ValueError: boom"
     assert got["f"][0] == "FAIL" and got["g"][0] == "RUNNING" and got["g"][4] == "interrupted"
 
 
@@ -474,3 +478,14 @@ def test_ctrl_c_closes_the_journal_and_resume_goes_on_with_the_same_trials(tmp_p
     resumed = [t for t in cut if after[t][0] != "RUNNING"]
     assert resumed and all(after[t][3] for t in resumed)  # the cut-off trials went on in their own Optuna trial
     assert (run_dir / "optuna.journal").read_bytes().startswith(journal)  # appended to, never rewritten
+
+
+def test_the_journal_is_off_unless_the_spec_or_hpo_run_dashboard_turns_it_on(tmp_path):
+    from orchestrator.cli import _parser
+    from orchestrator.spec.load import load_spec
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: plain\nfamily: synthetic\nmetric: {name: loss}\n")
+    assert load_spec(spec).spec.dashboard is False and load_spec(EXAMPLE).spec.dashboard is True
+    args = _parser().parse_args(["run", str(spec), "--dashboard"])
+    assert args.dashboard and load_spec(spec, [*args.set, "dashboard=true"]).spec.dashboard is True
