@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,9 +113,10 @@ def spec_for(setup: str, trials: int) -> dict:
     return spec
 
 
-def start(args: list[str], folder: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{folder}", "HPO_CHAOS_LOG": str(log),
-           "RAY_TMPDIR": str(folder / "ray")}
+def start(args: list[str], folder: Path, log: Path, ray_tmp: Path) -> subprocess.Popen:
+    # Ray's temp folder of its own (a killed Ray leaves its address file there), and short: Ray's
+    # socket paths under it are limited to 107 bytes.
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{folder}", "HPO_CHAOS_LOG": str(log), "RAY_TMPDIR": str(ray_tmp)}
     out = open(folder / "driver.log", "a")  # the child's stdout and stderr, kept open for its lifetime
     return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args, "--quiet"], cwd=folder, env=env,
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -178,8 +180,9 @@ def one_setup(setup: str, trials: int, faults: int | list[str], rng: random.Rand
     args = ["run", "spec.yaml", "--output", "run"]
     plan = list(faults) if isinstance(faults, list) else [rng.choice(FAULTS) for _ in range(faults)]
     drivers = sum(f != "worker" for f in plan)
+    ray_tmp = Path(tempfile.mkdtemp(prefix="hpo-chaos-", dir="/tmp"))
     while True:
-        proc = start(args, folder, log)
+        proc = start(args, folder, log, ray_tmp)
         out.sessions += 1
         args = ["resume", "run"]
         deadline, before = time.monotonic() + timeout_s, reports(log)
@@ -228,12 +231,16 @@ def one_setup(setup: str, trials: int, faults: int | list[str], rng: random.Rand
             if trial in scores and not (score == scores[trial] or (pd.isna(score) and pd.isna(scores[trial]))):
                 out.failed.append(f"trial {trial}'s score changed: {scores[trial]} -> {score}")
             scores.setdefault(trial, score)
-        status = json.loads((run_dir / "experiment.json").read_text()).get("status") if \
-            (run_dir / "experiment.json").exists() else None
+        if not (run_dir / "experiment.json").exists():
+            out.failed.append(f"the run never started: {(folder / 'driver.log').read_text().strip()[-300:]}")
+            break
+        status = json.loads((run_dir / "experiment.json").read_text()).get("status")
         if status == "finished" or out.sessions > drivers + 3:
             break
+    shutil.rmtree(ray_tmp, ignore_errors=True)
     out.wall_s = time.monotonic() - t0
-    check(run_dir, trials, seen, out, log if not drivers else None)
+    if (run_dir / "experiment.json").exists():
+        check(run_dir, trials, seen, out, log if not drivers else None)
     return out
 
 

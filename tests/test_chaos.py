@@ -20,18 +20,19 @@ def _ok(out: chaos.Outcome) -> None:
     assert not out.failed and out.lost == 0, (out.failed, out.lost, out.faults)
 
 
-@pytest.mark.parametrize("setup, faults", [
-    ("nsga2 (2 metrics)", ["kill"]),
-    ("smac", ["kill"]),
-    ("bohb+hyperband", ["kill"]),
-    ("pbt", ["kill", "kill"]),
-    ("tpe+asha", ["int", "term"]),
+@pytest.mark.parametrize("setup, faults, trials", [
+    ("nsga2 (2 metrics)", ["kill"], 10),
+    ("smac", ["kill"], 10),
+    ("bohb+hyperband", ["kill"], 10),
+    ("pbt", ["kill", "kill"], 10),
+    # two faults on short trials: enough trials that the second still finds work left to cut off
+    ("tpe+asha", ["int", "term"], 20),
 ])
-def test_a_resumed_run_ends_at_exactly_its_budget_and_loses_nothing(setup, faults, tmp_path):
+def test_a_resumed_run_ends_at_exactly_its_budget_and_loses_nothing(setup, faults, trials, tmp_path):
     """kill -9 (and OOM, power loss), Ctrl-C, SIGTERM (`hpo stop`): each then `hpo resume`, to the end."""
-    out = chaos.one_setup(setup, trials=10, faults=faults, rng=random.Random(0), root=tmp_path, timeout_s=180)
+    out = chaos.one_setup(setup, trials=trials, faults=faults, rng=random.Random(0), root=tmp_path, timeout_s=180)
     _ok(out)
-    assert out.faults == faults and out.sessions == len(faults) + 1 and out.finished == 10 and out.surplus == 0
+    assert out.faults == faults and out.sessions == len(faults) + 1 and out.finished == trials and out.surplus == 0
 
 
 def test_pbt_history_holds_every_report_and_its_curves_draw(tmp_path):

@@ -18,6 +18,7 @@ so Tune's snapshots of these searchers restore in a fresh process.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -61,6 +62,13 @@ class _OptunaPoints:
     def __init__(self, *args, params: Mapping[str, Param], **kwargs):
         super().__init__(*args, **kwargs)
         self._distributions = optuna_distributions(params)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        # A trial cut off by a stop and continued by `hpo resume` reports again the steps after its
+        # last checkpoint; Optuna keeps the first value of a step and warns on each repeat.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The reported value is ignored because this `step=")
+            super().on_trial_result(trial_id, result)
 
     def add_evaluated_point(self, parameters: dict, value: Any, error: bool = False, pruned: bool = False,
                             intermediate_values: list[float] | None = None) -> None:
