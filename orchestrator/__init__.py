@@ -12,7 +12,8 @@ Running one from Python: `orchestrator.run.driver.run(experiment, output)` (`hpo
 `orchestrator.run.resume.resume(run_dir)` (`hpo resume`); `orchestrator.run` is the package.
 
 The packages, bottom to top (a package imports only those below it): families, results, search,
-tracking, spec, trial, model, cluster, run; then cli and job_entry. analysis reads results alone.
+analysis, tracking, spec, trial, model, cluster, run; then cli and job_entry. analysis reads
+results (and search.space) alone. Where the old flat modules went: docs/extending.md.
 """
 
 from __future__ import annotations
