@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
                                        "--set budget.trials=N extends one, a finished one too")
     rs.add_argument("run_dir", metavar="RUN_DIR")
     rs.add_argument("--set", action="append", default=[], metavar="budget.trials=N",
-                    help="a new budget: budget.trials or budget.time_s (nothing else may change)")
+                    help="a new budget: budget.trials, time_s, cpu_hours, gpu_hours or stop (nothing else may change)")
     rs.add_argument("--quiet", action="store_true", help="no progress line")
     rs.add_argument("--ray", metavar="ADDRESS", help="join a running Ray instead of starting one")
     rs.set_defaults(func=cmd_resume)
@@ -307,11 +307,16 @@ def _analysis_commands(sub) -> None:
 
 def cmd_results(args) -> int:
     from orchestrator.analysis.runs import best_trials, describe, load_runs
+    from orchestrator.analysis.usage import usage
 
     runs = load_runs(args.run)
     top = best_trials(runs, args.top).rename(columns=lambda col: col.removeprefix("config."))
+    spent = usage(runs).set_index("run")
     for run in runs.runs["run"]:
         print("\n".join(describe(runs.select(run))))
+        if run in spent.index:  # what budget.cpu_hours/gpu_hours count (orchestrator.run.stopping)
+            print(f"  {spent.at[run, 'cpu_s'] / 3600:.4f} CPU-hours, {spent.at[run, 'gpu_hours']:.4f} GPU-hours "
+                  f"(granted per trial x its wall time)")
         print(top[top["run"] == run].drop(columns="run").dropna(axis=1, how="all").to_string(index=False))
     return 0
 

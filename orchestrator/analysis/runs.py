@@ -366,6 +366,8 @@ def describe(runs: Runs) -> list[str]:
         lines.append(f"  searcher {r.searcher}, scheduler {r.scheduler}, seed {r.seed}, spec {r.spec_hash}")
         lines.append(f"  {r.trials} trials: {r.completed} completed, {r.stopped} stopped early, {r.errored} errored"
                      + (f", {r.running + r.pending} unfinished" if r.running + r.pending else ""))
+        if stop_reason := runs.meta.get(r.run, {}).get("stop_reason"):  # budget.stop, cpu_hours, gpu_hours
+            lines.append(f"  search ended early, {stop_reason}")
         if r.best_trial is not None:
             lines.append(f"  best {r.metric}={r.best_score:.6g} (trial {r.best_trial}, mode {r.mode})")
         if r.objectives:

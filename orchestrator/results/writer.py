@@ -312,16 +312,18 @@ class Recorder:
         if self._on_flush:
             self._on_flush(self)
 
-    def close(self, cut_off: str = "stopped") -> None:
+    def close(self, cut_off: str = "stopped", at: float | None = None) -> None:
         """Final flush, then merges the history parts into history.parquet and removes them.
 
         Args:
-            cut_off: the status of trials still running: `stopped` when the time budget ended
-                them, `interrupted` when a signal did.
+            cut_off: the status of trials still running: `stopped` when the time budget (or a
+                rule of orchestrator.run.stopping) ended them, `interrupted` when a signal did.
+            at: when they were stopped (seconds since the epoch), if known; else now.
         """
+        end = time.time() if at is None else at
         for rec in self.trials.values():
             if rec.status in ("running", "pending"):
-                rec.status, rec.ended_at = cut_off, rec.ended_at or time.time()
+                rec.status, rec.ended_at = cut_off, rec.ended_at or max(end, rec.started_at or end)
                 self._tell("trial_ended", rec)
         self.flush()
         parts = part_files(self.run_dir, PARTS)

@@ -21,6 +21,7 @@ from orchestrator.results.reports import metric_problem
 from orchestrator.results.writer import Recorder
 from orchestrator.run import signals
 from orchestrator.run.checkpoints import Deferred, keep_only, older
+from orchestrator.run.stopping import SearchStop
 from orchestrator.trial import placement
 
 
@@ -32,14 +33,21 @@ class RunStopper(Stopper):
       returned without ever reporting when its first trial ends (Ray lets that pass).
     - A result with `done` set here was ended by the trial itself (the scheduler's stop sets
       `done` only after this call): such a trial `completed`, it was not stopped early.
-    - `stop_all` ends the run after a signal that Tune's own interrupt did not take (orchestrator.run.signals).
+    - `stop_all` ends the run after a signal that Tune's own interrupt did not take (orchestrator.run.signals),
+      and when `search_stop` (budget.stop, budget.cpu_hours/gpu_hours: orchestrator.run.stopping)
+      gives a reason: Tune then ends the search as at the end of its time budget.
 
-    Tune pickles its stopper into each experiment checkpoint, so this holds only small state.
+    Tune pickles its stopper into each experiment checkpoint, so this holds only small state:
+    `search_stop`, which holds the running trials' records, is left out (`hpo resume` brings its own).
     """
 
-    def __init__(self, metric: str):
+    def __init__(self, metric: str, search_stop: SearchStop | None = None):
         self.metric = metric
         self.ended_itself: set[str] = set()
+        self.search_stop = search_stop
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "search_stop": None}
 
     def __call__(self, trial_id, result):
         if problem := metric_problem(trial_id, self.metric, result):
@@ -50,7 +58,9 @@ class RunStopper(Stopper):
 
     def stop_all(self):
         # A signal Tune's own interrupt took ends its loop with the trials resumable (run.signals).
-        return signals.requested() is not None and not signals.handed_to_tune()
+        if signals.requested() is not None and not signals.handed_to_tune():
+            return True
+        return self.search_stop is not None and self.search_stop.reason() is not None
 
 
 class RecorderCallback(Callback):

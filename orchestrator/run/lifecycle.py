@@ -31,6 +31,7 @@ from orchestrator.results.writer import Recorder
 from orchestrator.run import ray_local, refit, signals, take_home
 from orchestrator.run.outcome import Ended, outcome, pareto_evaluation
 from orchestrator.run.progress import Progress
+from orchestrator.run.stopping import SearchStop
 from orchestrator.run.summary import RunSummary, top_trials
 from orchestrator.run.tuner import TunerFactory, build_tuner
 from orchestrator.spec.experiment import Experiment
@@ -64,8 +65,11 @@ def drive(exp: Experiment, run_dir: Path, data: Any, begin: Begin, make_tuner: T
             if tracking:  # fed by the Recorder's events, written on its own thread (orchestrator.tracking)
                 recorder.listeners.append(tracking)
             journal = _open_journal(exp, run_dir, meta, recorder)
+            # budget.stop and the cost budgets, counting on from the record after a resume
+            search_stop = SearchStop.for_run(exp, recorder.trials, meta)
             try:
-                ended = fit(exp, run_dir, data, recorder, make_tuner, watch=_watch(exp, meta, recorder, quiet))
+                watch = _watch(exp, meta, recorder, quiet, search_stop)
+                ended = fit(exp, run_dir, data, recorder, make_tuner, watch=watch, search_stop=search_stop)
             finally:  # every trial's end is queued by now (the Recorder closed): the journal is complete
                 if journal:
                     meta["dashboard"] = journal.close()
@@ -76,9 +80,10 @@ def drive(exp: Experiment, run_dir: Path, data: Any, begin: Begin, make_tuner: T
         raise
 
 
-def _watch(exp: Experiment, meta: dict[str, Any], recorder: Recorder, quiet: bool) -> Watch:
+def _watch(exp: Experiment, meta: dict[str, Any], recorder: Recorder, quiet: bool,
+           search_stop: SearchStop | None = None) -> Watch:
     time_s = rundir.time_left_s(exp.spec.budget.time_s, meta)  # after `hpo resume`, what is left
-    progress = None if quiet else Progress(recorder, exp.total_trials, time_s=time_s)
+    progress = None if quiet else Progress(recorder, exp.total_trials, time_s=time_s, search_stop=search_stop)
     res = exp.spec.resources
     # each trial's node, CPUs and GPU ids travel under the key (orchestrator.trial.placement)
     return Watch(progress, placement.new_key(meta["run_id"]), progress.note if progress else warn,
@@ -103,13 +108,17 @@ def _open_journal(exp: Experiment, run_dir: Path, meta: dict[str, Any], recorder
 
 
 def fit(exp: Experiment, run_dir: Path, data: Any, recorder: Recorder, make_tuner: TunerFactory = build_tuner,
-        watch: Watch | None = None) -> Ended:
+        watch: Watch | None = None, search_stop: SearchStop | None = None) -> Ended:
     """Fits the Tuner `make_tuner` builds into `run_dir`, feeding `recorder`, and closes the
     recorder whatever happens. Never raises for what Tune or a trial did: a signal (Ctrl-C,
-    SIGTERM) or a failure comes back in `Ended`; a second Ctrl-C still raises at once."""
+    SIGTERM) or a failure comes back in `Ended`; a second Ctrl-C still raises at once.
+    `search_stop`: the spec's rules that end the search early (orchestrator.run.stopping), fed by
+    `recorder` while the Tuner fits; why one did comes back in `Ended` too."""
     from orchestrator.run.callbacks import RecorderCallback, RunStopper
 
-    stopper = RunStopper(exp.metric)
+    stopper = RunStopper(exp.metric, search_stop)
+    if search_stop is not None:
+        recorder.listeners.append(search_stop)
     if watch is None:
         callback, key = RecorderCallback(recorder, stopper=stopper), None
     else:
@@ -127,11 +136,16 @@ def fit(exp: Experiment, run_dir: Path, data: Any, recorder: Recorder, make_tune
     signum = signals.requested() or signum  # Ctrl-C: Tune left its loop and returned normally
     if watch is not None and watch.progress:
         watch.progress.finish()
+    stop_reason, stopped_at = None, None
+    if search_stop is not None:
+        recorder.listeners.remove(search_stop)
+        if not (signum or failure):  # the search ended by its rule: trials in flight stopped then
+            stop_reason, stopped_at = search_stop.stop_reason, search_stop.stopped_at
     try:
-        recorder.close(cut_off="interrupted" if signum else "stopped")
+        recorder.close(cut_off="interrupted" if signum else "stopped", at=stopped_at)
     except OSError as exc:  # a full disk: what earlier flushes wrote stays, and history parts are kept
         failure = failure or explain(exc)
-    return Ended(signum, failure)
+    return Ended(signum, failure, stop_reason)
 
 
 def conclude(exp: Experiment, run_dir: Path, meta: dict[str, Any], recorder: Recorder, data: Any, ended: Ended,
@@ -141,7 +155,7 @@ def conclude(exp: Experiment, run_dir: Path, meta: dict[str, Any], recorder: Rec
     they may log); returns the summary, or raises the run's error carrying it."""
     out = outcome(exp, recorder, ended)
     meta.update(status=out.status, error=out.failure, ended_at=rundir.now(), counts=out.counts,
-                best=_jsonable(out.best_row), signal=out.signal_name)
+                best=_jsonable(out.best_row), signal=out.signal_name, stop_reason=ended.stop_reason)
     if exp.multi_objective:
         meta.update(pareto=_jsonable(out.pareto))
     write_meta(run_dir, meta)
@@ -164,7 +178,7 @@ def conclude(exp: Experiment, run_dir: Path, meta: dict[str, Any], recorder: Rec
         write_meta(run_dir, meta)
     summary = RunSummary(run_dir, meta["run_id"], exp.metric, out.counts, out.best_row, evaluated, out.status,
                          out.failure, top=() if exp.multi_objective else top_trials(recorder.trials.values(), exp.mode),
-                         pareto=out.pareto, model=model)
+                         pareto=out.pareto, model=model, stop_reason=ended.stop_reason)
     if out.signum:
         raise RunInterrupted(out.failure, out.signum, summary)
     if out.failure:
@@ -179,7 +193,7 @@ def nested_search(exp: Experiment) -> refit.Search:
     def search(data: Any, out_dir: Path):
         out_dir.mkdir(parents=True, exist_ok=True)
         recorder = Recorder(out_dir, exp.metric, exp.mode, max_t=exp.max_t)
-        ended = fit(exp, out_dir, data, recorder)
+        ended = fit(exp, out_dir, data, recorder, search_stop=SearchStop.for_run(exp, recorder.trials))
         if ended.signum or ended.failure:
             raise RunError(ended.failure or f"interrupted by {signal.Signals(ended.signum).name}")
         return recorder.best

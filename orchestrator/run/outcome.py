@@ -26,10 +26,12 @@ NO_REFIT = ("several objectives: no single best config to refit on train+valid; 
 
 @dataclass(frozen=True)
 class Ended:
-    """How `lifecycle.fit` returned: the signal that stopped it, or why Tune failed; else neither."""
+    """How `lifecycle.fit` returned: the signal that stopped it, or why Tune failed; else neither
+    (and, when a rule such as `budget.stop` ended the search early, which one and why)."""
 
     signum: int | None = None
     failure: str | None = None
+    stop_reason: str | None = None  # a rule of orchestrator.run.stopping ended the search early
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ Two outputs, chosen by whether the stream is a terminal:
 
 The ETA is whichever budget ends first: `budget.trials` at the rate trials have finished so far
 (elapsed / finished x remaining), or what is left of `budget.time_s`. Before the first trial
-ends, only the time budget can say anything.
+ends, only the time budget can say anything. With `budget.cpu_hours` or `gpu_hours`, the line
+also shows the hours spent and left (orchestrator.run.stopping).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from rich.table import Column
 from rich.text import Text
 
 from orchestrator.results.writer import Recorder
+from orchestrator.run.stopping import SearchStop
 
 
 def eta_s(elapsed: float, finished: int, total: int, time_s: float | None) -> float | None:
@@ -61,11 +63,14 @@ class Progress:
         stream: where to write (stdout by default); a terminal gets the live bar.
         tty_every_s, log_every_s: the least time between two updates on a terminal / in a log.
         time_s: the run's time budget, for the ETA.
+        search_stop: the run's rules that end it early; their cost budgets' hours are shown.
     """
 
     def __init__(self, recorder: Recorder, total: int, stream: TextIO | None = None,
-                 tty_every_s: float = 0.5, log_every_s: float = 10.0, time_s: float | None = None):
+                 tty_every_s: float = 0.5, log_every_s: float = 10.0, time_s: float | None = None,
+                 search_stop: SearchStop | None = None):
         self.recorder, self.total, self.time_s = recorder, total, time_s
+        self.search_stop = search_stop
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty()
         self.every = tty_every_s if self.tty else log_every_s
@@ -83,8 +88,9 @@ class Progress:
     def __getstate__(self) -> dict:
         """Tune pickles its callbacks, this one's `tick` with them, into `tune/tuner.pkl` when the
         Tuner is built: the live bar (threads, locks) and a terminal stream cannot be pickled, and
-        a copy never draws (`hpo resume` hands Tune new callbacks), so they are left out."""
-        return {**self.__dict__, "_bar": None, "stream": None, "tty": False}
+        a copy never draws (`hpo resume` hands Tune new callbacks), so they are left out, and so is
+        the SearchStop that only the live line reads."""
+        return {**self.__dict__, "_bar": None, "stream": None, "tty": False, "search_stop": None}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -105,7 +111,11 @@ class Progress:
         text = (f"[{time.monotonic() - self.started:6.1f}s] trials {finished}/{self.total} finished: "
                 f"{c['completed']} completed, {c['stopped']} stopped early, {c['errored']} errored; "
                 f"{c['running']} running")
-        return text + self._best()
+        return text + self._best() + self._cost()
+
+    def _cost(self) -> str:
+        spent = self.search_stop.progress() if self.search_stop is not None else ""
+        return f" | {spent}" if spent else ""
 
     def _best(self) -> str:
         if len(self.recorder.objectives) > 1:  # several metrics: no single best (orchestrator.results.pareto)
@@ -172,7 +182,7 @@ class _LiveBar:
             return
         c, finished = self.owner.counts()
         self.rich.status = (f"{c['completed']} completed, {c['stopped']} stopped early, {c['errored']} errored; "
-                            f"{c['running']} running{self.owner._best()}")
+                            f"{c['running']} running{self.owner._best()}{self.owner._cost()}")
         self.rich.update(self.task, completed=finished)
 
     def stop(self) -> None:

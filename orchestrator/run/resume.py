@@ -21,8 +21,9 @@ the two are reconciled before Tune restores (`reconcile`), trial by trial:
   (listed under `resumes[].cut_off_after_snapshot`), from its start.
 
 So a resumed run ends with exactly `budget.trials` finished trials (completed, stopped, errored),
-each kept once with the scores it recorded. `budget.time_s` counts the time already spent, and
-experiment.json records each resume.
+each kept once with the scores it recorded. `budget.time_s` counts the time already spent,
+`budget.cpu_hours`/`gpu_hours` the resource-hours, `budget.stop` the trials finished before
+(orchestrator.run.stopping), and experiment.json records each resume.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from orchestrator.results.reports import reported_metrics
 from orchestrator.results.writer import Recorder, TrialRecord
 from orchestrator.run import lifecycle
 from orchestrator.run.driver import load_data
+from orchestrator.run.stopping import hours_recorded
 from orchestrator.run.summary import RunSummary
 from orchestrator.run.tuner import TUNE_DIR, can_restore, restore_tuner
 from orchestrator.search.resumable import AfterSnapshot
@@ -59,7 +61,8 @@ TUNE_FINISHED = ("TERMINATED", "ERROR")
 def resume(run_dir: str | Path, *, quiet: bool = False, ray_address: str | None = None,
            overrides: list[str] | None = None) -> RunSummary:
     """Finishes a stopped or killed run to its budget; with `overrides` (`budget.trials=N`,
-    `budget.time_s=S`, the only ones taken), continues a run to a new budget, a finished one too."""
+    `budget.time_s=S`, the other `EXTENDABLE` budget keys, and no others), continues a run to a new
+    budget, a finished one too (unless `budget.stop` or a cost budget ended it)."""
     run_dir = Path(run_dir)
     meta = _read(run_dir, extending=bool(overrides))
     exp = _experiment(meta, run_dir)
@@ -80,6 +83,8 @@ def resume(run_dir: str | Path, *, quiet: bool = False, ray_address: str | None 
     def begin() -> tuple[dict[str, Any], Recorder]:
         trials, history = _recorded(run_dir)
         spent = spent_s(meta, trials, history)
+        res = exp.spec.resources  # budget.cpu_hours/gpu_hours count on from here (orchestrator.run.stopping)
+        hours = hours_recorded(meta, trials, history, res.cpu, res.gpu)
         recorder = Recorder.reopen(run_dir, exp.metric, exp.mode, max_t=exp.max_t,
                                    on_flush=lambda _: claim.beat(), objectives=exp.objectives)
         snapshot, known = ray_api.snapshot_trials((run_dir / TUNE_DIR).resolve())
@@ -93,7 +98,8 @@ def resume(run_dir: str | Path, *, quiet: bool = False, ray_address: str | None 
             budget = {"budget": {"from": meta["spec"]["budget"], "to": extension.resolved()["budget"]}}
             meta["spec"] = extension.resolved()
         meta.setdefault("resumes", []).append({
-            "at": rundir.now(), "status_before": meta["status"], "spent_s": round(spent, 3), **budget,
+            "at": rundir.now(), "status_before": meta["status"], "spent_s": round(spent, 3),
+            "spent_cpu_h": round(hours.cpu, 6), "spent_gpu_h": round(hours.gpu, 6), **budget,
             "finished_after_snapshot": [t.trial_id for t in plan.told if t.finished and not t.known],
             "told_searcher": [t.trial_id for t in plan.told if t.finished],
             "settled_from_snapshot": plan.settled, "cut_off_after_snapshot": plan.cut_off})
@@ -106,7 +112,8 @@ def resume(run_dir: str | Path, *, quiet: bool = False, ray_address: str | None 
                            quiet=quiet, ray_address=ray_address)
 
 
-EXTENDABLE = ("budget.trials", "budget.time_s")
+EXTENDABLE = ("budget.trials", "budget.time_s", "budget.cpu_hours", "budget.gpu_hours", "budget.stop",
+              "budget.stop.patience", "budget.stop.min_delta")
 
 
 def _extend(meta: dict[str, Any], exp: Experiment, overrides: list[str], run_dir: Path) -> Experiment:
@@ -130,6 +137,11 @@ def _extend(meta: dict[str, Any], exp: Experiment, overrides: list[str], run_dir
         raise SpecError(Problem("--set budget.trials", f"{extended.spec.budget.trials} is below the {done} trials "
                                                        f"this run already finished; give at least that many"),
                         str(run_dir))
+    if meta["status"] == "finished" and meta.get("stop_reason"):
+        # Tune's snapshot holds the search as finished (a stop rule ends it as the time budget does),
+        # and the restored searcher would propose nothing more.
+        raise SpecError(Problem("--set", f"the run's search ended early ({meta['stop_reason']}) and cannot be "
+                                         f"extended; run the spec again with a larger budget"), str(run_dir))
     if meta["status"] == "finished" and extended.total_trials <= exp.total_trials and \
             (extended.spec.budget.time_s or 0) <= (exp.spec.budget.time_s or 0):
         raise SpecError(Problem("--set budget.trials", f"the run finished its budget of {exp.spec.budget.trials} "

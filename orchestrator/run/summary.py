@@ -33,6 +33,7 @@ class RunSummary:
     top: tuple[dict[str, Any], ...] = ()  # the best trials, best first (top_trials)
     pareto: list[dict[str, Any]] | None = None  # several metrics: the front, best first on the first metric
     model: dict[str, Any] | None = None  # experiment.json's `model`: the saved model, or why there is none
+    stop_reason: str | None = None  # why the search ended before its budget (budget.stop, cpu_hours, gpu_hours)
 
 
 def lines(summary: RunSummary) -> list[str]:
@@ -52,6 +53,8 @@ def _parts(summary: RunSummary) -> list:
                     if c.get(k))
     out = [f"run {summary.run_id}{ended}: {c['completed']} completed, {c['stopped']} stopped early, "
            f"{c['errored']} errored{extra}"]
+    if summary.stop_reason:
+        out.append(f"search ended early, {summary.stop_reason}")
     best = summary.best
     if best:
         cfg = {k.removeprefix("config."): v for k, v in best.items() if k.startswith("config.")}

@@ -38,12 +38,26 @@ Metrics = Annotated[Annotated[MetricSpec, Tag("one")] | Annotated[list[MetricSpe
                     Discriminator(lambda v: "list" if isinstance(v, list) else "one")]
 
 
+class StopSpec(StrictModel):
+    """`budget.stop:` ends the whole search once it stops paying (orchestrator.run.stopping)."""
+
+    patience: int = Field(ge=1, description="finished trials in a row, in the order they finish, that do not "
+                          "improve the best score by more than min_delta")
+    min_delta: float = Field(0, ge=0, description="how much better than the best a score must be to count "
+                             "as an improvement, in the metric's units")
+
+
 class BudgetSpec(StrictModel):
     trials: int = Field(20, ge=1, description="number of trials (Ray's num_samples)")
     concurrent: int = Field(1, ge=1, description="trials running at once, at most")
     time_s: float | None = Field(None, gt=0, description="wall-clock budget for the whole search")
     max_failures: int = Field(1, ge=0, description="times a trial whose worker or node was lost is retried "
                               "(Ray's FailureConfig); a trainable's own exception is never retried")
+    cpu_hours: float | None = Field(None, gt=0, description="CPUs granted to trials x their wall time, "
+                                    "summed over trials (those running included)")
+    gpu_hours: float | None = Field(None, gt=0, description="GPUs granted to trials x their wall time, "
+                                    "summed over trials (those running included)")
+    stop: StopSpec | None = Field(None, description="ends the search early when it stops improving")
 
 
 class ResourcesSpec(StrictModel):

@@ -204,11 +204,19 @@ def _check_param_names(spec: ExperimentSpec, family: FamilyRef) -> list[Problem]
 
 
 def _check_budget(spec: ExperimentSpec, params: Mapping[str, Param]) -> list[Problem]:
-    total = spec.budget.trials * SEARCHERS[spec.searcher.name].grid_size(params)
-    if spec.budget.concurrent > total:
-        return [Problem("budget.concurrent", f"{spec.budget.concurrent} is above the {total} trials this search "
-                                             f"runs; lower concurrent or raise trials")]
-    return []
+    budget, problems = spec.budget, []
+    total = budget.trials * SEARCHERS[spec.searcher.name].grid_size(params)
+    if budget.concurrent > total:
+        problems.append(Problem("budget.concurrent", f"{budget.concurrent} is above the {total} trials this search "
+                                                     f"runs; lower concurrent or raise trials"))
+    if budget.gpu_hours is not None and not spec.resources.gpu:
+        problems.append(Problem("budget.gpu_hours", f"no trial holds a GPU (resources.gpu is {spec.resources.gpu:g}), "
+                                                    f"so {budget.gpu_hours:g} GPU-hours are never spent; set "
+                                                    f"resources.gpu, or use budget.cpu_hours"))
+    if budget.stop is not None and isinstance(spec.metric, list):
+        problems.append(Problem("budget.stop", "patience follows one best score, and several metrics have none "
+                                               "(a Pareto front); use one metric, or budget.trials/time_s/cpu_hours"))
+    return problems
 
 
 # --- pydantic errors -> Problems with YAML paths and fixes ------------------------------------
