@@ -15,7 +15,13 @@ Then it checks what the issue asks of a run that survived chaos:
   no trial errored but for its worker lost twice (the family never raises);
 - no Ray process of the run left; no `.tmp` file in the run folder.
 
-and prints one row per setup: faults injected, driver sessions, results lost (must be 0), the
+One more setup, `tpe+asha on 2 nodes`, submits the search as a job to the 2-node loopback cluster
+(cluster/local.yaml on free ports, its own token, state and storage) and kills the worker node
+outright (its `ray start`, raylet and trial workers, kill -9, as a machine that loses power) while
+trials run there, then brings it back with `hpo cluster up`'s restart, more than once; the same
+checks follow, on the job's results folder.
+
+It prints one row per setup: faults injected, driver sessions, results lost (must be 0), the
 checks that failed, wall time. `--short` is the version the test suite runs (two setups, fewer
 trials and faults). Each trial logs its reports to a file (the `counting` family below), so a
 run without faults can also be checked against what the trainable really reported.
@@ -91,6 +97,7 @@ SETUPS = {
     "smac": {"searcher": {"name": "smac", "seed": 0}},
 }
 SHORT = ("tpe+asha", "pbt")
+NODES = "tpe+asha on 2 nodes"  # the cluster setup: node_loss()
 FAULTS = ("worker", "kill", "term", "int")
 FINISHED = ("completed", "stopped", "errored")
 
@@ -244,6 +251,66 @@ def one_setup(setup: str, trials: int, faults: int | list[str], rng: random.Rand
     return out
 
 
+def node_loss(trials: int, faults: int, rng: random.Random, root: Path, timeout_s: float = 300) -> Outcome:
+    """A job on the 2-node loopback cluster; its worker node killed whole `faults` times while trials run
+    there, each time brought back by `hpo cluster up` (orchestrator.cluster.local.up restarts dead nodes)."""
+    import io
+    import secrets
+
+    from orchestrator.cluster import jobs
+    from orchestrator.cluster import local as cluster_local
+    from orchestrator.cluster import spec as cluster_spec
+
+    folder = root / "nodes"
+    folder.mkdir(parents=True)
+    raw = yaml.safe_load((ROOT / "cluster" / "local.yaml").read_text())
+    hpo = raw["metadata"]["hpo"]
+    hpo.update(jobs_address=f"http://127.0.0.1:{cluster_spec.free_port()}", storage=str(folder / "storage"),
+               auth={"token_file": str(folder / "state" / "auth_token")})
+    hpo["local"].update(gcs_port=cluster_spec.free_port(), state_dir=str(folder / "state"),
+                        temp_dir=f"/tmp/hpo-chaos-{secrets.token_hex(3)}")  # short: Ray's socket paths
+    (folder / "cluster.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    (folder / "counting.py").write_text(COUNTING)
+    spec = {**spec_for("tpe+asha", trials), "name": "chaos-nodes", "resources": {"cpu": 1, "gpu": 0}}
+    spec["budget"]["concurrent"] = 3  # the head's 1 CPU and the worker's 2: trials on both nodes
+    (folder / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    log = folder / "reports.log"
+    os.environ["HPO_CHAOS_LOG"] = str(log)  # the nodes, hence the job's trials, inherit it
+    c = cluster_spec.load(folder / "cluster.yaml")
+    out, t0, seen = Outcome(NODES, sessions=1), time.monotonic(), set()
+    state = cluster_local.up(c, log=lambda m: None, die_with_parent=True)
+    try:
+        sub = jobs.submit(c, folder / "spec.yaml", [], folder)
+        run_dir, deadline = Path(sub.results), time.monotonic() + timeout_s
+        for _ in range(faults):
+            before = reports(log)
+            while reports(log) < before + rng.randint(6, 20) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            rows, _ = written(run_dir)
+            seen |= rows  # on disk before the fault
+            worker = next(n for n in state.nodes if not n.head)
+            node = psutil.Process(worker.pid)
+            for p in [node, *node.children(recursive=True)]:  # the whole machine at once
+                p.kill()
+            out.faults.append("node")
+            time.sleep(rng.uniform(1.0, 4.0))
+            state = cluster_local.up(c, log=lambda m: None, die_with_parent=True)  # `hpo cluster up`
+        status = jobs.follow(c, sub.job_id, io.StringIO())
+        if status != "SUCCEEDED":
+            out.failed.append(f"the job ended {status}: {jobs.logs(c, sub.job_id)[-300:]}")
+    finally:
+        cluster_local.down(c, grace_s=20)
+        cluster_local.remove_temp_dir(c)
+    for n in state.nodes:
+        if psutil.pid_exists(n.pid) and abs(psutil.Process(n.pid).create_time() - n.create_time) < 1e-3:
+            out.failed.append(f"node {n.node_type} outlived hpo cluster down")
+    out.wall_s = time.monotonic() - t0
+    # No report count against the trainables' log: a report logged just before its node died never
+    # reached the driver, so it was never a result (the local setups check the count when no driver dies).
+    check(run_dir, trials, seen, out)
+    return out
+
+
 def check(run_dir: Path, budget: int, seen: set[tuple], out: Outcome, log: Path | None = None) -> None:
     """The checks of the module docstring; with `log` (a run no driver fault hit), also that history
     holds exactly the reports the trainables made."""
@@ -287,13 +354,14 @@ def main(argv: list[str] | None = None) -> list[Outcome]:
     p.add_argument("--keep", type=Path, help="folder to keep the runs in (default: a temporary one)")
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
-    setups = args.setups or (SHORT if args.short else list(SETUPS))
+    setups = args.setups or (SHORT if args.short else [*SETUPS, NODES])
     trials, faults = (12, 2) if args.short else (20, 4)
     with tempfile.TemporaryDirectory(prefix="hpo-chaos-") as tmp:
         root = args.keep or Path(tmp)
-        outcomes = [one_setup(s, trials, faults, rng, root, timeout_s=240) for s in setups]
+        outcomes = [node_loss(trials, 2, rng, root) if s == NODES else one_setup(s, trials, faults, rng, root)
+                    for s in setups]
     print(f"chaos: {trials} trials per run, 2 at a time, {faults} faults drawn from {', '.join(FAULTS)}; "
-          f"seed {args.seed}; {os.cpu_count()} CPUs")
+          f"on 2 nodes 3 at a time, the worker node killed twice; seed {args.seed}; {os.cpu_count()} CPUs")
     print(f"{'setup':<20} {'faults':<28} {'sessions':>8} {'finished':>8} {'surplus':>7} {'lost':>4} "
           f"{'wall s':>7}  checks")
     for o in outcomes:
