@@ -37,9 +37,11 @@ def test_keep_only_keeps_latest_checkpoints_even_in_another_trials_folder(tmp_pa
     assert _left(b) == ["result.json"]
 
 
-def test_a_superseded_checkpoint_waits_for_tunes_next_snapshot(tmp_path):
+def test_a_superseded_checkpoint_waits_for_the_second_snapshot_copied_after_it(tmp_path):
     """Tune's newest snapshot names the checkpoint `hpo resume` continues a trial from: the older ones
-    go only once a snapshot taken after the newer one exists (a kill in between must find it)."""
+    go only once a snapshot taken after the newer one exists (a kill in between must find it). A
+    snapshot's file time is when Tune's background copy wrote it, after Tune took it, so the first copy
+    newer than the supersession may still name the older checkpoint: the second one is waited for."""
     import os
 
     from orchestrator.run.checkpoints import Deferred, older
@@ -50,10 +52,13 @@ def test_a_superseded_checkpoint_waits_for_tunes_next_snapshot(tmp_path):
         (trial / f"checkpoint_{i:06d}").mkdir(parents=True)
     snapshot = tune / "experiment_state-2026-01-01_00-00-00.json"
     snapshot.write_text("{}")
-    os.utime(snapshot, (1000, 1000))  # taken before checkpoint 2 superseded the others
+    os.utime(snapshot, (1000, 1000))  # copied before checkpoint 2 superseded the others
     deferred = Deferred(tune)
     deferred.add(older(trial / "checkpoint_000002"), at=2000)
     assert deferred.prune() == 0 and len(list(trial.iterdir())) == 3
-    os.utime(snapshot, (3000, 3000))  # Tune snapshotted again: it names checkpoint 2 now
+    os.utime(snapshot, (2000.5, 2000.5))  # copied just after: it may have been taken before
+    assert deferred.prune() == 0 and len(list(trial.iterdir())) == 3
+    assert deferred.prune() == 0  # the same snapshot seen again counts once
+    os.utime(snapshot, (2011, 2011))  # Tune's next snapshot, taken after the last one was copied
     assert deferred.prune() == 2 and [p.name for p in trial.iterdir()] == ["checkpoint_000002"]
     assert not deferred.pending

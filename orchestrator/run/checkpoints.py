@@ -18,6 +18,12 @@ trial's older checkpoints as soon as it reported a newer one left, after a kill,
 checkpoints that were gone, and those trials errored on resume ("Could not recover from checkpoint
 as it does not exist on storage anymore"; seen in benchmarks/chaos.py under HyperBand). So the older
 ones wait (`Deferred`) until a snapshot taken after the newer one was registered exists.
+
+A snapshot's file time is not when it was taken: Tune writes it to a staging folder and a background
+thread copies it into the run's folder, so the copy is newer than what it holds. Waiting for the first
+snapshot whose copy is newer than the supersession still lost checkpoints that a SIGTERM then needed
+(chaos.py, BOHB + HyperBand under Ctrl-C and SIGTERM, seed 2). So they wait for the second: Tune takes
+that one at least its snapshot period (10 s) after the first, long after the first was copied.
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ class Deferred:
     def __init__(self, tune_dir: Path):
         self.tune_dir = Path(tune_dir)
         self.pending: list[tuple[float, list[Path]]] = []  # (when superseded, the checkpoints)
+        self.seen: list[float] = []  # the file times of the snapshots seen so far, oldest first
 
     def add(self, checkpoints: list[Path], at: float | None = None) -> None:
         if checkpoints:
@@ -75,8 +82,12 @@ class Deferred:
         if not self.pending:
             return 0
         snapshot = self.snapshot_time()
-        due = [paths for at, paths in self.pending if snapshot is not None and at < snapshot]
-        self.pending = [(at, paths) for at, paths in self.pending if snapshot is None or at >= snapshot]
+        if snapshot is not None and (not self.seen or snapshot > self.seen[-1]):
+            self.seen.append(snapshot)
+        # Due once a second snapshot was copied after the supersession (module docstring).
+        copied_before = self.seen[-2] if len(self.seen) >= 2 else None
+        due = [paths for at, paths in self.pending if copied_before is not None and at < copied_before]
+        self.pending = [(at, paths) for at, paths in self.pending if copied_before is None or at >= copied_before]
         return _delete([p for paths in due for p in paths])
 
     def snapshot_time(self) -> float | None:
