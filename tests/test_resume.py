@@ -53,6 +53,23 @@ def test_a_reopened_recorder_keeps_trials_and_history_and_numbers_new_parts_afte
     assert not (tmp_path / PARTS).exists() and (tmp_path / HISTORY).exists()
 
 
+def test_a_trial_whose_history_reached_disk_before_trials_parquet_restarts_as_a_new_attempt(tmp_path):
+    """A kill after a history part named a trial but before trials.parquet did: the restarted trial is
+    attempt 2 (its attempts counted from history), so no (trial, attempt, iteration) is written twice."""
+    first = Recorder(tmp_path, "loss", "min")
+    feed(first, "a", [3.0, 2.0])
+    first.flush()
+    (tmp_path / TRIALS).unlink()  # as if the kill came between the part and trials.parquet
+    again = Recorder.reopen(tmp_path, "loss", "min")
+    feed(again, "a", [3.0, 2.0])  # created again by the resume, from the start
+    again.result("b", {"x": 1}, {"training_iteration": 1, "loss": 4.0})  # a result before any start event
+    again.close()
+
+    _, history = load(tmp_path)
+    assert history.groupby(["trial_id", "attempt"])["iteration"].apply(list).to_dict() == {
+        ("a", 1): [1, 2], ("a", 2): [1, 2], ("b", 1): [1]}
+
+
 def test_an_interrupted_runs_merged_history_becomes_the_first_part(tmp_path):
     first = Recorder(tmp_path, "loss", "min")
     feed(first, "a", [1.0, 0.5])

@@ -118,6 +118,19 @@ def trial_from_row(row: Mapping[str, Any]) -> TrialRecord:
     return rec
 
 
+def _attempts_in(parts: list[Path]) -> dict[str, int]:
+    """trial id -> the highest attempt the history part files hold for it."""
+    highest: dict[str, int] = {}
+    for part in parts:
+        try:
+            rows = pd.read_parquet(part, columns=["trial_id", "attempt"])
+        except (OSError, ValueError, KeyError):  # a part cut short by a kill, or one written before attempts
+            continue
+        for trial_id, attempt in rows.groupby("trial_id")["attempt"].max().items():
+            highest[trial_id] = max(highest.get(trial_id, 0), int(attempt))
+    return highest
+
+
 def _json_value(v: Any) -> Any:
     """A numpy scalar in a config (Ray's domains sample them) as the Python value JSON can hold."""
     return v.item() if hasattr(v, "item") else str(v)
@@ -153,6 +166,7 @@ class Recorder:
         self.trials: dict[str, TrialRecord] = {}
         self._pending_rows: list[dict[str, Any]] = []
         self._parts = 0
+        self._earlier_attempts: dict[str, int] = {}  # after a kill, from history parts (reopen)
         self._last_flush = time.monotonic()
         self._on_flush = on_flush
         # Told of every trial start, history row and trial end, on the driver (so they must be cheap):
@@ -172,6 +186,18 @@ class Recorder:
         if (rec.run_dir / TRIALS).exists():
             for row in pd.read_parquet(rec.run_dir / TRIALS).to_dict("records"):
                 rec.trials[row["trial_id"]] = trial_from_row(row)
+        # A kill can land after a trial's history rows reached a part file but before trials.parquet
+        # named it: its attempts then count from what history holds, so a restart is a new attempt and
+        # no (trial, attempt, iteration) is written twice (benchmarks/chaos.py, TPE + ASHA, kill -9 twice).
+        rec._earlier_attempts = _attempts_in(sorted(parts.glob("part-*.parquet")))
+        for trial_id, attempts in rec._earlier_attempts.items():
+            if trial_id in rec.trials:
+                rec.trials[trial_id].attempts = max(rec.trials[trial_id].attempts, attempts)
+        return rec
+
+    def _new_record(self, trial_id: str, config: Mapping[str, Any]) -> TrialRecord:
+        rec = TrialRecord(trial_id, flatten(config))
+        rec.attempts = self._earlier_attempts.get(trial_id, 0)
         return rec
 
     @property
@@ -196,7 +222,7 @@ class Recorder:
     def start(self, trial_id: str, config: Mapping[str, Any]) -> None:
         """Tune started the trial: the first time, or again (a retry, `hpo resume`, HyperBand
         resuming a paused trial, PBT's exploit): each start is an attempt of its own in history."""
-        rec = self.trials.setdefault(trial_id, TrialRecord(trial_id, flatten(config)))
+        rec = self.trials.get(trial_id) or self.trials.setdefault(trial_id, self._new_record(trial_id, config))
         rec.status, rec.started_at, rec.ended_at = "running", rec.started_at or time.time(), None
         rec.attempts, rec.restored_from = rec.attempts + 1, None
         self._tell("trial_started", rec)
@@ -219,7 +245,10 @@ class Recorder:
     def _iteration(self, trial_id: str, config: Mapping[str, Any], values: Mapping[str, Any],
                    iteration: int | None, time_total_s: float | None, timestamp: float | None,
                    result: Mapping[str, Any]) -> None:
-        rec = self.trials.get(trial_id) or self.trials.setdefault(trial_id, TrialRecord(trial_id, flatten(config)))
+        rec = self.trials.get(trial_id)
+        if rec is None:  # a result before its start event: this is its start
+            rec = self.trials[trial_id] = self._new_record(trial_id, config)
+            rec.attempts += 1
         if rec.started_at is None:
             rec.started_at, rec.status, rec.attempts = time.time(), "running", max(1, rec.attempts)
             self._tell("trial_started", rec)
