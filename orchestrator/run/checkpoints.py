@@ -9,7 +9,8 @@ it can also delete a checkpoint another trial is about to load, and that trial f
 So Ray keeps every checkpoint and a Tune callback (orchestrator.run.callbacks) deletes, with the
 functions here, those nothing can read any more: a trial's older checkpoints once it reported a
 newer one, except under PBT/PB2, whose trials load each other's checkpoints, where only the latest
-of each trial survives the end of the run. (A PBT trial's latest may lie in the folder of the trial
+of each trial survives the end of a finished run (one that ends with trials unfinished keeps them
+all for `hpo resume`). (A PBT trial's latest may lie in the folder of the trial
 it cloned; its own folder then keeps none.)
 
 "Nothing can read any more" includes `hpo resume`: it restores Tune's newest experiment snapshot,
