@@ -62,3 +62,28 @@ def test_a_superseded_checkpoint_waits_for_the_second_snapshot_copied_after_it(t
     os.utime(snapshot, (2011, 2011))  # Tune's next snapshot, taken after the last one was copied
     assert deferred.prune() == 2 and [p.name for p in trial.iterdir()] == ["checkpoint_000002"]
     assert not deferred.pending
+
+
+def test_a_run_ended_by_ctrl_c_keeps_every_checkpoint_for_hpo_resume(tmp_path):
+    """After Ctrl-C Tune snapshots the trials it cut off as running, then stops them (TERMINATED)
+    before `on_experiment_end`: the statuses alone read as a finished run, and pruning there deleted a
+    checkpoint the snapshot named (chaos.py, BOHB + HyperBand, seeds 1 and 3). The signal keeps them."""
+    import signal
+    from types import SimpleNamespace
+
+    from orchestrator.run import signals
+    from orchestrator.run.callbacks import CheckpointPruner
+
+    trial = _trial(tmp_path / "tune", "t1", [0, 1, 2])
+    local = SimpleNamespace(type_name="local")
+    cut_off = SimpleNamespace(status="TERMINATED", path=str(trial),
+                              checkpoint=SimpleNamespace(path=str(trial / "checkpoint_000002"), filesystem=local))
+    pruner = CheckpointPruner(shared=False, tune_dir=tmp_path / "tune")
+    signals._requested.append(signal.SIGINT)
+    try:
+        pruner.on_experiment_end([cut_off])
+    finally:
+        signals._requested.clear()
+    assert _left(trial) == ["checkpoint_000000", "checkpoint_000001", "checkpoint_000002", "result.json"]
+    pruner.on_experiment_end([cut_off])  # the session that finishes the run keeps only the latest
+    assert _left(trial) == ["checkpoint_000002", "result.json"]

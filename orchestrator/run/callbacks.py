@@ -225,10 +225,11 @@ class CheckpointPruner(Callback):
 
     def on_experiment_end(self, trials, **info):
         # Tune took its last snapshot, naming each trial's latest checkpoint, before this call. A run
-        # that ends with trials unfinished (Ctrl-C) keeps them all: `hpo resume` restores its trials from
-        # that snapshot, and deleting here lost checkpoints it needed (chaos.py, BOHB + HyperBand under
-        # Ctrl-C and SIGTERM); the session that finishes the run prunes.
-        if any(t.status not in ("TERMINATED", "ERROR") for t in trials):
+        # that ends unfinished keeps them all: `hpo resume` restores its trials from that snapshot, and
+        # deleting here lost checkpoints it needed (chaos.py, BOHB + HyperBand under Ctrl-C and SIGTERM);
+        # the session that finishes the run prunes. After Ctrl-C the statuses cannot tell: Tune stops
+        # the trials it cut off (TERMINATED) after its snapshot and before this call, so the signal does.
+        if signals.requested() or any(t.status not in ("TERMINATED", "ERROR") for t in trials):
             return
         latest = {Path(p) for t in trials if (p := _local_path(t.checkpoint))}
         if latest:  # else the storage is not local, or no trial saved one
