@@ -74,6 +74,22 @@ def test_flushed_parts_survive_a_crash(tmp_path):
     assert len(trials) == 2 and len(history) == 3
 
 
+def test_flush_counters_grow_with_each_flush_and_the_merge(tmp_path):
+    """`flushes` and `flush_s` (what benchmarks/bookkeeping.py reports) count every flush, close()'s too."""
+    rec = Recorder(tmp_path, "loss", "min")
+    assert (rec.flushes, rec.flush_s) == (0, 0.0)
+    feed(rec, "a", {"x": 1}, [0.5, 0.4])
+    rec.flush()
+    first = rec.flush_s
+    assert rec.flushes == 1 and first > 0
+    feed(rec, "b", {"x": 2}, [0.3])
+    rec.flush()
+    assert rec.flushes == 2 and rec.flush_s > first
+    second = rec.flush_s
+    rec.close()
+    assert rec.flushes == 3 and rec.flush_s > second
+
+
 def test_close_marks_unfinished_trials_stopped_at_the_end_of_the_time_budget(tmp_path):
     rec = Recorder(tmp_path, "loss", "min")
     rec.start("a", {"x": 1})

@@ -169,6 +169,10 @@ class Recorder:
         self._earlier_attempts: dict[str, int] = {}  # after a kill, from history parts (reopen)
         self._last_flush = time.monotonic()
         self._on_flush = on_flush
+        # What writing Parquet costs the driver: flush() calls, and perf_counter seconds spent in their
+        # writes and in close()'s merge (benchmarks/bookkeeping.py reads them from experiment.json).
+        self.flushes = 0
+        self.flush_s = 0.0
         # Told of every trial start, history row and trial end, on the driver (so they must be cheap):
         # orchestrator.tracking.listener.Tracking, which queues them for its own thread.
         self.listeners: list[Any] = []
@@ -330,14 +334,19 @@ class Recorder:
     def flush(self) -> None:
         """Appends buffered history as one part file and rewrites trials.parquet (atomically)."""
         self._last_flush = time.monotonic()
-        if self._pending_rows:
-            parts = self.run_dir / PARTS
-            parts.mkdir(parents=True, exist_ok=True)
-            self._parts += 1
-            write(frame(self._pending_rows), parts / f"part-{self._parts:05d}.parquet")
-            self._pending_rows = []
-        if self.trials:
-            write(frame(self.rows()), self.run_dir / TRIALS)
+        began = time.perf_counter()
+        try:
+            if self._pending_rows:
+                parts = self.run_dir / PARTS
+                parts.mkdir(parents=True, exist_ok=True)
+                self._parts += 1
+                write(frame(self._pending_rows), parts / f"part-{self._parts:05d}.parquet")
+                self._pending_rows = []
+            if self.trials:
+                write(frame(self.rows()), self.run_dir / TRIALS)
+        finally:
+            self.flushes += 1
+            self.flush_s += time.perf_counter() - began
         if self._on_flush:
             self._on_flush(self)
 
@@ -355,12 +364,16 @@ class Recorder:
                 rec.status, rec.ended_at = cut_off, rec.ended_at or max(end, rec.started_at or end)
                 self._tell("trial_ended", rec)
         self.flush()
-        parts = part_files(self.run_dir, PARTS)
-        history = merge(parts)
-        write(history, self.run_dir / HISTORY)
-        for p in parts:
-            p.unlink()
-        if (self.run_dir / PARTS).exists():
-            (self.run_dir / PARTS).rmdir()
-        if not self.trials:
-            write(frame([]), self.run_dir / TRIALS)
+        began = time.perf_counter()
+        try:
+            parts = part_files(self.run_dir, PARTS)
+            history = merge(parts)
+            write(history, self.run_dir / HISTORY)
+            for p in parts:
+                p.unlink()
+            if (self.run_dir / PARTS).exists():
+                (self.run_dir / PARTS).rmdir()
+            if not self.trials:
+                write(frame([]), self.run_dir / TRIALS)
+        finally:
+            self.flush_s += time.perf_counter() - began
