@@ -21,9 +21,14 @@ Columns:
   per trial. A driver whose bookkeeping grows with the trials it has seen shows a rising row; with 2,000
   trials or more, the first and last 1,000 are printed as well (the issue's target: last within 20%).
 - driver peak RSS: the driver process alone (the hpo process; for bare Ray Tune the script), sampled
-  with psutil every 0.5 s. Ray's own processes (raylet, GCS, workers) belong to the head, not counted.
+  with psutil every 0.5 s, and its RSS at a quarter, half and three quarters of its run and at the end
+  (a driver that keeps state per trial grows). Ray's own processes (raylet, GCS, workers) belong to
+  the head and are not counted.
 - Parquet share: the hpo driver's seconds in Recorder.flush() and close()'s merge (experiment.json's
   `recorder.flush_s`, once the run records it) over its wall time; "n/a" where the run has no such field.
+
+A run past `--timeout-s` is killed (its row shows >limit); for hpo, the costs are then those of the
+trials its last flush (every 5 s) wrote to trials.parquet as ended.
 
     flock /tmp/hpo-cpu.lock .venv/bin/python benchmarks/bookkeeping.py --trials 800
     flock /tmp/hpo-cpu.lock .venv/bin/python benchmarks/bookkeeping.py --trials 10000 --skip-bare
@@ -116,10 +121,12 @@ def spec(name: str, trials: int, sleep_s: float, cpus: int) -> str:
 
 
 class PeakRSS:
-    """Samples one process's RSS every `every_s` from a thread; `peak` is the highest seen (bytes)."""
+    """Samples one process's RSS every `every_s` from a thread; `peak` is the highest seen (bytes),
+    `samples` every one."""
 
     def __init__(self, pid: int, every_s: float = 0.5):
         self.proc, self.every_s, self.peak = psutil.Process(pid), every_s, 0
+        self.samples: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -127,19 +134,24 @@ class PeakRSS:
     def _sample(self) -> None:
         while not self._stop.is_set():
             try:
-                self.peak = max(self.peak, self.proc.memory_info().rss)
+                self.samples.append(self.proc.memory_info().rss)
+                self.peak = max(self.peak, self.samples[-1])
             except psutil.Error:  # it exited
                 return
             self._stop.wait(self.every_s)
 
-    def stop(self) -> int:
+    def stop(self) -> tuple[int, list[int]]:
+        """(the peak, the RSS at a quarter, half, three quarters of the samples and at the last one)."""
         self._stop.set()
         self._thread.join()
-        return self.peak
+        n = len(self.samples)
+        trace = [self.samples[n * k // 4] for k in (1, 2, 3)] + [self.samples[-1]] if n else []
+        return self.peak, trace
 
 
-def timed(cmd: list[str], cwd: Path, env: dict, log: Path, timeout_s: float) -> tuple[float, float | None, int]:
-    """(launch time, wall seconds or None if it ran past `timeout_s` and was killed, peak RSS)."""
+def timed(cmd: list[str], cwd: Path, env: dict, log: Path,
+          timeout_s: float) -> tuple[float, float | None, tuple[int, list[int]]]:
+    """(launch time, wall seconds or None if it ran past `timeout_s` and was killed, (peak RSS, trace))."""
     launched = time.time()
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -227,7 +239,7 @@ def run_bare(folder: Path, address: str, env: dict, args, tag: str) -> dict:
     script.write_text(BARE.format(folder=str(folder), address=address, sleep_s=args.sleep_s, trials=args.trials,
                                   cpus=args.cpus, storage=str(storage), times_csv=str(times_csv)))
     _, wall, peak = timed([sys.executable, str(script)], folder, env, folder / f"bare-{tag}.log", args.timeout_s)
-    row = {"name": "bare Ray Tune", "wall": wall, "rss": peak, "flush_s": None, "quarters": []}
+    row = {"name": "bare Ray Tune", "wall": wall, "rss": peak[0], "trace": peak[1], "flush_s": None, "quarters": []}
     if wall is not None:
         times = pd.read_csv(times_csv, names=["trial_id", "start", "end"])
         row["quarters"] = driver_cost_ms(times["start"], times["end"], args.cpus)
@@ -241,16 +253,19 @@ def run_hpo(folder: Path, address: str, env: dict, args, tag: str) -> dict:
     cmd = [sys.executable, "-m", "orchestrator.cli", "run", str(path), "--ray", address, "--quiet",
            "--output", str(out)]
     _, wall, peak = timed(cmd, folder, {**env, "PYTHONPATH": str(ROOT)}, folder / f"hpo-{tag}.log", args.timeout_s)
-    row = {"name": "hpo run --ray (user fn)", "wall": wall, "rss": peak, "flush_s": None, "quarters": []}
-    if wall is not None:
+    row = {"name": "hpo run --ray (user fn)", "wall": wall, "rss": peak[0], "trace": peak[1], "flush_s": None,
+           "quarters": []}
+    if (out / "trials.parquet").exists():  # killed at the limit: the trials its last flush wrote
         trials = pd.read_parquet(out / "trials.parquet")
         row["quarters"] = driver_cost_ms(seconds(trials["started_at"]), seconds(trials["ended_at"]), args.cpus)
+        row["ended"] = int(trials["ended_at"].notna().sum())
+    if wall is not None:
         meta = json.loads((out / "experiment.json").read_text())
         row["flush_s"] = (meta.get("recorder") or {}).get("flush_s")
     return row
 
 
-def report(rows: list[dict], ideal: float) -> None:
+def report(rows: list[dict], ideal: float, limit: float) -> None:
     labels = [label for row in rows for label, _ in row["quarters"]]
     labels = list(dict.fromkeys(labels)) or ["Q1", "Q2", "Q3", "Q4"]
     print(f"{'':26s} {'wall s':>8s} {'ideal s':>8s} {'x ideal':>8s} {'RSS MB':>7s} {'Parquet':>8s}")
@@ -265,7 +280,14 @@ def report(rows: list[dict], ideal: float) -> None:
         costs = dict(row["quarters"])
         print(f"{row['name']:26s} " + " ".join(f"{costs[label]:10.1f}" if label in costs else f"{'':>10s}"
                                                for label in labels))
+    print(f"\ndriver RSS MB at a quarter, half, three quarters of its run time, and at its last sample:\n{'':26s} "
+          + " ".join(f"{label:>10s}" for label in ("1/4", "1/2", "3/4", "end")))
     for row in rows:
+        print(f"{row['name']:26s} " + " ".join(f"{v / 2**20:10.0f}" for v in row["trace"]))
+    for row in rows:
+        if row["wall"] is None:
+            print(f"{row['name']}: killed at --timeout-s {limit:g} s" + (
+                f" with {row['ended']} trials ended; the costs above are theirs" if row.get("ended") else ""))
         if row["flush_s"] is not None:
             print(f"{row['name']}: {row['flush_s']:.1f} s writing Parquet in {row['wall']:.1f} s")
 
@@ -294,7 +316,7 @@ def main() -> None:
                 rows.append(run_hpo(folder, address, env, args, str(r)))
         finally:
             stop_head(head)
-    report(rows, ideal)
+    report(rows, ideal, args.timeout_s)
 
 
 if __name__ == "__main__":
