@@ -399,3 +399,20 @@ budget: {trials: 2, concurrent: 2}
     assert card["config"] == meta["evaluation"]["config"] and card["test_score"] == meta["evaluation"]["test_score"]
     assert card["nested"]["mean"] == meta["evaluation"]["nested"]["mean"]
     assert [f["test"] for f in card["nested"]["folds"]] == [f["test"] for f in nested["folds"]]
+
+
+def test_a_local_cpu_runs_refit_trains_in_the_driver_and_only_its_own_ray_is_released(ray_local):
+    """After a local CPU-only run the refit needs no fresh Ray worker (it would import the family's
+    library again); with a GPU, or for nested evaluation's searches, Ray is still needed. Releasing
+    Ray early (its shutdown overlapping the refit) applies only to a Ray `connected()` started: this
+    test session's Ray, started elsewhere, stays up."""
+    from orchestrator.run import ray_local as rl
+
+    cpu = load_spec("experiments/xgboost_digits.yaml")
+    assert refit.in_this_process(cpu) and not refit.needs_ray(cpu)
+    assert refit.needs_ray(load_spec("experiments/xgboost_digits.yaml", ["resources.gpu=1"]))
+    assert refit.needs_ray(load_spec("experiments/xgboost_digits.yaml", ["evaluation.protocol=nested"]))
+    with rl.connected():
+        rl.release_early()
+        assert ray_local.is_initialized() and not rl._closing
+    assert ray_local.is_initialized()

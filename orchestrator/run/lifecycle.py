@@ -70,6 +70,8 @@ def drive(exp: Experiment, run_dir: Path, data: Any, begin: Begin, make_tuner: T
             try:
                 watch = _watch(exp, meta, recorder, quiet, search_stop)
                 ended = fit(exp, run_dir, data, recorder, make_tuner, watch=watch, search_stop=search_stop)
+                if not refit.needs_ray(exp):  # Ray's shutdown overlaps the refit here and the model
+                    ray_local.release_early()
             finally:  # every trial's end is queued by now (the Recorder closed): the journal is complete
                 if journal:
                     meta["dashboard"] = journal.close()

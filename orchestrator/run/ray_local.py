@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 
 from orchestrator.cluster import auth
@@ -27,6 +28,16 @@ FAST_ENV = {
 # Checks our RunStopper makes itself, with a better message (orchestrator.run.callbacks): Ray's would
 # run first and say less. Forced, not defaults: the stopper is then the only check.
 OWNED_ENV = {"TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
+
+
+_started: list[bool] = []  # [True] while a Ray this process started (not joined) is up
+
+
+def started_here() -> bool:
+    """Whether the Ray this process is connected to is a local one it started (not joined)."""
+    import ray
+
+    return bool(_started) and ray.is_initialized()
 
 
 def apply_fast_env() -> None:
@@ -64,6 +75,7 @@ def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None, ad
         # file) behind, which a bare ray.init() would silently join.
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                  _node_ip_address="127.0.0.1", **quiet)
+        _started[:] = [True]
     quiet_driver_logs()
     return True
 
@@ -79,6 +91,10 @@ def quiet_driver_logs() -> None:
     ray_api.quiet_worker_exits()  # the SystemExit traceback of workers Ray ends after the run
 
 
+_held: list[bool] = []  # [True] while connected() holds a Ray it started (or joined)
+_closing: list[threading.Thread] = []  # release_early()'s shutdown, joined when connected() ends
+
+
 @contextlib.contextmanager
 def connected(address: str | None = None) -> Iterator[None]:
     """Ray for the duration of a run: the one this process is connected to, else the one at
@@ -86,13 +102,33 @@ def connected(address: str | None = None) -> Iterator[None]:
     started = False
     try:
         started = start_local_ray(address=address)
+        if started:
+            _held[:] = [True]
         quiet_driver_logs()
         yield
     finally:
         if started:
             import ray
 
-            ray.shutdown()
+            _held.clear()
+            if _closing:
+                _closing.pop().join()
+            else:
+                ray.shutdown()
+            _started.clear()
+
+
+def release_early() -> None:
+    """Lets the Ray `connected()` started go while the run's tail goes on without it (a refit in this
+    process, the model, the trackers): Ray's shutdown gives each of its processes up to 1 s to exit
+    gracefully, one after another (~1.4 s here), so it runs on a thread and `connected()` waits for
+    it at its end. Nothing for a Ray this process did not start through `connected()` (a test
+    session's, a notebook's)."""
+    import ray
+
+    if _held and not _closing and ray.is_initialized():
+        _closing.append(threading.Thread(target=ray.shutdown, name="hpo-ray-shutdown", daemon=True))
+        _closing[0].start()
 
 
 def preflight(exp: Experiment) -> None:

@@ -30,6 +30,7 @@ from orchestrator.families.contract import Family, Trial
 from orchestrator.families.registry import resolve
 from orchestrator.model.formats import Target
 from orchestrator.model.package import Packed, package
+from orchestrator.run import ray_local
 from orchestrator.search.schedulers import SCHEDULERS
 from orchestrator.spec.data import Dataset
 from orchestrator.spec.evaluation import outer_folds, refit_data
@@ -127,13 +128,11 @@ class Refitted:
 
 def _refit_task(family_ref: str, base_dir: str, config: dict, data: Dataset, seed: int,
                 schedule: list[dict[str, Any]] | None = None, keep: bool = False,
-                resources: tuple[int, float] = (1, 0.0)) -> Refitted:
+                resources: tuple[int, float] = (1, 0.0), in_task: bool = True) -> Refitted:
     family = resolve(family_ref, Path(base_dir))
-    import ray
-
-    if ray.is_initialized():  # a Ray task: the resources Ray gave it
+    if in_task:  # a Ray task: the resources Ray gave it
         trial = TrialContext.current(TrialSettings(family_ref, seed=seed))
-    else:  # in this process (`hpo refit`): the spec's, as Ray would give them
+    else:  # in this process: the spec's, as Ray would give them
         trial = TrialContext(seed=seed, cpus=max(1, int(resources[0])), gpus=float(resources[1]))
     ctx = _Replay(trial) if schedule else _Collect(trial)
     with thread_limit(ctx.cpus):
@@ -172,15 +171,34 @@ def refit(exp: Experiment, config: Mapping[str, Any], data: Dataset,
 
 def run_refit(exp: Experiment, config: Mapping[str, Any], data: Dataset, schedule: list[dict[str, Any]] | None,
               keep: bool = False) -> Refitted:
-    """`refit`, and with `keep` the model as files (`Refitted.kept`)."""
+    """`refit`, and with `keep` the model as files (`Refitted.kept`).
+
+    Where it runs: in this process without Ray (`hpo refit`), and after a local CPU-only run, whose
+    trials are over and whose CPUs are idle: the same threads (`thread_limit`) train here, without a
+    fresh Ray worker that imports the family's library again (~2 s for XGBoost, docs/performance.md).
+    A GPU refit, or one on a Ray this process joined (`--ray`, a cluster job), is a Ray task with a
+    trial's resources: Ray grants the GPU, and a cluster's driver may sit on a small head node."""
     import ray
 
     res = exp.spec.resources
     args = (exp.spec.family, str(exp.base_dir), dict(config), data, exp.spec.seed, schedule, keep, (res.cpu, res.gpu))
-    if not ray.is_initialized():
-        return _refit_task(*args)
+    if in_this_process(exp):
+        return _refit_task(*args, in_task=False)
     task = ray.remote(num_cpus=res.cpu, num_gpus=res.gpu, max_retries=0)(_refit_task)
     return ray.get(task.remote(*args))
+
+
+def in_this_process(exp: Experiment) -> bool:
+    """Whether a refit trains in this process rather than as a Ray task (`run_refit`)."""
+    import ray
+
+    return not ray.is_initialized() or (exp.spec.resources.gpu == 0 and ray_local.started_here())
+
+
+def needs_ray(exp: Experiment) -> bool:
+    """Whether what follows the search needs Ray: a refit that is a Ray task, or nested evaluation's
+    searches (one per outer fold)."""
+    return exp.spec.evaluation.protocol == "nested" or not in_this_process(exp)
 
 
 def refit_plan(exp: Experiment, best: Best) -> dict[str, Any]:
