@@ -157,7 +157,9 @@ def conclude(exp: Experiment, run_dir: Path, meta: dict[str, Any], recorder: Rec
     they may log); returns the summary, or raises the run's error carrying it."""
     out = outcome(exp, recorder, ended)
     meta.update(status=out.status, error=out.failure, ended_at=rundir.now(), counts=out.counts,
-                best=_jsonable(out.best_row), signal=out.signal_name, stop_reason=ended.stop_reason)
+                best=_jsonable(out.best_row), signal=out.signal_name, stop_reason=ended.stop_reason,
+                # what writing Parquet cost the driver (benchmarks/bookkeeping.py); this session's, after a resume
+                recorder={"flushes": recorder.flushes, "flush_s": round(recorder.flush_s, 3)})
     if exp.multi_objective:
         meta.update(pareto=_jsonable(out.pareto))
     write_meta(run_dir, meta)
