@@ -162,3 +162,30 @@ def test_every_trial_a_family_can_get_fulfils_the_contract():
     assert isinstance(ctx, Trial) and ctx.metric is None
     assert isinstance(_Collect(ctx), Trial)
     assert isinstance(_FoldContext(fold=None, trial=ctx), Trial)
+
+
+def test_tunes_callback_usage_tag_is_counted_the_same_without_importing_the_integrations():
+    """Tune's telemetry imports MLflow, W&B, Comet and Aim's integrations at every fit to count a
+    run's callbacks by class (~1.4 s before the first trial); ours counts by name, to the same tag."""
+    import json
+    import subprocess
+    import sys
+
+    script = """
+import json, sys
+from ray.air._internal import usage
+from ray.tune import Callback
+from ray.tune.logger import CSVLoggerCallback, LoggerCallback
+class Mine(LoggerCallback): pass
+class MLflowLoggerCallback(Callback): pass  # a user's class with an integration's name counts as it
+callbacks = [Callback(), CSVLoggerCallback(), Mine(), MLflowLoggerCallback(), 3]
+if sys.argv[1] == "ours":
+    from orchestrator import ray_api
+    ray_api.count_callbacks_without_imports()
+print(json.dumps([dict(usage._count_callbacks(callbacks)), "mlflow" in sys.modules, "wandb" in sys.modules]))
+"""
+    out = {side: json.loads(subprocess.run([sys.executable, "-c", script, side], capture_output=True, text=True,
+                                           check=True).stdout.splitlines()[-1]) for side in ("ray", "ours")}
+    assert out["ours"][0] == out["ray"][0] == {"CustomCallback": 1, "CSVLoggerCallback": 1, "CustomLoggerCallback": 1,
+                                               "MLflowLoggerCallback": 1}
+    assert out["ray"][1:] == [True, True] and out["ours"][1:] == [False, False]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator import ray_api
 from orchestrator.cluster.nodes import PendingWatch
 from orchestrator.errors import RunError, RunInterrupted, SpecError
 from orchestrator.results import rundir
@@ -118,6 +119,7 @@ def fit(exp: Experiment, run_dir: Path, data: Any, recorder: Recorder, make_tune
     `recorder` while the Tuner fits; why one did comes back in `Ended` too."""
     from orchestrator.run.callbacks import RecorderCallback, RunStopper
 
+    ray_api.count_callbacks_without_imports()  # ~1.4 s off every fit's start (orchestrator.ray_api)
     stopper = RunStopper(exp.metric, search_stop)
     if search_stop is not None:
         recorder.listeners.append(search_stop)
