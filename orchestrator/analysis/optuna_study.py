@@ -18,6 +18,9 @@ from the run folder alone:
   by Ctrl-C or killed) are RUNNING, since `hpo resume` may still finish them; the status is kept in
   the user attribute `hpo_status`.
 - A conditional parameter is set only in the trials where it was active.
+- With `constraints:` in the spec, a COMPLETE trial that reported every constrained metric
+  carries Optuna's constraint values (`trial.constraints`, value - max or min - value, feasible at
+  <= 0), so optuna-dashboard shows the infeasible ones as such.
 - Each trial keeps its start and end time (Optuna's timeline plot), hpo's trial id, status,
   iterations, node and last metrics as user attributes; the study keeps the run's setup.
 
@@ -34,7 +37,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,7 @@ import pandas as pd
 
 from orchestrator.analysis.runs import Runs, final_lineage, load_runs
 from orchestrator.errors import ResultsError
+from orchestrator.results.constraints import Constraint, judge
 from orchestrator.search.space import optuna_distributions, parse_space
 
 # A trial's status (results.contract.STATUSES) as an Optuna TrialState name; unfinished ones stay
@@ -64,6 +68,12 @@ def objectives(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(name, mode) of each metric the run tuned, from its experiment.json: several with `objectives`."""
     listed = meta.get("objectives") or [meta.get("metric") or (meta.get("spec") or {}).get("metric") or {}]
     return [(o.get("name"), o.get("mode")) for o in listed]
+
+
+def constraints(meta: Mapping[str, Any]) -> tuple[Constraint, ...]:
+    """The run's constraints (`constraints:` in its resolved spec), none for a run without."""
+    listed = (meta.get("spec") or {}).get("constraints") or []
+    return tuple(Constraint(c["metric"], c.get("max"), c.get("min")) for c in listed)
 
 
 def study_attrs(meta: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
@@ -111,14 +121,14 @@ def to_study(run: Runs | str | Path, storage: Any = None, study_name: str | None
     meta = runs.meta[row["run"]]
     meta = {**meta, "run_id": row["run"], "metric": {"name": row["metric"], "mode": row["mode"]}}
     dists = distributions((meta.get("spec") or {}).get("space") or {})
-    objs = objectives(meta)
+    objs, bounds = objectives(meta), constraints(meta)
     study = create_study(storage, study_name, meta, row["path"])
     history = curves(runs.history, objs[0][0])
     trials, skipped = [], []
     ordered = runs.trials.sort_values("started_at", kind="stable") if "started_at" in runs.trials else runs.trials
     for t in ordered.to_dict("records"):
         try:
-            trials.append(trial(t, dists, history.get(t["trial_id"], {}), objs))
+            trials.append(trial(t, dists, history.get(t["trial_id"], {}), objs, bounds))
         except ValueError:
             skipped.append(t["trial_id"])
     study.add_trials(trials)
@@ -161,9 +171,13 @@ def outcome(t: Mapping[str, Any], steps: Mapping[int, float], objs: list[tuple[s
     return state, None
 
 
-def trial(t: Mapping[str, Any], dists: dict[str, Any], steps: Mapping[int, float], objs: list[tuple[str, str]]):
+def trial(t: Mapping[str, Any], dists: dict[str, Any], steps: Mapping[int, float], objs: list[tuple[str, str]],
+          bounds: Sequence[Constraint] = ()):
     """The Optuna trial of a trials.parquet row (or a live `TrialRecord.row()`); ValueError if its
-    config lies outside the distributions."""
+    config lies outside the distributions. With the run's constraints (`bounds`), a completed
+    trial that reported every constrained metric carries their values as Optuna's own
+    constraints (`trial.constraints`; optuna-dashboard shows a trial with one above 0 as
+    infeasible), recomputed from its last values (`metric.<name>`) as the run judged them."""
     import optuna
 
     state, values = outcome(t, steps, objs)
@@ -175,6 +189,11 @@ def trial(t: Mapping[str, Any], dists: dict[str, Any], steps: Mapping[int, float
     frozen = optuna.trial.create_trial(
         state=state, values=values, params=params, distributions={k: dists[k] for k in params},
         intermediate_values=dict(steps), user_attrs={k: v for k, v in attrs(t).items() if v is not None})
+    if bounds and state.name == "COMPLETE":
+        values_of, _ = judge(bounds, {c.metric: _scalar(t.get(f"metric.{c.metric}")) for c in bounds})
+        if None not in values_of.values():
+            for metric, value in values_of.items():
+                frozen.set_constraint(metric, value)
     frozen.datetime_start = _datetime(t.get("started_at")) or frozen.datetime_start
     if state.is_finished():
         frozen.datetime_complete = _datetime(t.get("ended_at")) or frozen.datetime_complete

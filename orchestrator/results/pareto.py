@@ -4,7 +4,8 @@ With more than one objective there is no single best trial, only trials no other
 every objective at once (the Pareto front). A trial is on the front when it `completed` (ran to
 its end: its last report is the model as finished, which is also what Optuna's multi-objective
 samplers are told) and every objective has a finite last value; trials stopped by the time
-budget, errored or interrupted never are. Ties (equal on every objective) are all kept: neither
+budget, errored or interrupted never are, nor, with constraints, a trial not known to be
+feasible (`feasible` true: orchestrator.results.constraints). Ties (equal on every objective) are all kept: neither
 dominates the other.
 
 Everything here reads plain values (no Ray); the writer calls `mark` at each flush. What a
@@ -46,19 +47,22 @@ def pareto_mask(values: np.ndarray, modes: Sequence[str], eligible: Iterable[boo
     return front
 
 
-def mark(rows: list[dict[str, Any]], objectives: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
-    """trials.parquet rows with `pareto` set (a bool per row)."""
+def mark(rows: list[dict[str, Any]], objectives: Sequence[tuple[str, str]],
+         constrained: bool = False) -> list[dict[str, Any]]:
+    """trials.parquet rows with `pareto` set (a bool per row); `constrained`: the spec has
+    constraints, and only rows whose `feasible` is true may be on the front."""
     values = [[_float(r.get(f"metric.{name}")) for name, _ in objectives] for r in rows]
-    eligible = [r.get("status") == FRONT_STATUS for r in rows]
+    eligible = [r.get("status") == FRONT_STATUS and (not constrained or r.get("feasible") is True) for r in rows]
     mask = pareto_mask(np.array(values, dtype=float).reshape(len(rows), len(objectives)),
                        [m for _, m in objectives], eligible)
     return [{**r, "pareto": bool(on)} for r, on in zip(rows, mask)]
 
 
-def front(rows: list[dict[str, Any]], objectives: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+def front(rows: list[dict[str, Any]], objectives: Sequence[tuple[str, str]],
+          constrained: bool = False) -> list[dict[str, Any]]:
     """The front's trials (id, objective values, config), best first on the first objective."""
     out = []
-    for r in mark(rows, objectives):
+    for r in mark(rows, objectives, constrained):
         if r["pareto"]:
             out.append({"trial_id": r["trial_id"],
                         "values": {name: float(r[f"metric.{name}"]) for name, _ in objectives},

@@ -15,7 +15,11 @@ Files it writes (columns: docs/results.md):
   half GPU) and `gpu_ids` (its CUDA_VISIBLE_DEVICES, e.g. "1"), recorded in the worker (see
   orchestrator.trial.placement), so GPU-hours = sum(gpus * wall_s) / 3600, `config.<param>`,
   `metric.<name>` (last reported values); with several metrics in the spec, `pareto` (bool): on
-  the Pareto front of the completed trials (orchestrator.results.pareto).
+  the Pareto front of the completed trials (orchestrator.results.pareto); with `constraints:` in
+  the spec, `feasible` (bool, null when a constrained metric was never reported) and
+  `constraint.<metric>` (its value, Optuna's convention: feasible when <= 0), judged on the last
+  reported values (orchestrator.results.constraints). `feasible` is null throughout without
+  constraints.
 
 History rows are flushed every few seconds to numbered part files under `history.parts/`, and
 `trials.parquet` is rewritten at each flush, so a crash loses at most one flush interval. At the
@@ -25,9 +29,10 @@ feeds the `Recorder`, and analysis reads the files with `orchestrator.results.re
 
 The best trial is chosen among trials that ended normally (completed, or stopped early by the
 scheduler) with a finite score: a trial that reported 0.001 and then crashed, or reported -inf,
-is never "best". A failed write (a full disk) never removes what an earlier flush wrote: files are
-replaced atomically, history parts are deleted only once merged, and the reader rebuilds the
-trials table from the history parts if trials.parquet was never written.
+is never "best"; with constraints, only a feasible one (`feasible` true) is. A failed write (a
+full disk) never removes what an earlier flush wrote: files are replaced atomically, history
+parts are deleted only once merged, and the reader rebuilds the trials table from the history
+parts if trials.parquet was never written.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from typing import Any
 
 import pandas as pd
 
+from orchestrator.results.constraints import FEASIBLE, Constraint, judge
 from orchestrator.results.contract import ELIGIBLE, HELD, HISTORY, PARTS, RESTORED, SCHEDULE, STATUSES, TRIALS
 from orchestrator.results.pareto import front, mark
 from orchestrator.results.parquet import frame, merge, part_files, write
@@ -70,6 +76,16 @@ class TrialRecord:
     restored_from: str | None = None  # the checkpoint its current attempt started from (contract.RESTORED)
     stop_requested: bool = False  # its last result ended it (the scheduler, a stopper, or itself)
     schedule: list[dict[str, Any]] | None = None  # the configs its final state trained with (PBT), see SCHEDULE
+    # With constraints in the spec: each one's value by metric (None: unreported) and the verdict
+    # (orchestrator.results.constraints.judge); None without constraints.
+    constraints: dict[str, float | None] | None = None
+    feasible: bool | None = None
+
+    @property
+    def eligible(self) -> bool:
+        """Whether its score may be the best: it ended normally with a finite score and, when the
+        spec has constraints, is known to meet them."""
+        return self.status in ELIGIBLE and _finite(self.score) and (self.constraints is None or self.feasible is True)
 
     def row(self) -> dict[str, Any]:
         end = self.ended_at or time.time()
@@ -93,6 +109,8 @@ class TrialRecord:
             **{f"config.{k}": v for k, v in self.config.items()},
             **{f"metric.{k}": v for k, v in self.last.items()},
             **({"schedule": json.dumps(self.schedule, default=_json_value)} if self.schedule else {}),
+            FEASIBLE: self.feasible,
+            **{f"constraint.{k}": v for k, v in (self.constraints or {}).items()},
         }
 
 
@@ -154,14 +172,16 @@ class Recorder:
         flush_every_s: how often buffered history goes to disk.
         objectives: (name, mode) of every metric of a multi-objective spec; trials.parquet then
             gets a `pareto` column.
+        constraints: the spec's constraints; only feasible trials can be the best or on the front.
     """
 
     def __init__(self, run_dir: Path, metric: str, mode: str, max_t: int | None = None,
                  flush_every_s: float = 5.0, on_flush: Callable[[Recorder], None] | None = None,
-                 objectives: tuple[tuple[str, str], ...] = ()):
+                 objectives: tuple[tuple[str, str], ...] = (), constraints: tuple[Constraint, ...] = ()):
         self.run_dir = Path(run_dir)
         self.metric, self.mode, self.max_t = metric, mode, max_t
         self.objectives = tuple(objectives)
+        self.constraints: tuple[Constraint, ...] = ()
         self.flush_every_s = flush_every_s
         self.trials: dict[str, TrialRecord] = {}
         self._pending_rows: list[dict[str, Any]] = []
@@ -176,6 +196,19 @@ class Recorder:
         # Told of every trial start, history row and trial end, on the driver (so they must be cheap):
         # orchestrator.tracking.listener.Tracking, which queues them for its own thread.
         self.listeners: list[Any] = []
+        self.constrain(constraints)
+
+    def constrain(self, constraints: tuple[Constraint, ...]) -> None:
+        """Judges every trial, those recorded so far included, against `constraints`."""
+        self.constraints = tuple(constraints)
+        for rec in self.trials.values():
+            self._judge(rec)
+
+    def _judge(self, rec: TrialRecord) -> None:
+        if self.constraints:
+            rec.constraints, rec.feasible = judge(self.constraints, rec.last)
+        else:
+            rec.constraints, rec.feasible = None, None
 
     @classmethod
     def reopen(cls, run_dir: Path, metric: str, mode: str, max_t: int | None = None, **kwargs) -> Recorder:
@@ -190,6 +223,7 @@ class Recorder:
         if (rec.run_dir / TRIALS).exists():
             for row in pd.read_parquet(rec.run_dir / TRIALS).to_dict("records"):
                 rec.trials[row["trial_id"]] = trial_from_row(row)
+                rec._judge(rec.trials[row["trial_id"]])
         # A kill can land after a trial's history rows reached a part file but before trials.parquet
         # named it: its attempts then count from what history holds, so a restart is a new attempt and
         # no (trial, attempt, iteration) is written twice (benchmarks/chaos.py, TPE + ASHA, kill -9 twice).
@@ -206,21 +240,22 @@ class Recorder:
 
     @property
     def best(self) -> TrialRecord | None:
-        """The trial with the best finite score among those that ended normally (see ELIGIBLE)."""
+        """The trial with the best finite score among those that ended normally (see ELIGIBLE) and,
+        with constraints, are feasible (TrialRecord.eligible)."""
         best = None
         for rec in self.trials.values():
-            if rec.status in ELIGIBLE and _finite(rec.score) and (best is None or self.better(rec.score, best.score)):
+            if rec.eligible and (best is None or self.better(rec.score, best.score)):
                 best = rec
         return best
 
     def pareto(self) -> list[dict[str, Any]]:
         """The Pareto front of a multi-objective run (see orchestrator.results.pareto.front)."""
-        return front([r.row() for r in self.trials.values()], self.objectives)
+        return front([r.row() for r in self.trials.values()], self.objectives, constrained=bool(self.constraints))
 
     def rows(self) -> list[dict[str, Any]]:
         """trials.parquet's rows, with `pareto` when the spec lists several metrics."""
         rows = [r.row() for r in self.trials.values()]
-        return mark(rows, self.objectives) if len(self.objectives) > 1 else rows
+        return mark(rows, self.objectives, constrained=bool(self.constraints)) if len(self.objectives) > 1 else rows
 
     # -- events -------------------------------------------------------------------------------
     def start(self, trial_id: str, config: Mapping[str, Any]) -> None:
@@ -262,6 +297,7 @@ class Recorder:
         iteration = iteration or rec.iterations + 1
         rec.iterations = iteration
         rec.last = metrics
+        self._judge(rec)
         rec.node_ip = result.get("node_ip", rec.node_ip)
         value = metrics.get(self.metric)
         if _finite(value) and (rec.score is None or self.better(value, rec.score)):  # NaN and ±inf never count

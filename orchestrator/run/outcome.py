@@ -5,7 +5,8 @@ a fresh run, a resumed one and a test with a hand-made Recorder get the same ans
 
 - `interrupted` when a signal ended the fit (Ctrl-C, SIGTERM, `hpo stop`);
 - `failed` when Tune failed (the reason, in one line), or when the run ended normally with no
-  best trial (several metrics: no Pareto front), saying why;
+  best trial (several metrics: no Pareto front), saying why: with constraints, that no trial met
+  them, and how close the trials came;
 - `finished` otherwise, with the best trial (or the front) and the counts by status.
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.results.contract import ELIGIBLE
 from orchestrator.results.pareto import FRONT_STATUS
 from orchestrator.results.writer import Recorder, TrialRecord
 from orchestrator.spec.experiment import Experiment
@@ -62,7 +64,8 @@ def outcome(exp: Experiment, recorder: Recorder, ended: Ended) -> Outcome:
         failure = (f"interrupted by {signal.Signals(ended.signum).name}: {counts['interrupted']} trials cut off, "
                    f"{counts['not_started']} never started; results so far are in {recorder.run_dir}")
     elif failure is None and best is None and not pareto:
-        failure = no_front(exp.objectives, recorder.rows()) if exp.multi_objective else no_best(recorder, exp.metric)
+        failure = no_feasible(recorder) or (no_front(exp.objectives, recorder.rows()) if exp.multi_objective
+                                            else no_best(recorder, exp.metric))
     status = "interrupted" if ended.signum else "failed" if failure else "finished"
     return Outcome(status, failure, ended.signum, counts, best, pareto)
 
@@ -76,6 +79,27 @@ def no_best(recorder: Recorder, metric: str) -> str:
     if not recorder.trials:
         return "no trial started; see the log above"
     return f"no trial reported a finite value of {metric} (NaN and infinite scores are never the best)"
+
+
+def no_feasible(recorder: Recorder) -> str | None:
+    """Why a constrained run has no best trial (or front) when trials did end with a score but none
+    is known to meet the constraints; None when that is not the reason."""
+    if not recorder.constraints:
+        return None
+    done = [r for r in recorder.trials.values() if r.status in ELIGIBLE]
+    if not done or any(r.feasible for r in done):
+        return None
+    parts = []
+    for c in recorder.constraints:
+        reported = [r.last[c.metric] for r in done if isinstance(r.last.get(c.metric), (int, float))]
+        if not reported:
+            parts.append(f"{c}: no trial reported {c.metric}")
+        else:
+            closest = min(reported) if c.max is not None else max(reported)
+            parts.append(f"{c}: the closest trial had {closest:g}")
+    return (f"no feasible trial: {len(done)} trials ended normally and none met every constraint "
+            f"({'; '.join(parts)}); loosen the constraints or widen the space (trials.parquet: feasible, "
+            f"constraint.*)")
 
 
 def no_front(objectives: Sequence[tuple[str, str]], rows: list[dict[str, Any]]) -> str:

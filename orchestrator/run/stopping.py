@@ -38,7 +38,6 @@ from typing import Any
 
 import pandas as pd
 
-from orchestrator.results.contract import ELIGIBLE
 from orchestrator.results.writer import TrialRecord
 
 FINISHED = ("completed", "stopped", "errored")  # a trial that counts toward patience
@@ -167,7 +166,7 @@ class SearchStop:
         if self.meter is not None:
             self.meter.ended(rec)
         if self.patience is not None and rec.status in FINISHED:
-            self.patience.observe(rec.trial_id, rec.score if rec.status in ELIGIBLE else None)
+            self.patience.observe(rec.trial_id, rec.score if rec.eligible else None)  # feasible, with constraints
             if reason := self.patience.reason():
                 self._stop(reason)
 

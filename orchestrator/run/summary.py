@@ -124,7 +124,9 @@ def top_trials(trials, mode: str, k: int = TOP_K) -> tuple[dict[str, Any], ...]:
     from orchestrator.results.contract import ELIGIBLE
 
     trials = list(trials)
-    ok = [t for t in trials if t.status in ELIGIBLE and t.score is not None and math.isfinite(t.score)]
+    # with constraints, the feasible ones only (TrialRecord.eligible)
+    ok = [t for t in trials if t.status in ELIGIBLE and t.score is not None and math.isfinite(t.score)
+          and getattr(t, "eligible", True)]
     ok.sort(key=lambda t: t.score if mode == "min" else -t.score)
     varied = {k for k in {k for t in trials for k in t.config}
               if len({json.dumps(t.config.get(k), default=str) for t in trials}) > 1}

@@ -44,7 +44,7 @@ def build_tune_config(exp: Experiment):
     metric, mode = ([n for n, _ in exp.objectives], [m for _, m in exp.objectives]) if exp.multi_objective \
         else (exp.metric, exp.mode)
     plan = build_search(spec.searcher, SearchContext(exp.params, metric, mode, exp.searcher_seed, points, rewards,
-                                                     trials=exp.total_trials))
+                                                     trials=exp.total_trials, constraints=exp.constraints))
     cap = min(spec.budget.concurrent, spec.searcher.max_concurrent or spec.budget.concurrent)
     search_alg = plan.search_alg
     if isinstance(search_alg, tune.search.BasicVariantGenerator):
@@ -95,9 +95,19 @@ def trial_settings(exp: Experiment) -> TrialSettings:
     scheduler = SCHEDULERS[exp.spec.scheduler.name]
     return TrialSettings(
         family_ref=exp.spec.family, base_dir=str(exp.base_dir), seed=exp.spec.seed, evaluation=exp.spec.evaluation,
-        metric=exp.metric, objectives=tuple(n for n, _ in exp.objectives),
+        metric=exp.metric, objectives=measured(exp),
         checkpoint_every=checkpoint_policy(exp).every, report_every_s=scheduler.report_window_s,
         on_time=scheduler.on_time(exp.spec.scheduler))
+
+
+def measured(exp: Experiment) -> tuple[str, ...]:
+    """The metrics a built-in family's trial is asked for by name (TrialSettings.objectives):
+    every objective of a multi-objective spec and every constrained metric; a cost metric
+    (`predict_ms`, `model_size`) is measured only when named here."""
+    names = [n for n, _ in exp.objectives]
+    if exp.constraints:
+        names = list(dict.fromkeys([*(names or [exp.metric]), *(c.metric for c in exp.constraints)]))
+    return tuple(names)
 
 
 def build_trainable(exp: Experiment, data: Any = None, placement_key: str | None = None):
@@ -129,8 +139,16 @@ def build_trainable(exp: Experiment, data: Any = None, placement_key: str | None
 
 def run_callbacks(exp: Experiment, callbacks: list, run_dir: Path) -> list:
     """The run's callbacks, plus checkpoint pruning where the scheduler makes trials checkpoint,
-    plus retries for lost workers only where budget.max_failures allows any."""
-    from orchestrator.run.callbacks import CheckpointPruner, RetryLostWorkersOnly
+    plus retries for lost workers only where budget.max_failures allows any.
+
+    The run's Recorder (inside its RecorderCallback) learns the spec's constraints here: every
+    run, fresh, resumed or an outer fold's inner search, builds its Tuner through this function
+    with the experiment in hand, after its `begin` made the Recorder and before a trial starts."""
+    from orchestrator.run.callbacks import CheckpointPruner, RecorderCallback, RetryLostWorkersOnly
+
+    for callback in callbacks:
+        if isinstance(callback, RecorderCallback) and callback.recorder.constraints != exp.constraints:
+            callback.recorder.constrain(exp.constraints)
 
     if exp.spec.budget.max_failures:
         callbacks = [*callbacks, RetryLostWorkersOnly()]

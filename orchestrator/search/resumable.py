@@ -223,4 +223,10 @@ def _add_evaluated_point(searcher: Any, config: dict[str, Any], result: dict[str
         value = result.get(metric)
     error = value is None or (isinstance(value, list) and None in value)
     # Each searcher takes the parameters of its own space from `config` (constants are in it too).
+    inner = base_searcher(searcher)
+    if getattr(inner, "_constraints", ()):  # a constrained Optuna search: its constraint values from the result
+        # (ConcurrencyLimiter forwards only Ray's arguments; it keeps no state of a finished trial)
+        inner.add_evaluated_point(dict(config), value, error=error, intermediate_values=list(curve) or None,
+                                  result=result)
+        return
     searcher.add_evaluated_point(dict(config), value, error=error, intermediate_values=list(curve) or None)

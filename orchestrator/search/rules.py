@@ -29,6 +29,7 @@ class Strategy:
     params: Mapping[str, Param]
     family: FamilyRef
     objectives: tuple[str, ...] = ()  # the spec's metric names: more than one for a multi-objective search
+    constraints: tuple[str, ...] = ()  # the metrics the spec's `constraints:` bound
 
     @property
     def iterations_param(self) -> str | None:

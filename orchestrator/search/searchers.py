@@ -9,6 +9,11 @@ Every entry owns its rules (`rules=`, see orchestrator.search.rules): what it ne
 scheduler it must run with, whether it honours conditions or a space of only choices. The spec
 asks `entry.check(strategy)` and so refuses a pairing that cannot work before Ray starts.
 
+Constraints (`constraints:`) go to a searcher only where its library has a mechanism for them:
+an entry says so with `constraints=` (TAKES: Optuna's per-trial constraints, which its TPE,
+NSGA-II and GP samplers read; IGNORES: random and grid, which learn nothing from any result, so
+feasibility only decides the best trial). An entry without it refuses a constrained spec.
+
 Options a library has its own default for default to None here, meaning "the library's choice":
 we pass only what the user set (Optuna 5's TPE, for one, picks the multivariate variant itself
 for a single objective; forcing the old default cost 2.5x in median regret on Hartmann-3).
@@ -25,6 +30,7 @@ from pydantic import ConfigDict, Field
 
 from orchestrator.base import StrictModel
 from orchestrator.errors import Problem
+from orchestrator.results.constraints import Constraint
 from orchestrator.search.rules import Rule, Strategy, flat_space, one_objective, requires
 from orchestrator.search.space import Param, active, is_conditional, optuna_distributions, optuna_suggest, to_tune
 
@@ -120,6 +126,7 @@ class SearchContext:
     points: list[dict[str, Any]] = field(default_factory=list)
     rewards: list[float] | None = None  # scores of `points` (warm start), for searchers that learn from them
     trials: int = 100  # budget.trials, for searchers that plan around the budget (SMAC's initial design)
+    constraints: tuple[Constraint, ...] = ()  # the spec's constraints, for a searcher that takes them
 
 
 @dataclass(frozen=True)
@@ -128,16 +135,31 @@ class SearchPlan:
     param_space: dict[str, Any]
 
 
+# What a searcher does with the spec's constraints (SearcherEntry.constraints).
+TAKES = "takes"  # its library learns from them (Optuna's trial.set_constraint)
+IGNORES = "ignores"  # it learns nothing from results at all (random, grid): feasibility only picks the best
+CONSTRAINED = ("optuna-tpe", "optuna-nsga2", "optuna-gp")  # the fix a refusal names (checked by the tests)
+
+
 @dataclass(frozen=True)
 class SearcherEntry:
     options: type[SearcherOptions]
     build: Callable[[Any, SearchContext], SearchPlan]
     rules: tuple[Rule, ...] = ()  # this searcher's own checks, beyond those every searcher gets
     enumerates: tuple[str, ...] = ("grid",)  # parameter kinds whose values are each tried in turn
+    constraints: str | None = None  # TAKES, IGNORES, or None: a constrained spec is refused
 
     def check(self, strategy: Strategy) -> list[Problem]:
         opts = strategy.searcher
         problems = _common_checks(opts, strategy)
+        if strategy.constraints and self.constraints is None:
+            problems.append(Problem("searcher.name", f"{opts.name} cannot take constraints (on "
+                                                     f"{', '.join(strategy.constraints)}); use "
+                                                     f"{', '.join(CONSTRAINED[:-1])} or {CONSTRAINED[-1]}, "
+                                                     f"or remove constraints"))
+        if strategy.constraints and opts.warm_start:
+            problems.append(Problem("searcher.warm_start", "an earlier run's trials carry no feasibility for this "
+                                                           "spec's constraints; use points_to_evaluate instead"))
         for rule in self.rules:
             problems += rule(opts, strategy)
         return problems
@@ -264,7 +286,7 @@ def _optuna_plan(sampler, ctx: SearchContext) -> SearchPlan:
         points = None
     alg = DefineByRunOptunaSearch(space=OptunaDefineByRun(ctx.params), metric=ctx.metric, mode=ctx.mode,
                                   sampler=sampler, points_to_evaluate=points, storage=storage, study_name=study_name,
-                                  params=ctx.params)
+                                  params=ctx.params, constraints=ctx.constraints)
     return SearchPlan(alg, {})
 
 
@@ -326,17 +348,20 @@ _MODEL_BASED = (picks_values,)
 _OPTUNA = requires("optuna")
 
 SEARCHERS: dict[str, SearcherEntry] = {
-    "random": SearcherEntry(RandomOptions, _build_random),
-    "grid": SearcherEntry(GridOptions, _build_grid, rules=(flat_space,), enumerates=("grid", "choice")),
-    "optuna-tpe": SearcherEntry(OptunaTPEOptions, _build_optuna_tpe, rules=(_OPTUNA, *_MODEL_BASED)),
+    "random": SearcherEntry(RandomOptions, _build_random, constraints=IGNORES),
+    "grid": SearcherEntry(GridOptions, _build_grid, rules=(flat_space,), enumerates=("grid", "choice"),
+                          constraints=IGNORES),
+    "optuna-tpe": SearcherEntry(OptunaTPEOptions, _build_optuna_tpe, rules=(_OPTUNA, *_MODEL_BASED), constraints=TAKES),
     # NSGA-II samples a parameter outside the intersection of every trial's space at random, so
     # conditions would be sampled but not learnt: refused, as for the other flat-space searchers.
-    "optuna-nsga2": SearcherEntry(OptunaNSGA2Options, _build_optuna_nsga2, rules=(_OPTUNA, *_MODEL_BASED, flat_space)),
+    "optuna-nsga2": SearcherEntry(OptunaNSGA2Options, _build_optuna_nsga2, rules=(_OPTUNA, *_MODEL_BASED, flat_space),
+                                  constraints=TAKES),
     "optuna-cmaes": SearcherEntry(OptunaCmaEsOptions, _build_optuna_cmaes,
                                   rules=(requires("optuna", "cmaes"), *_MODEL_BASED, numeric_range, flat_space,
                                          one_objective)),
     "optuna-gp": SearcherEntry(OptunaGPOptions, _build_optuna_gp,
-                               rules=(requires("optuna", "torch"), *_MODEL_BASED, flat_space, one_objective)),
+                               rules=(requires("optuna", "torch"), *_MODEL_BASED, flat_space, one_objective),
+                               constraints=TAKES),
     "hyperopt-tpe": SearcherEntry(HyperOptOptions, _build_hyperopt,
                                   rules=(requires("hyperopt"), *_MODEL_BASED, flat_space, one_objective)),
     "smac": SearcherEntry(SMACOptions, _build_smac,

@@ -18,6 +18,7 @@ from pydantic import Discriminator, Field, Tag, model_validator
 
 from orchestrator.base import StrictModel
 from orchestrator.families.registry import FamilyRef
+from orchestrator.results.constraints import Constraint
 from orchestrator.search.rules import most_iterations
 from orchestrator.search.schedulers import SCHEDULERS
 from orchestrator.search.searchers import SEARCHERS
@@ -36,6 +37,24 @@ class MetricSpec(StrictModel):
 # Tagged by shape, so that an error in either form gets the path `metric.name` or `metric[1].name`.
 Metrics = Annotated[Annotated[MetricSpec, Tag("one")] | Annotated[list[MetricSpec], Field(min_length=2), Tag("list")],
                     Discriminator(lambda v: "list" if isinstance(v, list) else "one")]
+
+
+class ConstraintSpec(StrictModel):
+    """One entry of `constraints:`: a bound on a metric the trials report (orchestrator.results.constraints)."""
+
+    metric: str = Field(min_length=1, description="a metric the family reports, cost metrics included")
+    max: float | None = Field(None, description="feasible when the trial's last value is at most this")
+    min: float | None = Field(None, description="feasible when the trial's last value is at least this")
+
+    @model_validator(mode="after")
+    def _one_bound(self):
+        if (self.max is None) == (self.min is None):
+            if self.max is None:
+                raise ValueError(f"needs a bound, got neither max nor min; add max: X (feasible when {self.metric} "
+                                 f"<= X) or min: X (when >= X)")
+            raise ValueError(f"needs exactly one of max or min, got both (max {self.max:g}, min {self.min:g}); "
+                             f"keep the one the search would cross (one bound per metric)")
+        return self
 
 
 class StopSpec(StrictModel):
@@ -92,6 +111,8 @@ class ExperimentSpec(StrictModel):
     evaluation: EvaluationSpec = EvaluationSpec()
     extra_params: list[str] = Field(default_factory=list, description="space entries a built-in family does not "
                                     "declare, passed to its library on purpose")
+    constraints: list[ConstraintSpec] = Field(default_factory=list, description="bounds on reported metrics; "
+                                              "only trials that meet all of them can be the best")
     tracking: TrackingSpec = TrackingSpec()  # MLflow, TensorBoard, W&B (orchestrator.tracking); off by default
     dashboard: bool = Field(False, description="write the run as a live Optuna journal (RUN_DIR/optuna.journal) "
                             "that `hpo dashboard RUN_DIR` serves while the run goes (orchestrator.tracking.journal)")
@@ -114,6 +135,10 @@ class Experiment:
     @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
+
+    @property
+    def constraints(self) -> tuple[Constraint, ...]:
+        return tuple(Constraint(c.metric, c.max, c.min) for c in self.spec.constraints)
 
     @property
     def total_trials(self) -> int:
@@ -150,6 +175,8 @@ class Experiment:
         removed = [name for name in getattr(self.family, "default_space", {}) if name not in self.params]
         out["space"].update(dict.fromkeys(removed))
         out["evaluation"] = self.spec.evaluation.resolved()
+        if not out["constraints"]:  # left out when none, so an unconstrained spec keeps its spec_hash
+            del out["constraints"]
         return out
 
 

@@ -118,7 +118,9 @@ def resolve(spec: ExperimentSpec, base_dir: Path, source: str = "<spec>") -> Exp
             problems.append(Problem(exc.field, str(exc)))
     mode, objectives, metric_problems = _check_metrics(spec, family)
     problems += metric_problems
-    strategy = Strategy(spec.searcher, spec.scheduler, params, family, tuple(n for n, _ in objectives))
+    problems += _check_constraints(spec, family)
+    strategy = Strategy(spec.searcher, spec.scheduler, params, family, tuple(n for n, _ in objectives),
+                        tuple(c.metric for c in spec.constraints))
     problems += SEARCHERS[spec.searcher.name].check(strategy)
     problems += SCHEDULERS[spec.scheduler.name].check(strategy)
     problems += _check_budget(spec, params)
@@ -181,6 +183,25 @@ def _check_metric(metric: MetricSpec, path: str, spec: ExperimentSpec, family: F
         return natural, [Problem(f"{path}.mode", f"{metric.name} is better when {better}"
                                                  f": use mode: {natural} (or leave mode out), got {metric.mode}")]
     return natural, []
+
+
+def _check_constraints(spec: ExperimentSpec, family: FamilyRef) -> list[Problem]:
+    """Each constraint bounds a metric the family reports, once. (What a user trainable reports is
+    known only from its results: a metric it never reports leaves every trial's `feasible` null.)"""
+    known = None if isinstance(family, UserTrainable) else \
+        family.reports(spec.data.resolved_task if family.needs_data else None)
+    problems, seen = [], set()
+    for i, c in enumerate(spec.constraints):
+        path = f"constraints[{i}].metric"
+        if known is not None and c.metric not in known:
+            close = did_you_mean(c.metric, known)
+            hint = f"; did you mean {close!r}?" if close else ""
+            problems.append(Problem(path, f"family {family.name} never reports {c.metric!r}{hint} "
+                                          f"It reports: {', '.join(known)}"))
+        if c.metric in seen:
+            problems.append(Problem(path, f"{c.metric!r} is bounded twice; give each metric one entry"))
+        seen.add(c.metric)
+    return problems
 
 
 def _check_param_names(spec: ExperimentSpec, family: FamilyRef) -> list[Problem]:

@@ -192,6 +192,7 @@ class LiveJournal:
         self._os = optuna_study
         self.dists = optuna_study.distributions((self.meta.get("spec") or {}).get("space") or {})
         self.objs = optuna_study.objectives(self.meta)
+        self.bounds = optuna_study.constraints(self.meta)
         if self.path.exists() and self.path.stat().st_size > 0:  # `hpo resume`: after a kill, perhaps
             _cut_incomplete_line(self.path)
             _drop_stale_lock(self.path)
@@ -262,7 +263,7 @@ class LiveJournal:
         """Writes what differs between the journal's trial and the one the export would build from `row`."""
         tid = row["trial_id"]
         try:
-            want = self._os.trial(row, self.dists, self._lineage.get(tid, {}), self.objs)
+            want = self._os.trial(row, self.dists, self._lineage.get(tid, {}), self.objs, self.bounds)
         except ValueError:  # outside the space: the export leaves it out too
             if tid not in self.skipped:
                 self.skipped.append(tid)
@@ -289,6 +290,9 @@ class LiveJournal:
         for key, value in want.user_attrs.items():
             if have.user_attrs.get(key) != value:
                 self._op(self.storage.set_trial_user_attr, number, key, value)
+        for key, value in want.system_attrs.items():  # the constraint values, before the state shows them
+            if have.system_attrs.get(key) != value:
+                self._op(self.storage.set_trial_system_attr, number, key, value)
         if want.state.is_finished():
             self._op(self.storage.set_trial_state_values, number, want.state, want.values)
 

@@ -23,7 +23,8 @@ class TrialSettings:
         evaluation: the protocol each trial follows (holdout, k-fold); None: holdout.
         metric: the spec's (first) metric, so a family can skip work no one asked for; None outside
             a search (refit, tests): "report everything".
-        objectives: every metric of a multi-objective spec (cost metrics are measured only when listed).
+        objectives: every metric of a multi-objective spec, and every metric a constraint bounds
+            (cost metrics are measured only when listed: orchestrator.run.tuner.measured).
         checkpoint_every: save state every this many reports (0: never); the scheduler's policy.
         report_every_s: hold reports back for this long (orchestrator.trial.context); 0: never.
         on_time: iterations the scheduler decides at, never held back (ASHA's rungs).
