@@ -3,8 +3,9 @@ and `hpo refit RUN_DIR --trial ID` for any other trial (a point of a Pareto fron
 
 After a finished search the refit (orchestrator.run.refit) trains the chosen config on
 train+valid, hands the family's model over as files (orchestrator.model.package, where the refit
-ran: the driver after a local CPU-only run, else a Ray task) and `save_run_model` writes them, with a card, to `RUN_DIR/model/` on the driver, which
-holds the run folder (a cluster job's entry point too; its upload copies the folder). What it did
+ran: the driver after a local CPU-only run, else a Ray task) and `save_run_model` writes them, with
+a card, to `RUN_DIR/model/` on the driver, which holds the run folder (a cluster job's entry point
+too; its upload copies the folder). What it did
 becomes experiment.json's `model` entry: where the model is, or why there is none (`skipped`,
 `error`). Saving can never fail a run that otherwise finished: any failure is that entry's `error`,
 and the summary prints it in one line.
