@@ -181,7 +181,7 @@ class Recorder:
         self.run_dir = Path(run_dir)
         self.metric, self.mode, self.max_t = metric, mode, max_t
         self.objectives = tuple(objectives)
-        self.constraints: tuple[Constraint, ...] = ()
+        self.constraints: tuple[Constraint, ...] = tuple(constraints)  # each trial judged on its last values
         self.flush_every_s = flush_every_s
         self.trials: dict[str, TrialRecord] = {}
         self._pending_rows: list[dict[str, Any]] = []
@@ -196,13 +196,6 @@ class Recorder:
         # Told of every trial start, history row and trial end, on the driver (so they must be cheap):
         # orchestrator.tracking.listener.Tracking, which queues them for its own thread.
         self.listeners: list[Any] = []
-        self.constrain(constraints)
-
-    def constrain(self, constraints: tuple[Constraint, ...]) -> None:
-        """Judges every trial, those recorded so far included, against `constraints`."""
-        self.constraints = tuple(constraints)
-        for rec in self.trials.values():
-            self._judge(rec)
 
     def _judge(self, rec: TrialRecord) -> None:
         if self.constraints:

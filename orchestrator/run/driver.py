@@ -55,7 +55,7 @@ def run(exp: Experiment, output: str | Path | None = None, *, quiet: bool = Fals
         meta = run_metadata(exp, run_id, claim.owner)
         rundir.write_json(run_dir / EXPERIMENT, meta)
         return meta, Recorder(run_dir, exp.metric, exp.mode, max_t=exp.max_t, on_flush=lambda _: claim.beat(),
-                              objectives=exp.objectives)
+                              objectives=exp.objectives, constraints=exp.constraints)
 
     return lifecycle.drive(exp, run_dir, dataset, begin, build_tuner, quiet=quiet, ray_address=ray_address)
 

@@ -198,7 +198,7 @@ def nested_search(exp: Experiment) -> refit.Search:
 
     def search(data: Any, out_dir: Path):
         out_dir.mkdir(parents=True, exist_ok=True)
-        recorder = Recorder(out_dir, exp.metric, exp.mode, max_t=exp.max_t)
+        recorder = Recorder(out_dir, exp.metric, exp.mode, max_t=exp.max_t, constraints=exp.constraints)
         ended = fit(exp, out_dir, data, recorder, search_stop=SearchStop.for_run(exp, recorder.trials))
         if ended.signum or ended.failure:
             raise RunError(ended.failure or f"interrupted by {signal.Signals(ended.signum).name}")

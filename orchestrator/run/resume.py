@@ -86,7 +86,8 @@ def resume(run_dir: str | Path, *, quiet: bool = False, ray_address: str | None 
         res = exp.spec.resources  # budget.cpu_hours/gpu_hours count on from here (orchestrator.run.stopping)
         hours = hours_recorded(meta, trials, history, res.cpu, res.gpu)
         recorder = Recorder.reopen(run_dir, exp.metric, exp.mode, max_t=exp.max_t,
-                                   on_flush=lambda _: claim.beat(), objectives=exp.objectives)
+                                   on_flush=lambda _: claim.beat(), objectives=exp.objectives,
+                                   constraints=exp.constraints)
         snapshot, known = ray_api.snapshot_trials((run_dir / TUNE_DIR).resolve())
         told_before = {t for r in meta.get("resumes", []) for t in r.get("told_searcher", [])}
         plan = reconcile(recorder, known, exp, history, told_before)

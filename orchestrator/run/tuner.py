@@ -139,16 +139,8 @@ def build_trainable(exp: Experiment, data: Any = None, placement_key: str | None
 
 def run_callbacks(exp: Experiment, callbacks: list, run_dir: Path) -> list:
     """The run's callbacks, plus checkpoint pruning where the scheduler makes trials checkpoint,
-    plus retries for lost workers only where budget.max_failures allows any.
-
-    The run's Recorder (inside its RecorderCallback) learns the spec's constraints here: every
-    run, fresh, resumed or an outer fold's inner search, builds its Tuner through this function
-    with the experiment in hand, after its `begin` made the Recorder and before a trial starts."""
-    from orchestrator.run.callbacks import CheckpointPruner, RecorderCallback, RetryLostWorkersOnly
-
-    for callback in callbacks:
-        if isinstance(callback, RecorderCallback) and callback.recorder.constraints != exp.constraints:
-            callback.recorder.constrain(exp.constraints)
+    plus retries for lost workers only where budget.max_failures allows any."""
+    from orchestrator.run.callbacks import CheckpointPruner, RetryLostWorkersOnly
 
     if exp.spec.budget.max_failures:
         callbacks = [*callbacks, RetryLostWorkersOnly()]
