@@ -439,17 +439,23 @@ def entry() -> None:
     ~0.6-0.9 s (docs/performance.md). So our streams and logging handlers are flushed and the process
     exits. `main()` itself, which tests and notebooks call, returns as usual.
 
+    Only after success (exit 0): a run that failed or was interrupted may have left its trackers
+    open (an MLflow run, a W&B run) or Ray shutting down on a thread when a second Ctrl-C came,
+    and the atexit hooks of Ray, MLflow and W&B finish those, so the interpreter exits as usual.
+
     Not skipped: Ray's own shutdown. Leaving a local Ray to die with the process (Ray gives its
     processes the kernel's parent-death signal) left Ray's dashboard and runtime-env agents, which
     the raylet starts, running after the exit."""
     code = main()
+    if code:
+        sys.exit(code)
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):  # a closed pipe (`hpo results | head`): nothing more to say
             pass
-    os._exit(code or 0)
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -262,8 +262,9 @@ def count_callbacks_without_imports() -> None:
     same way by class name, which is all the tag records, so the tag is unchanged. Idempotent."""
     from ray.air._internal import usage
 
-    if getattr(usage._count_callbacks, "_hpo_light", False):
-        return
+    current = getattr(usage, "_count_callbacks", None)
+    if current is None or getattr(current, "_hpo_light", False):
+        return  # gone from this Ray (nothing to make cheap), or already ours
 
     def count(callbacks):
         import collections

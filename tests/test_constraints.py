@@ -54,6 +54,21 @@ def test_a_metric_the_family_never_reports_is_refused_with_a_did_you_mean():
         "val_accuracy, val_error, val_log_loss, val_auc, val_f1, predict_ms, model_size"]
 
 
+def test_a_bound_that_is_not_a_finite_number_is_refused():
+    assert problems(xgb({"metric": "model_size", "max": math.nan})) == [
+        "constraints[0].max: Input should be a finite number, got nan"]
+
+
+def test_analysis_ranks_feasible_trials_first_as_the_run_judged_its_best(tmp_path):
+    from orchestrator.analysis.runs import best_trials_of
+
+    rec = _recorder(tmp_path, (Constraint("size", max=10.0),))
+    from orchestrator.results.parquet import frame
+
+    ranked = best_trials_of(frame(rec.rows()), "min", 4)
+    assert list(ranked["trial_id"]) == ["b", "d", "a", "c"]  # a (loss 1.0) broke the bound, c is unknown
+
+
 def test_max_and_min_both_or_neither_are_refused():
     assert problems(xgb({"metric": "model_size", "max": 100, "min": 10})) == [
         "constraints[0]: needs exactly one of max or min, got both (max 100, min 10); keep the one the search "
@@ -249,7 +264,8 @@ def test_hpo_export_optuna_writes_the_constraints(tmp_path):
     write(frame(rec.rows()), run_dir / TRIALS)
     study = to_study(run_dir)
     got = {t.user_attrs["hpo_trial_id"]: t.constraints for t in study.trials}
-    assert got == {"a": {"size": 40.0}, "b": {"size": -5.0}, "c": {}, "d": {"size": -9.0}}
+    # c never reported size: infeasible for Optuna too (without constraints Optuna counts it feasible)
+    assert got == {"a": {"size": 40.0}, "b": {"size": -5.0}, "c": {"size": math.inf}, "d": {"size": -9.0}}
     assert study.best_trial.user_attrs["hpo_trial_id"] == "b"
     assert isinstance(study.trials[0], optuna.trial.FrozenTrial)
 

@@ -175,9 +175,10 @@ def trial(t: Mapping[str, Any], dists: dict[str, Any], steps: Mapping[int, float
           bounds: Sequence[Constraint] = ()):
     """The Optuna trial of a trials.parquet row (or a live `TrialRecord.row()`); ValueError if its
     config lies outside the distributions. With the run's constraints (`bounds`), a completed
-    trial that reported every constrained metric carries their values as Optuna's own
-    constraints (`trial.constraints`; optuna-dashboard shows a trial with one above 0 as
-    infeasible), recomputed from its last values (`metric.<name>`) as the run judged them."""
+    trial carries their values as Optuna's own constraints (`trial.constraints`; optuna-dashboard
+    shows a trial with one above 0 as infeasible), recomputed from its last values
+    (`metric.<name>`) as the run judged them; a value it never reported is +inf (infeasible: Optuna
+    would count a trial without constraints as feasible, and the run never did)."""
     import optuna
 
     state, values = outcome(t, steps, objs)
@@ -191,9 +192,8 @@ def trial(t: Mapping[str, Any], dists: dict[str, Any], steps: Mapping[int, float
         intermediate_values=dict(steps), user_attrs={k: v for k, v in attrs(t).items() if v is not None})
     if bounds and state.name == "COMPLETE":
         values_of, _ = judge(bounds, {c.metric: _scalar(t.get(f"metric.{c.metric}")) for c in bounds})
-        if None not in values_of.values():
-            for metric, value in values_of.items():
-                frozen.set_constraint(metric, value)
+        for metric, value in values_of.items():  # unknown: infeasible, as the run never counted it feasible
+            frozen.set_constraint(metric, math.inf if value is None else value)
     frozen.datetime_start = _datetime(t.get("started_at")) or frozen.datetime_start
     if state.is_finished():
         frozen.datetime_complete = _datetime(t.get("ended_at")) or frozen.datetime_complete

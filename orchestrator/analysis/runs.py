@@ -267,10 +267,15 @@ def _unique(labels: list[str]) -> list[str]:
 # --- one run's trials --------------------------------------------------------------------------
 
 def best_trials_of(trials: pd.DataFrame, mode: str, k: int) -> pd.DataFrame:
-    """The k trials with the best score (trials without one last), best first."""
+    """The k trials with the best score (trials without one last), best first. In a run with
+    constraints, trials not known to meet them (`feasible` false or null) come after every feasible
+    one, as the run itself judged its best (orchestrator.results.constraints)."""
     if "score" not in trials:
         return trials.iloc[0:0]
-    return trials.sort_values("score", ascending=mode == "min", na_position="last", kind="stable").head(k)
+    ranked = trials.sort_values("score", ascending=mode == "min", na_position="last", kind="stable")
+    if "feasible" in ranked and ranked["feasible"].notna().any():
+        ranked = ranked.sort_values("feasible", key=lambda f: ~f.eq(True), kind="stable")
+    return ranked.head(k)
 
 
 def best_trials(runs: Runs, k: int = 5) -> pd.DataFrame:

@@ -197,7 +197,9 @@ class Recorder:
         # orchestrator.tracking.listener.Tracking, which queues them for its own thread.
         self.listeners: list[Any] = []
 
-    def _judge(self, rec: TrialRecord) -> None:
+    def judge(self, rec: TrialRecord) -> None:
+        """Sets `rec`'s constraint values and `feasible` from its last values (a trial's end does it;
+        `hpo resume` again when Tune's snapshot gives a trial the last values its flush missed)."""
         if self.constraints:
             rec.constraints, rec.feasible = judge(self.constraints, rec.last)
         else:
@@ -216,7 +218,7 @@ class Recorder:
         if (rec.run_dir / TRIALS).exists():
             for row in pd.read_parquet(rec.run_dir / TRIALS).to_dict("records"):
                 rec.trials[row["trial_id"]] = trial_from_row(row)
-                rec._judge(rec.trials[row["trial_id"]])
+                rec.judge(rec.trials[row["trial_id"]])
         # A kill can land after a trial's history rows reached a part file but before trials.parquet
         # named it: its attempts then count from what history holds, so a restart is a new attempt and
         # no (trial, attempt, iteration) is written twice (benchmarks/chaos.py, TPE + ASHA, kill -9 twice).
@@ -290,7 +292,7 @@ class Recorder:
         iteration = iteration or rec.iterations + 1
         rec.iterations = iteration
         rec.last = metrics
-        self._judge(rec)
+        self.judge(rec)
         rec.node_ip = result.get("node_ip", rec.node_ip)
         value = metrics.get(self.metric)
         if _finite(value) and (rec.score is None or self.better(value, rec.score)):  # NaN and ±inf never count

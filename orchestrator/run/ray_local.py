@@ -123,10 +123,13 @@ def release_early() -> None:
     process, the model, the trackers): Ray's shutdown gives each of its processes up to 1 s to exit
     gracefully, one after another (~1.4 s here), so it runs on a thread and `connected()` waits for
     it at its end. Nothing for a Ray this process did not start through `connected()` (a test
-    session's, a notebook's)."""
+    session's, a notebook's), nor for a joined one."""
+    import gc
+
     import ray
 
-    if _held and not _closing and ray.is_initialized():
+    if _held and _started and not _closing and ray.is_initialized():
+        gc.collect()  # Tune's leftovers (actor handles, object refs) released here, not mid-shutdown
         _closing.append(threading.Thread(target=ray.shutdown, name="hpo-ray-shutdown", daemon=True))
         _closing[0].start()
 

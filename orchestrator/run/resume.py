@@ -218,6 +218,7 @@ def _settle(rec: TrialRecord, tune_status: str, last_result: dict[str, Any], rec
         rec.status = "stopped" if early else "completed"
     if metrics:
         rec.last, rec.iterations = metrics, iteration
+        recorder.judge(rec)  # its constraints, on the last values it now has
         value = metrics.get(recorder.metric)
         if value is not None and math.isfinite(value) and (rec.score is None or recorder.better(value, rec.score)):
             rec.score, rec.score_iteration = value, iteration

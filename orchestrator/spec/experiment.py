@@ -43,8 +43,10 @@ class ConstraintSpec(StrictModel):
     """One entry of `constraints:`: a bound on a metric the trials report (orchestrator.results.constraints)."""
 
     metric: str = Field(min_length=1, description="a metric the family reports, cost metrics included")
-    max: float | None = Field(None, description="feasible when the trial's last value is at most this")
-    min: float | None = Field(None, description="feasible when the trial's last value is at least this")
+    max: float | None = Field(None, allow_inf_nan=False,
+                              description="feasible when the trial's last value is at most this")
+    min: float | None = Field(None, allow_inf_nan=False,
+                              description="feasible when the trial's last value is at least this")
 
     @model_validator(mode="after")
     def _one_bound(self):
