@@ -48,6 +48,7 @@ from typing import Any
 import pandas as pd
 
 from orchestrator.results.constraints import FEASIBLE, Constraint, judge
+from orchestrator.results.constraints import PREFIX as CONSTRAINT_PREFIX
 from orchestrator.results.contract import ELIGIBLE, HELD, HISTORY, PARTS, RESTORED, SCHEDULE, STATUSES, TRIALS
 from orchestrator.results.pareto import front, mark
 from orchestrator.results.parquet import frame, merge, part_files, write
@@ -110,7 +111,7 @@ class TrialRecord:
             **{f"metric.{k}": v for k, v in self.last.items()},
             **({"schedule": json.dumps(self.schedule, default=_json_value)} if self.schedule else {}),
             FEASIBLE: self.feasible,
-            **{f"constraint.{k}": v for k, v in (self.constraints or {}).items()},
+            **{f"{CONSTRAINT_PREFIX}{k}": v for k, v in (self.constraints or {}).items()},
         }
 
 

@@ -121,12 +121,8 @@ def top_trials(trials, mode: str, k: int = TOP_K) -> tuple[dict[str, Any], ...]:
     """The k best trials among those that ended normally with a finite score (the ones the best
     trial is chosen from: orchestrator.results.writer.ELIGIBLE), best first, as trials.parquet rows with
     only the config parameters that varied across all trials."""
-    from orchestrator.results.contract import ELIGIBLE
-
     trials = list(trials)
-    # with constraints, the feasible ones only (TrialRecord.eligible)
-    ok = [t for t in trials if t.status in ELIGIBLE and t.score is not None and math.isfinite(t.score)
-          and getattr(t, "eligible", True)]
+    ok = [t for t in trials if t.eligible]  # with constraints, the feasible ones only
     ok.sort(key=lambda t: t.score if mode == "min" else -t.score)
     varied = {k for k in {k for t in trials for k in t.config}
               if len({json.dumps(t.config.get(k), default=str) for t in trials}) > 1}
