@@ -3,8 +3,9 @@
 The data path of a built-in family: the driver reads the file (orchestrator.spec.data.load: a
 pandas frame, then one float matrix, then float32 train/valid/test splits), `tune.with_parameters`
 puts that Dataset in Ray's object store once, and each trial's worker gets it back as read-only
-numpy views of the store's shared memory (no copy); XGBoost's `xgb.DMatrix` then copies the trial's
-train and valid rows into its own format, and `tree_method: hist` quantises them once more.
+numpy views of the store's shared memory (no copy); the family then quantises the trial's train
+and valid rows into XGBoost's `xgb.QuantileDMatrix` (the `hist` method's own input; it used
+`xgb.DMatrix`, a full copy that the first round indexed besides, until 2026-12-06).
 
 This script writes a `--rows` x `--cols` float64 Parquet file (numpy, seeded, plus a 0/1 `target`
 column) into a temporary folder and runs `hpo run` (a local Ray that hpo starts itself) of the
@@ -23,8 +24,8 @@ saved model come after the search).
 
 Before the run, and apart from it, one process per format times what a trial's data costs XGBoost:
 building the train and valid matrices from float32 arrays of the trial's split sizes with one
-thread (as the family does: `xgb.DMatrix`) against `xgb.QuantileDMatrix`, which quantises straight
-from the arrays, and the RSS each adds, before and after one boosting round.
+thread as `xgb.DMatrix` against `xgb.QuantileDMatrix` (what the family builds), which quantises
+straight from the arrays, and the RSS each adds, before and after one boosting round.
 
     flock /tmp/hpo-cpu.lock .venv/bin/python benchmarks/data_scale.py
     flock /tmp/hpo-cpu.lock .venv/bin/python benchmarks/data_scale.py --rows 200000 --trials 2   # quicker
