@@ -35,10 +35,6 @@ class Constraint:
     max: float | None = None
     min: float | None = None
 
-    @property
-    def column(self) -> str:
-        return f"{PREFIX}{self.metric}"
-
     def value(self, reported: float | None) -> float | None:
         """Optuna's constraint value (feasible when <= 0) of a reported value; None when there is
         none (unreported, or not a finite number)."""

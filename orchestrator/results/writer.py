@@ -257,7 +257,9 @@ class Recorder:
     def start(self, trial_id: str, config: Mapping[str, Any]) -> None:
         """Tune started the trial: the first time, or again (a retry, `hpo resume`, HyperBand
         resuming a paused trial, PBT's exploit): each start is an attempt of its own in history."""
-        rec = self.trials.get(trial_id) or self.trials.setdefault(trial_id, self._new_record(trial_id, config))
+        rec = self.trials.get(trial_id)
+        if rec is None:
+            rec = self.trials[trial_id] = self._new_record(trial_id, config)
         rec.status, rec.started_at, rec.ended_at = "running", rec.started_at or time.time(), None
         rec.attempts, rec.restored_from = rec.attempts + 1, None
         self._tell("trial_started", rec)
