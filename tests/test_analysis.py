@@ -309,6 +309,37 @@ def test_history_keeps_every_report_and_curves_follow_each_trials_final_lineage(
     assert steps["b"] == {1: 5.0, 2: 4.0, 3: 2.5, 4: 1.5}
 
 
+def test_a_clone_of_a_checkpoint_its_source_went_on_from_draws_the_sources_rows_up_to_it(tmp_path):
+    """PBT pauses d at 2 and d goes on from its own checkpoint d@2 (attempt 2 reports 3 and 4); e then
+    clones d@2. e's curve is d's attempt 1 up to 2, not d's latest attempt (which reported only 3 and 4)."""
+    import time as clock
+
+    folder = write_run(tmp_path / "pbt", [], history=None, status="running", ended_at=None)
+    rec = Recorder(folder, "loss", "min")
+    cfg = {"x1": 1.0}
+
+    def report(trial, iteration, loss, restored=None):
+        result = {"training_iteration": iteration, "loss": loss}
+        rec.result(trial, cfg, {**result, "hpo_restored": restored} if restored else result)
+        clock.sleep(0.002)
+
+    rec.start("d", cfg)
+    report("d", 1, 5.0)
+    report("d", 2, 4.0)
+    rec.start("d", cfg)
+    report("d", 3, 3.0, restored="d@2")
+    report("d", 4, 2.0, restored="d@2")
+    rec.start("e", cfg)
+    report("e", 3, 3.5, restored="d@2")
+    for t in "de":
+        rec.complete(t)
+    rec.close()
+
+    curves = analysis.learning_curves(analysis.load_runs(folder))
+    got = {t: list(zip(c["iteration"], c["value"])) for t, c in curves.groupby("trial_id")}
+    assert got == {"d": [(1, 5.0), (2, 4.0), (3, 3.0), (4, 2.0)], "e": [(1, 5.0), (2, 4.0), (3, 3.5)]}
+
+
 def test_a_run_whose_driver_died_before_any_trial(tmp_path):
     folder = tmp_path / "early"
     folder.mkdir()

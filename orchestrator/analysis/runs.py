@@ -326,8 +326,8 @@ def learning_curves(runs: Runs, metric: str | None = None) -> pd.DataFrame:
 
 def final_lineage(history: pd.DataFrame) -> pd.DataFrame:
     """Each trial's curve as history rows: the rows of its last attempt, preceded, when that attempt
-    started from a checkpoint (`restored_from` = `<trial>@<k>`), by the rows that checkpoint's trial
-    had reported up to iteration k before the attempt began, followed back the same way. An attempt
+    started from a checkpoint (`restored_from` = `<trial>@<k>`), by the rows, up to k, of the attempt
+    that last reported iteration k before this attempt began, followed back the same way. An attempt
     that started afresh stands alone. A row can be in several curves (PBT clones share their
     source's early rows): in the frame returned, `trial_id` is the curve's trial and `reported_by`
     the trial that reported the row. History without attempts (results contract version 1) is one
@@ -343,11 +343,15 @@ def final_lineage(history: pd.DataFrame) -> pd.DataFrame:
             return []
         if before is not None and "timestamp" in h:
             h = h[h["timestamp"] < before]  # what the source had reported when it was restored from
+        if upto is not None:
+            h = h[h["iteration"] <= upto]
         if h.empty:
             return []
-        mine = h[h["attempt"] == h["attempt"].max()]
-        if upto is not None:
-            mine = mine[mine["iteration"] <= upto]
+        # The attempt that made the checkpoint: the latest to report its iteration. Not simply the latest
+        # attempt: a PBT trial paused at k goes on from its own checkpoint@k, and a clone of that
+        # checkpoint taken later finds the source's newer attempt, which reported only iterations > k.
+        latest = h if upto is None else h[h["iteration"] == h["iteration"].max()]
+        mine = h[h["attempt"] == latest["attempt"].max()]
         origin = mine["restored_from"].dropna() if "restored_from" in mine else ()
         if not len(origin):
             return [mine.index]
