@@ -3,8 +3,9 @@ standalone, and our multi-fidelity schedulers against random search.
 
 Searchers (no Ray trials): each searcher as our spec builds it (`build_tune_config(exp)`), driven
 by suggest/on_trial_complete one trial at a time, against the library run standalone with its
-own defaults on the same space (Optuna's `study.optimize`, HyperOpt's `fmin`, SMAC's `optimize`), and against
-random sampling (Optuna's RandomSampler: the same uniform distribution as Ray's generator). Per
+own defaults on the same space (Optuna's `study.optimize`, HyperOpt's `fmin`, SMAC's `optimize`,
+Ax's `Client` loop), and against random sampling (Optuna's RandomSampler: the same uniform
+distribution as Ray's generator). Per
 function, over the seeds: median final regret (best value found minus the known optimum) with its
 interquartile range, the ratio of medians ours/standalone, and on how many seeds TPE ends below
 random.
@@ -17,6 +18,8 @@ median over seeds, and on how many seeds it got there at all.
 
     flock /tmp/hpo-cpu.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/search_quality.py          # ~4 min
     flock /tmp/hpo-cpu.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/search_quality.py --quick  # < 1 min
+    flock /tmp/hpo-cpu.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/search_quality.py \
+        --searchers ax --seeds 4 --no-schedulers    # Ax alone: seconds per suggestion
 """
 
 from __future__ import annotations
@@ -76,7 +79,9 @@ FUNCTIONS = {
 }
 # Our searcher -> the standalone sampler it wraps, at the library's own defaults.
 STANDALONE = {"optuna-tpe": "optuna:TPESampler", "optuna-cmaes": "optuna:CmaEsSampler",
-              "optuna-gp": "optuna:GPSampler", "hyperopt-tpe": "hyperopt:tpe", "smac": "smac:hpo"}
+              "optuna-gp": "optuna:GPSampler", "hyperopt-tpe": "hyperopt:tpe", "smac": "smac:hpo",
+              "ax": "ax:Client"}
+SLOW = ("optuna-gp", "ax")  # seconds per suggestion: left out of --quick, started first
 
 
 # --- searchers, one run each ---------------------------------------------------------------
@@ -116,6 +121,8 @@ def standalone(function: str, sampler: str, seed: int, trials: int) -> float:
     fn = FUNCTIONS[function]
     if library == "smac":
         return standalone_smac(fn, seed, trials)
+    if library == "ax":
+        return standalone_ax(fn, seed, trials)
     if library == "hyperopt":
         import hyperopt
 
@@ -157,6 +164,27 @@ def standalone_smac(fn: Function, seed: int, trials: int) -> float:
         return min(v.cost for v in smac.runhistory.values()) - fn.optimum
 
 
+def standalone_ax(fn: Function, seed: int, trials: int) -> float:
+    """Ax's own ask/tell loop (`ax.api.Client`) at its defaults: its generation strategy's choice
+    (center, Sobol, then BoTorch), one trial at a time."""
+    from ax.api.client import Client
+    from ax.api.configs import RangeParameterConfig
+    from ax.utils.common.logger import set_stderr_log_level
+
+    set_stderr_log_level(40)
+    client = Client(random_seed=seed)
+    client.configure_experiment([RangeParameterConfig(name=k, parameter_type="float", bounds=tuple(v["uniform"]))
+                                 for k, v in fn.space.items()])
+    client.configure_optimization(objective="-loss")
+    best = math.inf
+    for _ in range(trials):
+        for index, params in client.get_next_trials(max_trials=1).items():
+            value = fn.f(params)
+            best = min(best, value)
+            client.complete_trial(index, raw_data={"loss": value})
+    return best - fn.optimum
+
+
 def one_search(task: tuple) -> tuple[tuple, float, float]:
     """(function, side, method, seed, trials) -> (task, final regret, seconds); runs in a pool worker."""
     function, side, method, seed, trials = task
@@ -174,7 +202,8 @@ def searcher_table(seeds: int, scale: float, searchers: list[str], processes: in
             for name in searchers:
                 tasks += [(function, "ours", name, seed, trials),
                           (function, "standalone", STANDALONE[name], seed, trials)]
-    tasks.sort(key=lambda t: "GP" not in t[2] and t[2] != "optuna-gp")  # the slow ones first
+    slow = {m for name in SLOW for m in (name, STANDALONE[name])}
+    tasks.sort(key=lambda t: t[2] not in slow)  # the slow ones first
     with multiprocessing.get_context("fork").Pool(processes) as pool:
         results = {(f, side, m, s): r for (f, side, m, s, _), r, _ in pool.imap_unordered(one_search, tasks)}
 
@@ -268,21 +297,26 @@ def scheduler_table(seeds: int, trials: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="3 seeds, half the trials, no optuna-gp, 1 scheduler seed")
+    p.add_argument("--quick", action="store_true", help="3 seeds, half the trials, no optuna-gp or ax, 1 scheduler seed")
     p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--scheduler-seeds", type=int, default=8)
     p.add_argument("--scheduler-trials", type=int, default=30)
+    p.add_argument("--searchers", nargs="+", choices=list(STANDALONE), default=list(STANDALONE),
+                   help="the searchers to compare (default: all)")
+    p.add_argument("--no-schedulers", action="store_true", help="the searcher table only")
     args = p.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
-    searchers = list(STANDALONE)
+    searchers = args.searchers
     seeds, scale = args.seeds, 1.0
     if args.quick:
-        searchers.remove("optuna-gp")
+        searchers = [s for s in searchers if s not in SLOW]
         seeds, scale, args.scheduler_seeds, args.scheduler_trials = 3, 0.5, 1, 20
     start = time.perf_counter()
     print(f"searchers: {seeds} seeds, one trial at a time, 2 processes")
     searcher_table(seeds, scale, searchers, processes=2)
     print(f"({time.perf_counter() - start:.0f}s)\n")
+    if args.no_schedulers:
+        return
     scheduler_table(args.scheduler_seeds, args.scheduler_trials)
     print(f"(total {time.perf_counter() - start:.0f}s)")
 

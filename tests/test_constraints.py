@@ -26,7 +26,7 @@ XGB = {"name": "xc", "family": "xgboost", "metric": {"name": "val_error"},
        "searcher": {"name": "optuna-tpe", "seed": 0}, "scheduler": {"name": "fifo"},
        "budget": {"trials": 8, "concurrent": 2}}
 # Written out here, not read from the registry: which searchers take constraints.
-TAKE = {"optuna-tpe", "optuna-nsga2", "optuna-gp", "random", "grid"}
+TAKE = {"optuna-tpe", "optuna-nsga2", "optuna-gp", "ax", "random", "grid"}
 
 
 def xgb(*constraints, **extra) -> dict:
@@ -90,7 +90,7 @@ def test_only_searchers_that_can_take_constraints_accept_them(name):
         return
     found = [p for p in problems(raw) if p.startswith("searcher.name: ")]
     assert found == [f"searcher.name: {name} cannot take constraints (on model_size); use optuna-tpe, "
-                     f"optuna-nsga2 or optuna-gp, or remove constraints"]
+                     f"optuna-nsga2, optuna-gp or ax, or remove constraints"]
 
 
 def test_a_warm_start_is_refused_with_constraints():

@@ -70,6 +70,7 @@ EXPECTED_CLASSES = {
     "hyperopt-tpe": ("HyperOptSearch", None),
     "bohb": ("TuneBOHB", None),
     "smac": ("SMACSearch", None),
+    "ax": ("AxSearch", None),
 }
 EXPECTED_SCHEDULERS = {"fifo": "FIFOScheduler", "asha": "AsyncHyperBandScheduler", "hyperband": "FinishingHyperBand",
                        "bohb-hyperband": "FinishingHyperBandForBOHB",

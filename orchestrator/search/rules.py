@@ -53,6 +53,9 @@ def most_iterations(params: Mapping[str, Param], family: FamilyRef) -> int | Non
     return int(max(values))
 
 
+PACKAGES = {"ax": "ax-platform"}  # the package to install for a module, where the names differ
+
+
 def requires(*modules: str) -> Rule:
     """The entry's optional dependencies must import."""
 
@@ -61,7 +64,8 @@ def requires(*modules: str) -> Rule:
         if not missing:
             return []
         return [Problem(f"{opts.section}.name", f"{opts.name} needs {', '.join(missing)}: pip install "
-                                                    f"{' '.join(missing)} (pinned in requirements.lock)")]
+                                                    f"{' '.join(PACKAGES.get(m, m) for m in missing)} "
+                                                    f"(pinned in requirements.lock)")]
 
     return rule
 

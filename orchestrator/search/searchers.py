@@ -11,8 +11,8 @@ asks `entry.check(strategy)` and so refuses a pairing that cannot work before Ra
 
 Constraints (`constraints:`) go to a searcher only where its library has a mechanism for them:
 an entry says so with `constraints=` (TAKES: Optuna's per-trial constraints, which its TPE,
-NSGA-II and GP samplers read; IGNORES: random and grid, which learn nothing from any result, so
-feasibility only decides the best trial). An entry without it refuses a constrained spec.
+NSGA-II and GP samplers read, and Ax's outcome constraints; IGNORES: random and grid, which learn
+nothing from any result, so feasibility only decides the best trial). An entry without it refuses a constrained spec.
 
 Options a library has its own default for default to None here, meaning "the library's choice":
 we pass only what the user set (Optuna 5's TPE, for one, picks the multivariate variant itself
@@ -105,6 +105,15 @@ class SMACOptions(SearcherOptions):
     facade: Literal["hpo", "blackbox"] = Field("hpo", description="hpo: random forest; blackbox: Gaussian process")
 
 
+class AxOptions(SearcherOptions):
+    """Ax's Bayesian optimisation (Sobol, then BoTorch's Gaussian process): seconds per suggestion,
+    for trials that cost more than that."""
+
+    name: Literal["ax"] = "ax"
+    initialization_budget: int | None = Field(None, ge=1, description="Sobol trials before the model "
+                                                                      "(None: Ax's own rule)")
+
+
 class BOHBOptions(SearcherOptions):
     name: Literal["bohb"] = "bohb"
     min_points_in_model: int | None = Field(None, ge=1)
@@ -138,7 +147,7 @@ class SearchPlan:
 # What a searcher does with the spec's constraints (SearcherEntry.constraints).
 TAKES = "takes"  # its library learns from them (Optuna's trial.set_constraint)
 IGNORES = "ignores"  # it learns nothing from results at all (random, grid): feasibility only picks the best
-CONSTRAINED = ("optuna-tpe", "optuna-nsga2", "optuna-gp")  # the fix a refusal names (checked by the tests)
+CONSTRAINED = ("optuna-tpe", "optuna-nsga2", "optuna-gp", "ax")  # the fix a refusal names (checked by the tests)
 
 
 @dataclass(frozen=True)
@@ -344,6 +353,13 @@ def _build_smac(opts: SMACOptions, ctx: SearchContext) -> SearchPlan:
                                  ctx.rewards, n_configs=opts.n_configs, facade=opts.facade), {})
 
 
+def _build_ax(opts: AxOptions, ctx: SearchContext) -> SearchPlan:
+    from orchestrator.search.ax import AxSearch
+
+    return SearchPlan(AxSearch(ctx.params, ctx.metric, ctx.mode, ctx.seed, ctx.points or None, ctx.rewards,
+                               ctx.constraints, initialization_budget=opts.initialization_budget), {})
+
+
 _MODEL_BASED = (picks_values,)
 _OPTUNA = requires("optuna")
 
@@ -366,6 +382,9 @@ SEARCHERS: dict[str, SearcherEntry] = {
                                   rules=(requires("hyperopt"), *_MODEL_BASED, flat_space, one_objective)),
     "smac": SearcherEntry(SMACOptions, _build_smac,
                           rules=(requires("smac", "ConfigSpace"), *_MODEL_BASED, one_objective)),
+    # Ax's own search spaces are flat here (its hierarchical spaces are not mapped from `when:`).
+    "ax": SearcherEntry(AxOptions, _build_ax, rules=(requires("ax"), *_MODEL_BASED, flat_space, one_objective),
+                        constraints=TAKES),
     "bohb": SearcherEntry(BOHBOptions, _build_bohb, rules=(requires("hpbandster", "ConfigSpace"), *_MODEL_BASED,
                                                            flat_space, with_scheduler("bohb-hyperband"),
                                                            one_objective)),

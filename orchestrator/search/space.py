@@ -263,6 +263,21 @@ def optuna_suggest(trial: Any, p: Param) -> Any:
     return on_grid(p, value) if dist.log and p.q is not None else value
 
 
+def ax_parameter(p: Param) -> Any:
+    """A sampled parameter as an Ax 1.x parameter config. A choice is given as unordered indices
+    into its values (Ax wants one type per parameter; a YAML list may mix them, `[null, 3]`), which
+    the searcher maps back; a quantized range as its plain range, rounded when handed out."""
+    from ax.api.configs import ChoiceParameterConfig, RangeParameterConfig
+
+    if p.is_categorical:
+        return ChoiceParameterConfig(name=p.name, parameter_type="int", values=list(range(len(p.args))),
+                                     is_ordered=False)
+    k, (low, high) = KINDS[p.kind], p.args[:2]
+    kind, cast = ("int", int) if k.integer else ("float", float)
+    return RangeParameterConfig(name=p.name, parameter_type=kind, bounds=(cast(low), cast(high)),
+                                scaling="log" if k.log else "linear")
+
+
 def unquantized(p: Param) -> Param:
     """The plain range a quantized parameter steps through (`quniform` -> `uniform`), for a
     library that models the unrounded value; other parameters as they are."""
