@@ -16,7 +16,8 @@ Some things only Ray's private modules do. Each is imported here and nowhere els
 - the driver's handler of worker output, to drop one traceback Ray prints on every run that
   reuses actors (`quiet_worker_exits`);
 - Tune's usage tag of a run's callbacks, counted without importing every integration
-  (`count_callbacks_without_imports`).
+  (`count_callbacks_without_imports`);
+- a search ended with its running trials left to finish (`finish_in_flight_when_asked`).
 
 Driver-side Ray Tune (the Tuner, searchers, schedulers, callbacks) is public API and stays with
 the modules that build it: runner.py, searchers.py, schedulers.py, ray_schedulers.py, space.py,
@@ -76,6 +77,12 @@ PRIVATE_APIS: tuple[tuple[str, str, str], ...] = (
     ("ray.tune.schedulers.median_stopping_rule", "MedianStoppingRule._on_insufficient_samples",
      "ray_schedulers: continue instead of pause"),
     ("ray.air._internal.usage", "_count_callbacks", "lifecycle: Tune's callback usage tag without its imports"),
+    ("ray.tune.execution.tune_controller", "TuneController._stop_experiment_if_needed",
+     "stopping: budget.in_flight finish ends the search with its running trials left to finish"),
+    ("ray.tune.execution.tune_controller", "TuneController._stopper", "stopping: the run's stopper, asked first"),
+    ("ray.tune.execution.tune_controller", "TuneController._schedule_trial_stop",
+     "stopping: a trial waiting to start dropped when the search ends with in_flight finish"),
+    ("ray.tune.stopper", "CombinedStopper._stoppers", "stopping: the run's stopper beside the time budget's"),
 )
 
 
@@ -286,6 +293,46 @@ def count_callbacks_without_imports() -> None:
 
     count._hpo_light = True
     usage._count_callbacks = count
+
+
+def finish_in_flight_when_asked() -> None:
+    """Lets a run's stopper end the search without stopping its running trials (`budget.in_flight:
+    finish`, orchestrator.run.stopping). Tune's `Stopper` has one way to end a search, `stop_all`,
+    which also stops every trial. Tune asks it at the end of each step of its loop
+    (`TuneController._stop_experiment_if_needed`); this asks a stopper that has `ends_search_only`
+    (the run's, or the one inside the CombinedStopper a time budget adds) first. While it says
+    True, the search algorithm is set finished, so Tune proposes no more trials and ends its loop
+    once the live ones have ended (`TuneController.is_finished`), and each trial waiting to start
+    that the stopper's `has_started` does not know is dropped: removed from the scheduler and the
+    search algorithm, and stopped as `stop_all` stops a trial (`_schedule_trial_stop`, which tells
+    no callback: `TuneController.stop_trial` would, and Tune's console reporter then printed
+    "Trial ... completed" for a trial that never ran). Setting the search finished alone let
+    trials already proposed but waiting for a worker, or for resources when `budget.concurrent` is
+    above what the cluster holds, start after the search had ended. A trial waiting that had
+    started before (paused by its scheduler, restored by `hpo resume`) runs on. Without such a
+    stopper nothing changes. Idempotent.
+    Test: tests/test_budget_stop.py::test_in_flight_finish_lets_running_trials_end."""
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.experiment import Trial
+
+    current = TuneController._stop_experiment_if_needed
+    if getattr(current, "_hpo_finishing", False):
+        return
+
+    def stop_experiment_if_needed(self):
+        stoppers = (self._stopper, *getattr(self._stopper, "_stoppers", ()))
+        stopper = next((s for s in stoppers if hasattr(s, "ends_search_only")), None)
+        if stopper is not None and stopper.ends_search_only():
+            self.search_alg.set_finished()
+            for trial in [t for t in self.get_trials()
+                          if t.status == Trial.PENDING and not stopper.has_started(t.trial_id)]:
+                self.scheduler_alg.on_trial_remove(self, trial)
+                self.search_alg.on_trial_complete(trial.trial_id)
+                self._schedule_trial_stop(trial)
+        current(self)
+
+    stop_experiment_if_needed._hpo_finishing = True
+    TuneController._stop_experiment_if_needed = stop_experiment_if_needed
 
 
 def quiet_worker_exits() -> None:

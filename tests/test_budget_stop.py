@@ -137,6 +137,39 @@ def test_the_stopper_ends_the_run_on_the_rules_reason_and_pickles_without_it(tmp
     assert copy.search_stop is None and copy.metric == "loss"
 
 
+def test_with_in_flight_finish_the_stopper_ends_the_search_only(tmp_path):
+    """Tune is not told to stop every trial (`stop_all`); it is told the search is over
+    (`ends_search_only`, asked first by ray_api.finish_in_flight_when_asked), and which trials
+    started, so that only those waiting to start are dropped."""
+    stop = SearchStop.for_run(validate(synthetic(stop={"patience": 1}, in_flight="finish")),
+                              {"old": record("old", None, status="interrupted")})  # started before a resume
+    stopper = RunStopper("loss", stop)
+    stop.trial_started(record("a", None, status="running"))
+    stop.trial_started(record("b", None, status="running"))
+    assert not stopper.ends_search_only() and not stop.finishing
+    stop.trial_ended(record("a", 2.0, end=1.0))
+    stop.trial_ended(record("b", 3.0, end=2.0))
+    assert stop.stop_reason.startswith("patience: ") and stop.finishing
+    assert stopper.stop_all() is False and stopper.ends_search_only() is True
+    assert stopper.has_started("a") and stopper.has_started("old") and not stopper.has_started("waiting")
+    assert stop.cut_off_at is None  # what is still running at the end was stopped by something else, then
+    copy = pickle.loads(pickle.dumps(stopper))
+    assert copy.search_stop is None and copy.ends_search_only() is False
+
+
+def test_in_flight_defaults_to_stop_and_keeps_the_spec_hash():
+    plain, stop = validate(synthetic(stop={"patience": 3})), validate(synthetic(stop={"patience": 3}, in_flight="stop"))
+    assert plain.spec.budget.in_flight == "stop" and "in_flight" not in plain.resolved()["budget"]
+    assert plain.spec_hash == stop.spec_hash
+    finish = validate(synthetic(stop={"patience": 3}, in_flight="finish"))
+    assert finish.resolved()["budget"]["in_flight"] == "finish" and finish.spec_hash != plain.spec_hash
+    assert validate(finish.resolved()).spec.budget.in_flight == "finish"  # what `hpo resume` reads back
+    search_stop = SearchStop.for_run(plain, {})
+    search_stop.trial_ended(record("a", 2.0, end=1.0))
+    search_stop._stop("patience: made up")
+    assert not search_stop.finishing and search_stop.cut_off_at == search_stop.stopped_at
+
+
 def test_trials_cut_off_by_a_rule_end_when_it_fired(tmp_path):
     rec = Recorder(tmp_path, "loss", "min")
     rec.start("a", {"x": 1})
@@ -155,6 +188,16 @@ def test_the_progress_line_shows_hours_spent_and_left(tmp_path):
     line = Progress(rec, total=30, stream=io.StringIO(), search_stop=stop).line()
     assert line.endswith("| CPU-h 0.5 spent, 1.5 left")
     assert "CPU-h" not in Progress(rec, total=30, stream=io.StringIO()).line()
+
+
+def test_the_progress_line_says_the_search_stopped_while_running_trials_finish(tmp_path):
+    rec = Recorder(tmp_path, "loss", "min")
+    stop = SearchStop.for_run(validate(synthetic(cpu_hours=2.0, in_flight="finish")), {})
+    progress = Progress(rec, total=30, stream=io.StringIO(), search_stop=stop)
+    stop.trial_started(record("a", None, status="running", start=time.time() - 1800))
+    assert "search stopped" not in progress.line()
+    stop._stop("cpu_hours: 2.0000 spent of 2.0000")
+    assert progress.line().endswith("| search stopped by cpu_hours, running trials finish; CPU-h 0.5 spent, 1.5 left")
 
 
 # --- resume: counting on from the Parquet --------------------------------------------------------
@@ -227,6 +270,9 @@ def test_a_run_a_rule_ended_is_not_extended(tmp_path):
     ({"cpu_hours": -1.5}, "budget.cpu_hours"),
     ({"gpu_hours": 0}, "budget.gpu_hours"),
     ({"gpu_hours": -2}, "budget.gpu_hours"),
+    ({"stop": {"patience": 5}, "in_flight": "wait"}, "budget.in_flight"),
+    ({"cpu_hours": 1.0, "in_flight": True}, "budget.in_flight"),
+    ({"stop": {"patience": 5, "in_flight": "finish"}}, "budget.stop.in_flight"),
 ])
 def test_bad_stop_and_cost_budgets_name_the_field(budget, field):
     raw = {**synthetic(**budget), "resources": {"cpu": 1, "gpu": 1}}
@@ -237,6 +283,12 @@ def test_bad_stop_and_cost_budgets_name_the_field(budget, field):
 def test_gpu_hours_without_gpus_is_refused():
     (msg,) = problems(synthetic(gpu_hours=2.0))
     assert msg.startswith("budget.gpu_hours: no trial holds a GPU (resources.gpu is 0)")
+
+
+def test_in_flight_finish_without_a_rule_to_follow_is_refused():
+    (msg,) = problems(synthetic(in_flight="finish", time_s=60))
+    assert msg.startswith("budget.in_flight: finish applies when budget.stop, cpu_hours or gpu_hours ends the search")
+    assert "budget.time_s always stops" in msg and "\n" not in msg
 
 
 def test_patience_with_several_metrics_is_refused():
@@ -292,3 +344,30 @@ def test_a_cpu_hours_budget_stops_within_one_trials_cost(ray_local, tmp_path):
     cost = trials["cpus"].fillna(1.0) * trials["wall_s"] / 3600  # as trials.parquet records them
     assert len(trials) < 30
     assert limit <= cost.sum() <= limit + cost.max(), (cost.sum(), cost.max())
+
+
+def test_in_flight_finish_lets_running_trials_end(ray_local, tmp_path):
+    """Patience fires while trials run (`concurrent: 4` on 2 CPUs: two run, two wait for a CPU). With
+    `in_flight: finish` the running ones end as they would have (completed, none stopped), the
+    waiting ones never start, no trial starts after the reason, and the run ends `finished` with
+    the reason, refitted. Every trial scores the same (a constant point, no noise): after the
+    first to finish, none improves; their lengths differ so that trials overlap."""
+    from orchestrator.run.driver import run
+
+    patience = 2
+    exp = validate({**synthetic(stop={"patience": patience}, in_flight="finish", concurrent=4),
+                    "space": {"x1": 3.0, "x2": 2.0, "noise": 0.0, "iterations": 4,
+                              "sleep_s": {"choice": [0.05, 0.2]}}})
+    summary = run(exp, tmp_path / "run", quiet=True)
+    meta = json.loads((summary.run_dir / EXPERIMENT).read_text())
+    trials = pd.read_parquet(summary.run_dir / TRIALS).sort_values("ended_at")
+    assert meta["status"] == "finished" and meta["stop_reason"].startswith(
+        f"patience: no improvement > 0 in {patience} completed trials (best ")
+    assert (trials["status"] == "completed").all(), trials[["trial_id", "status"]]
+    assert meta["counts"]["stopped"] == 0 and meta["counts"]["not_started"] > 0 and len(trials) < 30
+    place = int(meta["stop_reason"].split("at trial #")[1].split(",")[0])
+    fired = trials["ended_at"].iloc[place + patience - 1]  # the trial whose end gave the reason
+    assert (trials["started_at"] <= fired).all(), "a trial started after the search had ended"
+    assert (trials["ended_at"] > fired).any(), "no trial was in flight when the search ended"
+    assert meta["best"]["trial_id"] in set(trials["trial_id"]) and meta["model"]
+    assert summary.stop_reason == meta["stop_reason"]

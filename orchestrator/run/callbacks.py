@@ -35,7 +35,10 @@ class RunStopper(Stopper):
       `done` only after this call): such a trial `completed`, it was not stopped early.
     - `stop_all` ends the run after a signal that Tune's own interrupt did not take (orchestrator.run.signals),
       and when `search_stop` (budget.stop, budget.cpu_hours/gpu_hours: orchestrator.run.stopping)
-      gives a reason: Tune then ends the search as at the end of its time budget.
+      gives a reason: Tune then ends the search as at the end of its time budget. With
+      `budget.in_flight: finish` it says so through `ends_search_only` instead, which Tune's loop
+      asks first (orchestrator.ray_api.finish_in_flight_when_asked): no new trial, and the
+      running ones end as they would have.
 
     Tune pickles its stopper into each experiment checkpoint, so this holds only small state:
     `search_stop`, which holds the running trials' records, is left out (`hpo resume` brings its own).
@@ -60,7 +63,16 @@ class RunStopper(Stopper):
         # A signal Tune's own interrupt took ends its loop with the trials resumable (run.signals).
         if signals.requested() is not None and not signals.handed_to_tune():
             return True
-        return self.search_stop is not None and self.search_stop.reason() is not None
+        return self.search_stop is not None and self.search_stop.reason() is not None and \
+            not self.search_stop.finishing
+
+    def ends_search_only(self) -> bool:
+        """A rule ended the search and its running trials are to finish (`budget.in_flight: finish`)."""
+        return self.search_stop is not None and self.search_stop.reason() is not None and self.search_stop.finishing
+
+    def has_started(self, trial_id: str) -> bool:
+        """Whether the trial ever started: one waiting to start when the search ended never does."""
+        return self.search_stop is not None and trial_id in self.search_stop.started
 
 
 class RecorderCallback(Callback):

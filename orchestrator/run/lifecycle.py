@@ -120,6 +120,7 @@ def fit(exp: Experiment, run_dir: Path, data: Any, recorder: Recorder, make_tune
     from orchestrator.run.callbacks import RecorderCallback, RunStopper
 
     ray_api.count_callbacks_without_imports()  # ~1.4 s off every fit's start (orchestrator.ray_api)
+    ray_api.finish_in_flight_when_asked()  # budget.in_flight: finish (orchestrator.run.stopping)
     stopper = RunStopper(exp.metric, search_stop)
     if search_stop is not None:
         recorder.listeners.append(search_stop)
@@ -143,8 +144,8 @@ def fit(exp: Experiment, run_dir: Path, data: Any, recorder: Recorder, make_tune
     stop_reason, stopped_at = None, None
     if search_stop is not None:
         recorder.listeners.remove(search_stop)
-        if not (signum or failure):  # the search ended by its rule: trials in flight stopped then
-            stop_reason, stopped_at = search_stop.stop_reason, search_stop.stopped_at
+        if not (signum or failure):  # the search ended by its rule: trials in flight stopped then, or finished
+            stop_reason, stopped_at = search_stop.stop_reason, search_stop.cut_off_at
     try:
         recorder.close(cut_off="interrupted" if signum else "stopped", at=stopped_at)
     except OSError as exc:  # a full disk: what earlier flushes wrote stays, and history parts are kept

@@ -14,7 +14,8 @@ Two outputs, chosen by whether the stream is a terminal:
 The ETA is whichever budget ends first: `budget.trials` at the rate trials have finished so far
 (elapsed / finished x remaining), or what is left of `budget.time_s`. Before the first trial
 ends, only the time budget can say anything. With `budget.cpu_hours` or `gpu_hours`, the line
-also shows the hours spent and left (orchestrator.run.stopping).
+also shows the hours spent and left, and once a rule has ended the search with `budget.in_flight:
+finish`, which rule, while the running trials finish (orchestrator.run.stopping).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class Progress:
         stream: where to write (stdout by default); a terminal gets the live bar.
         tty_every_s, log_every_s: the least time between two updates on a terminal / in a log.
         time_s: the run's time budget, for the ETA.
-        search_stop: the run's rules that end it early; their cost budgets' hours are shown.
+        search_stop: the run's rules that end it early; their cost budgets' hours are shown, and
+            that the search is over while its running trials finish.
     """
 
     def __init__(self, recorder: Recorder, total: int, stream: TextIO | None = None,
@@ -111,11 +113,11 @@ class Progress:
         text = (f"[{time.monotonic() - self.started:6.1f}s] trials {finished}/{self.total} finished: "
                 f"{c['completed']} completed, {c['stopped']} stopped early, {c['errored']} errored; "
                 f"{c['running']} running")
-        return text + self._best() + self._cost()
+        return text + self._best() + self._search_stop()
 
-    def _cost(self) -> str:
-        spent = self.search_stop.progress() if self.search_stop is not None else ""
-        return f" | {spent}" if spent else ""
+    def _search_stop(self) -> str:
+        said = self.search_stop.progress() if self.search_stop is not None else ""
+        return f" | {said}" if said else ""
 
     def _best(self) -> str:
         if len(self.recorder.objectives) > 1:  # several metrics: no single best (orchestrator.results.pareto)
@@ -182,7 +184,7 @@ class _LiveBar:
             return
         c, finished = self.owner.counts()
         self.rich.status = (f"{c['completed']} completed, {c['stopped']} stopped early, {c['errored']} errored; "
-                            f"{c['running']} running{self.owner._best()}{self.owner._cost()}")
+                            f"{c['running']} running{self.owner._best()}{self.owner._search_stop()}")
         self.rich.update(self.task, completed=finished)
 
     def stop(self) -> None:

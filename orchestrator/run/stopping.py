@@ -7,8 +7,17 @@ seconds, not the resources trials hold. So each rule here is plain Python over t
 trial records, and `SearchStop` is one of the Recorder's listeners (told of each trial's start
 and end, on the driver): it owns the rules, keeps what they have counted, and says why the search
 must end. The run's stopper (orchestrator.run.callbacks.RunStopper) asks it at each step of Tune's
-loop; when it gives a reason, Tune ends the search as at the end of `budget.time_s`: no new trials,
-trials in flight stopped (recorded `stopped`), the run `finished`, its best refitted and saved.
+loop; once it gives a reason, no new trial starts, and `budget.in_flight` says what the trials
+already running do:
+
+- `stop` (the default): Tune ends the search as at the end of `budget.time_s`, stopping them at
+  once (recorded `stopped`, ended when the reason was found);
+- `finish`: they run on until they end as they would have (their scheduler may still stop them
+  early), and trials proposed but not started yet are dropped (ray_api.finish_in_flight_when_asked);
+  on a cost budget they go on spending past it, by at most what they cost to their end.
+
+Either way the run is `finished` with the reason in experiment.json's `stop_reason`, and its best
+is refitted and saved.
 
 - `Patience`: trials count in the order they finish (completed, stopped early or errored; cut off
   by a signal they did not finish). A finished trial improves when its score beats the best by
@@ -122,7 +131,7 @@ class SearchStop:
     """The spec's rules for ending a search early, fed as a listener of the run's Recorder.
 
     Args:
-        budget: the spec's `budget` section (`stop`, `cpu_hours`, `gpu_hours`).
+        budget: the spec's `budget` section (`stop`, `cpu_hours`, `gpu_hours`, `in_flight`).
         mode: the metric's mode, `cpu`/`gpu`: the spec's grant per trial.
         base, since: see `CostMeter` (`for_run` reads them from experiment.json).
     """
@@ -132,6 +141,8 @@ class SearchStop:
         self.patience = Patience(budget.stop.patience, budget.stop.min_delta, mode) if budget.stop else None
         self.limits = {k: v for k, v in (("cpu", budget.cpu_hours), ("gpu", budget.gpu_hours)) if v is not None}
         self.meter = CostMeter(cpu, gpu, base, since) if self.limits else None
+        self.in_flight: str = budget.in_flight  # stop | finish: the trials running when a reason is found
+        self.started: set[str] = set()  # trials that ever started (after a resume, before it too)
         self.stop_reason: str | None = None
         self.stopped_at: float | None = None  # when the reason was found: the cut-off trials' end
         self._looked = 0.0
@@ -150,21 +161,23 @@ class SearchStop:
         stop = cls(budget, exp.mode, exp.spec.resources.cpu, exp.spec.resources.gpu, base, since)
         for rec in sorted((r for r in trials.values() if r.status in FINISHED), key=lambda r: r.ended_at or 0.0):
             stop.trial_ended(rec)  # already counted in `base`: the meter never saw them start
+        stop.started.update(trials)  # restored trials started before the resume: in flight, not new
         return stop
 
     # -- the Recorder's listener events (cheap: on the driver, at every trial start and end) --------
     def trial_started(self, rec: TrialRecord) -> None:
-        if self.meter is not None and self.stop_reason is None:
+        self.started.add(rec.trial_id)
+        if self.meter is not None:
             self.meter.started(rec)
 
     def iteration(self, rec: TrialRecord, iteration: int, timestamp: float, metrics: Mapping[str, float]) -> None:
         pass
 
     def trial_ended(self, rec: TrialRecord) -> None:
-        if self.stop_reason is not None:  # the trials cut off at the end: the search is over
-            return
-        if self.meter is not None:
+        if self.meter is not None:  # after the reason too: trials finishing (in_flight: finish) stop costing
             self.meter.ended(rec)
+        if self.stop_reason is not None:  # the search is over: nothing more to count toward it
+            return
         if self.patience is not None and rec.status in FINISHED:
             self.patience.observe(rec.trial_id, rec.score if rec.eligible else None)  # feasible, with constraints
             if reason := self.patience.reason():
@@ -186,13 +199,29 @@ class SearchStop:
     def _stop(self, reason: str) -> None:
         self.stop_reason, self.stopped_at = reason, time.time()
 
+    @property
+    def finishing(self) -> bool:
+        """A reason was found and the trials running run on to their end (`in_flight: finish`)."""
+        return self.stop_reason is not None and self.in_flight == "finish"
+
+    @property
+    def cut_off_at(self) -> float | None:
+        """When the trials still running at the end were stopped, for their record: when the
+        reason was found (`in_flight: stop`); None when they ran on, so something else (the time
+        budget) stopped them, at the end."""
+        return self.stopped_at if self.in_flight == "stop" else None
+
     def progress(self) -> str:
-        """For the progress line: each cost budget's hours spent and left."""
-        if self.meter is None:
-            return ""
-        spent = self.meter.spent()
-        return "; ".join(f"{kind.upper()}-h {getattr(spent, kind):.4g} spent, "
-                         f"{max(0.0, limit - getattr(spent, kind)):.4g} left" for kind, limit in self.limits.items())
+        """For the progress line: each cost budget's hours spent and left; once the search is over
+        and its running trials finish, which rule ended it."""
+        parts = []
+        if self.finishing:
+            parts.append(f"search stopped by {self.stop_reason.partition(':')[0]}, running trials finish")
+        if self.meter is not None:
+            spent = self.meter.spent()
+            parts += [f"{kind.upper()}-h {getattr(spent, kind):.4g} spent, "
+                      f"{max(0.0, limit - getattr(spent, kind)):.4g} left" for kind, limit in self.limits.items()]
+        return "; ".join(parts)
 
 
 def hours_recorded(meta: Mapping[str, Any], trials: pd.DataFrame, history: pd.DataFrame, cpu: float,

@@ -79,6 +79,9 @@ class BudgetSpec(StrictModel):
     gpu_hours: float | None = Field(None, gt=0, description="GPUs granted to trials x their wall time, "
                                     "summed over trials (those running included)")
     stop: StopSpec | None = Field(None, description="ends the search early when it stops improving")
+    in_flight: Literal["stop", "finish"] = Field("stop", description="when budget.stop, cpu_hours or gpu_hours "
+                                                 "ends the search, the trials already running: `stop` at once, "
+                                                 "or `finish` as their scheduler ends them; no new trial starts")
 
 
 class ResourcesSpec(StrictModel):
@@ -179,6 +182,8 @@ class Experiment:
         out["evaluation"] = self.spec.evaluation.resolved()
         if not out["constraints"]:  # left out when none, so an unconstrained spec keeps its spec_hash
             del out["constraints"]
+        if out["budget"]["in_flight"] == "stop":  # the default, left out as constraints are: the same spec_hash
+            del out["budget"]["in_flight"]
         return out
 
 

@@ -237,6 +237,10 @@ def _check_budget(spec: ExperimentSpec, params: Mapping[str, Param]) -> list[Pro
     if budget.stop is not None and isinstance(spec.metric, list):
         problems.append(Problem("budget.stop", "patience follows one best score, and several metrics have none "
                                                "(a Pareto front); use one metric, or budget.trials/time_s/cpu_hours"))
+    if budget.in_flight == "finish" and budget.stop is None and budget.cpu_hours is None and budget.gpu_hours is None:
+        problems.append(Problem("budget.in_flight", "finish applies when budget.stop, cpu_hours or gpu_hours ends the "
+                                                    "search, and none is set (budget.time_s always stops the trials "
+                                                    "running); set one of them, or remove in_flight"))
     return problems
 
 
