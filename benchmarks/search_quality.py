@@ -297,7 +297,8 @@ def scheduler_table(seeds: int, trials: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="3 seeds, half the trials, no optuna-gp or ax, 1 scheduler seed")
+    p.add_argument("--quick", action="store_true",
+                   help="3 seeds, half the trials, no optuna-gp or ax, 1 scheduler seed")
     p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--scheduler-seeds", type=int, default=8)
     p.add_argument("--scheduler-trials", type=int, default=30)

@@ -39,9 +39,9 @@ LAYERS = (
 # Optuna's distributions), never the run side or a family's code.
 ANALYSIS_MAY_IMPORT = {"errors", "base", "results", "search.space", "analysis"}
 # Modules that may import ray.tune: the Tuner and the Tune objects it is built from, and the one
-# place a trial's Ray calls go through (smac: SMAC behind Ray's Searcher base class).
+# place a trial's Ray calls go through (smac, ax: SMAC and Ax behind Ray's Searcher base class).
 RAY_TUNE_MODULES = {"run.tuner", "run.callbacks", "search.searchers", "search.schedulers", "search.ray_schedulers",
-                    "search.ray_searchers", "search.resumable", "search.space", "search.smac", "ray_api"}
+                    "search.ray_searchers", "search.resumable", "search.space", "search.smac", "search.ax", "ray_api"}
 
 
 def module_name(path: Path) -> str:
