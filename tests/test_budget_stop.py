@@ -264,7 +264,9 @@ def test_a_run_a_rule_ended_is_not_extended(tmp_path):
     ({"stop": {"patience": 0}}, "budget.stop.patience"),
     ({"stop": {"patience": -3}}, "budget.stop.patience"),
     ({"stop": {"patience": 5, "min_delta": -0.1}}, "budget.stop.min_delta"),
-    ({"stop": {}}, "budget.stop.patience"),
+    ({"stop": {}}, "budget.stop"),
+    ({"stop": {"regret_bound": {"seed": "x"}}}, "budget.stop.regret_bound.seed"),
+    ({"stop": {"regret_bound": {}}, "trials": 30}, "budget.stop.regret_bound"),
     ({"stop": {"patience": 5, "delta": 1}}, "budget.stop.delta"),
     ({"cpu_hours": 0}, "budget.cpu_hours"),
     ({"cpu_hours": -1.5}, "budget.cpu_hours"),
@@ -294,7 +296,7 @@ def test_in_flight_finish_without_a_rule_to_follow_is_refused():
 def test_patience_with_several_metrics_is_refused():
     raw = {**synthetic(stop={"patience": 3}), "metric": [{"name": "loss"}, {"name": "regret"}]}
     (msg,) = problems(raw)
-    assert msg.startswith("budget.stop: patience follows one best score")
+    assert msg.startswith("budget.stop: its rules follow one best score")
 
 
 def test_the_cli_refuses_bad_stop_input_with_exit_2(write_spec, capsys):

@@ -1,4 +1,4 @@
-"""Ending a whole search before `budget.trials`: `budget.stop` (patience) and the cost budgets
+"""Ending a whole search before `budget.trials`: `budget.stop` (patience, the regret bound) and the cost budgets
 (`budget.cpu_hours`, `budget.gpu_hours`).
 
 Ray Tune has no rule of either kind that fits: `ExperimentPlateauStopper` judges the top trials'
@@ -24,6 +24,9 @@ is refitted and saved.
   more than `min_delta`; the first finite score is the first best. The search ends once
   `patience` trials have finished since the last improvement. Before any finite score there is
   nothing to improve on, so nothing is counted (the run's end then says why there is no best).
+- `RegretBound` (orchestrator.run.regret_bound): told the same finished trials with their configs,
+  a Gaussian process bounds what the search can still find; the search ends once that bound falls
+  below the noise of its early trials. It evaluates on its own thread and answers when asked.
 - `CostMeter`: resource-hours = sum over trials of (CPUs or GPUs Ray granted the trial) x its wall
   time, trials still running counted to now. The grant is the worker's record
   (orchestrator.trial.placement) where it was read, else the spec's `resources`, which is what
@@ -48,6 +51,7 @@ from typing import Any
 import pandas as pd
 
 from orchestrator.results.writer import TrialRecord
+from orchestrator.run.regret_bound import RegretBound
 
 FINISHED = ("completed", "stopped", "errored")  # a trial that counts toward patience
 COST_CHECK_EVERY_S = 0.2  # the least time between two sums of the hours running trials hold
@@ -137,8 +141,10 @@ class SearchStop:
     """
 
     def __init__(self, budget: Any, mode: str, cpu: float, gpu: float, base: Hours = Hours(),
-                 since: float | None = None):
-        self.patience = Patience(budget.stop.patience, budget.stop.min_delta, mode) if budget.stop else None
+                 since: float | None = None, regret_bound: RegretBound | None = None):
+        stop = budget.stop
+        self.patience = Patience(stop.patience, stop.min_delta, mode) if stop and stop.patience else None
+        self.regret_bound = regret_bound
         self.limits = {k: v for k, v in (("cpu", budget.cpu_hours), ("gpu", budget.gpu_hours)) if v is not None}
         self.meter = CostMeter(cpu, gpu, base, since) if self.limits else None
         self.in_flight: str = budget.in_flight  # stop | finish: the trials running when a reason is found
@@ -158,7 +164,11 @@ class SearchStop:
         resumes = (meta or {}).get("resumes") or []
         base = Hours(resumes[-1].get("spent_cpu_h", 0.0), resumes[-1].get("spent_gpu_h", 0.0)) if resumes else Hours()
         since = dt.datetime.fromisoformat(resumes[-1]["at"]).timestamp() if resumes else None
-        stop = cls(budget, exp.mode, exp.spec.resources.cpu, exp.spec.resources.gpu, base, since)
+        bound = None
+        if budget.stop is not None and budget.stop.regret_bound is not None:
+            seed = budget.stop.regret_bound.seed
+            bound = RegretBound(exp.params, exp.mode, exp.spec.seed if seed is None else seed)
+        stop = cls(budget, exp.mode, exp.spec.resources.cpu, exp.spec.resources.gpu, base, since, bound)
         for rec in sorted((r for r in trials.values() if r.status in FINISHED), key=lambda r: r.ended_at or 0.0):
             stop.trial_ended(rec)  # already counted in `base`: the meter never saw them start
         stop.started.update(trials)  # restored trials started before the resume: in flight, not new
@@ -178,14 +188,22 @@ class SearchStop:
             self.meter.ended(rec)
         if self.stop_reason is not None:  # the search is over: nothing more to count toward it
             return
-        if self.patience is not None and rec.status in FINISHED:
-            self.patience.observe(rec.trial_id, rec.score if rec.eligible else None)  # feasible, with constraints
+        if rec.status not in FINISHED:
+            return
+        score = rec.score if rec.eligible else None  # feasible, with constraints
+        if self.patience is not None:
+            self.patience.observe(rec.trial_id, score)
             if reason := self.patience.reason():
                 self._stop(reason)
+        if self.regret_bound is not None:
+            self.regret_bound.observe(rec.trial_id, rec.config, score)
 
     # -- asked by the run's stopper ---------------------------------------------------------------
     def reason(self) -> str | None:
-        """Why the search must end now, or None; the cost is summed at most every COST_CHECK_EVERY_S."""
+        """Why the search must end now, or None; the cost is summed at most every COST_CHECK_EVERY_S,
+        and the regret bound answers with its latest evaluation (it runs on its own thread)."""
+        if self.stop_reason is None and self.regret_bound is not None and (reason := self.regret_bound.reason()):
+            self._stop(reason)
         if self.stop_reason is None and self.meter is not None and \
                 time.monotonic() - self._looked >= COST_CHECK_EVERY_S:
             self._looked = time.monotonic()
@@ -195,6 +213,10 @@ class SearchStop:
                     self._stop(f"{kind}_hours: {getattr(spent, kind):.4f} spent of {limit:.4f}")
                     break
         return self.stop_reason
+
+    def close(self) -> None:
+        if self.regret_bound is not None:
+            self.regret_bound.close()
 
     def _stop(self, reason: str) -> None:
         self.stop_reason, self.stopped_at = reason, time.time()

@@ -59,13 +59,33 @@ class ConstraintSpec(StrictModel):
         return self
 
 
-class StopSpec(StrictModel):
-    """`budget.stop:` ends the whole search once it stops paying (orchestrator.run.stopping)."""
+REGRET_BOUND_MIN_TRIALS = 30  # finished trials with a score before the regret bound can end a search
 
-    patience: int = Field(ge=1, description="finished trials in a row, in the order they finish, that do not "
-                          "improve the best score by more than min_delta")
+
+class RegretBoundSpec(StrictModel):
+    """`budget.stop.regret_bound: {}`: Optuna's Terminator rule (orchestrator.run.regret_bound)."""
+
+    seed: int | None = Field(None, description="seeds the rule's Gaussian process (default: the spec's seed)")
+
+
+class StopSpec(StrictModel):
+    """`budget.stop:` ends the whole search once it stops paying (orchestrator.run.stopping): after
+    `patience` trials without improvement, once `regret_bound`'s model says the best can hardly be
+    beaten, or at the first of the two."""
+
+    patience: int | None = Field(None, ge=1, description="finished trials in a row, in the order they finish, that "
+                                                          "do not improve the best score by more than min_delta")
     min_delta: float = Field(0, ge=0, description="how much better than the best a score must be to count "
                              "as an improvement, in the metric's units")
+    regret_bound: RegretBoundSpec | None = Field(None, description="ends the search once a model of the objective "
+                                                 "bounds what is left to find below the noise of its early trials "
+                                                 f"(needs {REGRET_BOUND_MIN_TRIALS} trials with a score)")
+
+    @model_validator(mode="after")
+    def _a_rule(self):
+        if self.patience is None and self.regret_bound is None:
+            raise ValueError("set patience (trials without improvement), regret_bound: {}, or both")
+        return self
 
 
 class BudgetSpec(StrictModel):
@@ -184,6 +204,8 @@ class Experiment:
             del out["constraints"]
         if out["budget"]["in_flight"] == "stop":  # the default, left out as constraints are: the same spec_hash
             del out["budget"]["in_flight"]
+        if out["budget"]["stop"] and out["budget"]["stop"]["regret_bound"] is None:  # the same spec_hash as before it
+            del out["budget"]["stop"]["regret_bound"]
         return out
 
 

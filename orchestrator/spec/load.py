@@ -33,7 +33,7 @@ from orchestrator.search.searchers import SEARCHERS
 from orchestrator.search.space import Param, merge_space, parse_space
 from orchestrator.spec.data import DataError, find_file
 from orchestrator.spec.evaluation import check as check_evaluation
-from orchestrator.spec.experiment import Experiment, ExperimentSpec, MetricSpec
+from orchestrator.spec.experiment import REGRET_BOUND_MIN_TRIALS, Experiment, ExperimentSpec, MetricSpec
 from orchestrator.tracking.spec import check as check_trackers
 
 
@@ -235,8 +235,12 @@ def _check_budget(spec: ExperimentSpec, params: Mapping[str, Param]) -> list[Pro
                                                     f"so {budget.gpu_hours:g} GPU-hours are never spent; set "
                                                     f"resources.gpu, or use budget.cpu_hours"))
     if budget.stop is not None and isinstance(spec.metric, list):
-        problems.append(Problem("budget.stop", "patience follows one best score, and several metrics have none "
+        problems.append(Problem("budget.stop", "its rules follow one best score, and several metrics have none "
                                                "(a Pareto front); use one metric, or budget.trials/time_s/cpu_hours"))
+    if budget.stop is not None and budget.stop.regret_bound is not None and total <= REGRET_BOUND_MIN_TRIALS:
+        problems.append(Problem("budget.stop.regret_bound", f"needs more than {REGRET_BOUND_MIN_TRIALS} trials with a "
+                                                            f"score to end a search, and this one runs {total}; raise "
+                                                            f"budget.trials, or use patience"))
     if budget.in_flight == "finish" and budget.stop is None and budget.cpu_hours is None and budget.gpu_hours is None:
         problems.append(Problem("budget.in_flight", "finish applies when budget.stop, cpu_hours or gpu_hours ends the "
                                                     "search, and none is set (budget.time_s always stops the trials "
