@@ -228,6 +228,14 @@ def test_a_constrained_xgboost_search_returns_a_feasible_best_where_the_unconstr
     ok = trials[trials["feasible"].eq(True) & trials["status"].isin(["completed", "stopped"])]
     assert meta["best"]["score"] == ok["score"].min() and meta["best"]["trial_id"] in set(ok["trial_id"])
     assert meta["model"].get("path")  # refitted and saved as usual
+    from orchestrator.analysis.runs import describe, load_runs
+    from orchestrator.run.summary import lines
+
+    yes, no = int(trials["feasible"].eq(True).sum()), int(trials["feasible"].eq(False).sum())
+    counted = f"constraints model_size <= {bound['max']:g}: {yes} feasible, {no} infeasible, " \
+              f"{len(trials) - yes - no} unknown"
+    assert yes and no and counted in lines(second)  # the end of `hpo run`
+    assert f"  {counted}" in describe(load_runs(second.run_dir))  # `hpo results`
 
 
 def test_a_run_with_no_feasible_trial_fails_saying_so(ray_local, tmp_path):

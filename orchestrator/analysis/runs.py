@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.errors import ResultsError
+from orchestrator.results.constraints import FEASIBLE, Constraint, feasibility_line
 from orchestrator.results.contract import EXPERIMENT, HISTORY, SCHEMA_KEY, SCHEMA_VERSION, TRIALS
 from orchestrator.results.reader import load
 
@@ -366,6 +367,18 @@ def final_lineage(history: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(curves, ignore_index=True)
 
 
+def feasibility_lines(runs: Runs, run: str) -> list[str]:
+    """With `constraints:`, how many of the run's trials met them (results.constraints.feasibility_line)."""
+    bounds = (runs.meta.get(run, {}).get("spec") or {}).get("constraints") or []
+    if not bounds:
+        return []
+    trials = runs.trials[runs.trials["run"] == run]
+    column = trials[FEASIBLE] if FEASIBLE in trials else [None] * len(trials)
+    verdicts = [None if pd.isna(v) else bool(v) for v in column]
+    constraints = [Constraint(c["metric"], c.get("max"), c.get("min")) for c in bounds]
+    return [f"  {feasibility_line(constraints, verdicts)}"]
+
+
 def describe(runs: Runs) -> list[str]:
     """Summary lines for `hpo results`: what ran, how trials ended, the best and the test gap."""
     lines = []
@@ -377,6 +390,7 @@ def describe(runs: Runs) -> list[str]:
                      + (f", {r.running + r.pending} unfinished" if r.running + r.pending else ""))
         if stop_reason := runs.meta.get(r.run, {}).get("stop_reason"):  # budget.stop, cpu_hours, gpu_hours
             lines.append(f"  search ended early, {stop_reason}")
+        lines += feasibility_lines(runs, r.run)
         if r.best_trial is not None:
             lines.append(f"  best {r.metric}={r.best_score:.6g} (trial {r.best_trial}, mode {r.mode})")
         if r.objectives:

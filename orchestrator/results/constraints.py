@@ -20,7 +20,7 @@ the same rule from here.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 PREFIX = "constraint."  # trials.parquet: `constraint.<metric>`, the constraint's value (<= 0 holds)
@@ -56,3 +56,13 @@ def judge(constraints: Sequence[Constraint],
     if any(v is None for v in values.values()):
         return values, None
     return values, True
+
+
+def feasibility_line(constraints: Sequence[Constraint], verdicts: Iterable[bool | None]) -> str:
+    """How many trials met the constraints, for the end of `hpo run` and for `hpo results`:
+    feasible, infeasible, and unknown (a constrained metric never reported, as by a trial the
+    scheduler stopped before its last report)."""
+    verdicts = list(verdicts)
+    yes, no = sum(v is True for v in verdicts), sum(v is False for v in verdicts)
+    return (f"constraints {'; '.join(map(str, constraints))}: {yes} feasible, {no} infeasible, "
+            f"{len(verdicts) - yes - no} unknown")

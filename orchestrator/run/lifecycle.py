@@ -27,6 +27,7 @@ from orchestrator import ray_api
 from orchestrator.cluster.nodes import PendingWatch
 from orchestrator.errors import RunError, RunInterrupted, SpecError
 from orchestrator.results import rundir
+from orchestrator.results.constraints import feasibility_line
 from orchestrator.results.contract import EXPERIMENT, OWNER
 from orchestrator.results.writer import Recorder
 from orchestrator.run import ray_local, refit, signals, take_home
@@ -144,6 +145,7 @@ def fit(exp: Experiment, run_dir: Path, data: Any, recorder: Recorder, make_tune
     stop_reason, stopped_at = None, None
     if search_stop is not None:
         recorder.listeners.remove(search_stop)
+        search_stop.close()  # the regret bound's worker: an evaluation in flight is dropped
         if not (signum or failure):  # the search ended by its rule: trials in flight stopped then, or finished
             stop_reason, stopped_at = search_stop.stop_reason, search_stop.cut_off_at
     try:
@@ -185,7 +187,9 @@ def conclude(exp: Experiment, run_dir: Path, meta: dict[str, Any], recorder: Rec
         write_meta(run_dir, meta)
     summary = RunSummary(run_dir, meta["run_id"], exp.metric, out.counts, out.best_row, evaluated, out.status,
                          out.failure, top=() if exp.multi_objective else top_trials(recorder.trials.values(), exp.mode),
-                         pareto=out.pareto, model=model, stop_reason=ended.stop_reason)
+                         pareto=out.pareto, model=model, stop_reason=ended.stop_reason,
+                         feasibility=feasibility_line(exp.constraints, [r.feasible for r in recorder.trials.values()])
+                         if exp.constraints else None)
     if out.signum:
         raise RunInterrupted(out.failure, out.signum, summary)
     if out.failure:

@@ -34,6 +34,7 @@ class RunSummary:
     pareto: list[dict[str, Any]] | None = None  # several metrics: the front, best first on the first metric
     model: dict[str, Any] | None = None  # experiment.json's `model`: the saved model, or why there is none
     stop_reason: str | None = None  # why the search ended before its budget (budget.stop, cpu_hours, gpu_hours)
+    feasibility: str | None = None  # with constraints: how many trials met them (results.constraints.feasibility_line)
 
 
 def lines(summary: RunSummary) -> list[str]:
@@ -55,6 +56,8 @@ def _parts(summary: RunSummary) -> list:
            f"{c['errored']} errored{extra}"]
     if summary.stop_reason:
         out.append(f"search ended early, {summary.stop_reason}")
+    if summary.feasibility:
+        out.append(summary.feasibility)
     best = summary.best
     if best:
         cfg = {k.removeprefix("config."): v for k, v in best.items() if k.startswith("config.")}
