@@ -496,6 +496,20 @@ def test_a_killed_worker_node_is_retried_named_refused_and_restarted(local_clust
         rows = requests.get(f"{c.hpo.jobs_address}/api/v0/nodes", headers=c.headers(), timeout=10).json()
         return {r["node_id"]: r for r in rows["data"]["result"]["result"] if r["state"] == "ALIVE"}
 
+    def holding():
+        """What still holds a node's resources: live actors and placement groups (an earlier test's)."""
+        held = []
+        for kind, live in (("actors", "ALIVE"), ("placement_groups", "CREATED")):
+            rows = requests.get(f"{c.hpo.jobs_address}/api/v0/{kind}", params={"limit": 1000},
+                                headers=c.headers(), timeout=10).json()["data"]["result"]["result"]
+            held += [f"{kind[:-1]} {r.get('class_name') or r.get('placement_group_id')} ({r.get('job_id')})"
+                     for r in rows if r["state"] == live]
+        return held
+
+    deadline = time.monotonic() + 60
+    while holding() and time.monotonic() < deadline:
+        time.sleep(0.5)  # the earlier tests' jobs are over; Ray frees their actors' CPUs in a moment
+    assert not holding(), holding()  # the head's one CPU must be free for the trial the test puts there
     head_id = next(i for i, r in alive_nodes().items() if r["is_head_node"])
     sub = jobs.submit(c, spec, [], tmp_path)
     try:
@@ -503,7 +517,7 @@ def test_a_killed_worker_node_is_retried_named_refused_and_restarted(local_clust
         while len(list(marks.iterdir())) < 3 and time.monotonic() < deadline:
             time.sleep(0.2)  # all three trials run: 1 on the head's CPU, 2 on the worker's
         started = {p.name.split("-")[0] for p in marks.iterdir()}
-        assert len(started) == 2 and head_id in started, jobs.logs(c, sub.job_id)
+        assert len(started) == 2 and head_id in started, (jobs.logs(c, sub.job_id), holding())
         worker_id = (started - {head_id}).pop()
         _worker_raylet(state).kill()
         while jobs.logs(c, sub.job_id).count("retrying, ") < 2 and time.monotonic() < deadline:
