@@ -492,24 +492,23 @@ def test_a_killed_worker_node_is_retried_named_refused_and_restarted(local_clust
         "space": {"marks": str(marks), "release": str(release), "x": {"uniform": [0, 1]}},
         "budget": {"trials": 3, "concurrent": 3}, "resources": {"cpu": 1, "gpu": 0}}))
 
+    def state_rows(kind):  # Ray's state API: nodes, actors, placement_groups
+        return requests.get(f"{c.hpo.jobs_address}/api/v0/{kind}", params={"limit": 1000}, headers=c.headers(),
+                            timeout=10).json()["data"]["result"]["result"]
+
     def alive_nodes():
-        rows = requests.get(f"{c.hpo.jobs_address}/api/v0/nodes", headers=c.headers(), timeout=10).json()
-        return {r["node_id"]: r for r in rows["data"]["result"]["result"] if r["state"] == "ALIVE"}
+        return {r["node_id"]: r for r in state_rows("nodes") if r["state"] == "ALIVE"}
 
     def holding():
         """What still holds a node's resources: live actors and placement groups (an earlier test's)."""
-        held = []
-        for kind, live in (("actors", "ALIVE"), ("placement_groups", "CREATED")):
-            rows = requests.get(f"{c.hpo.jobs_address}/api/v0/{kind}", params={"limit": 1000},
-                                headers=c.headers(), timeout=10).json()["data"]["result"]["result"]
-            held += [f"{kind[:-1]} {r.get('class_name') or r.get('placement_group_id')} ({r.get('job_id')})"
-                     for r in rows if r["state"] == live]
-        return held
+        return [f"{kind[:-1]} {r.get('class_name') or r.get('placement_group_id')} ({r.get('job_id')})"
+                for kind, live in (("actors", "ALIVE"), ("placement_groups", "CREATED"))
+                for r in state_rows(kind) if r["state"] == live]
 
     deadline = time.monotonic() + 60
-    while holding() and time.monotonic() < deadline:
+    while (held := holding()) and time.monotonic() < deadline:
         time.sleep(0.5)  # the earlier tests' jobs are over; Ray frees their actors' CPUs in a moment
-    assert not holding(), holding()  # the head's one CPU must be free for the trial the test puts there
+    assert not held, held  # the head's one CPU must be free for the trial the test puts there
     head_id = next(i for i, r in alive_nodes().items() if r["is_head_node"])
     sub = jobs.submit(c, spec, [], tmp_path)
     try:
