@@ -141,12 +141,8 @@ def test_spec_outside_the_working_dir_is_refused(tmp_path):
 
 # --- a real 2-node cluster on loopback ---------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def local_cluster(tmp_path_factory):
-    """cluster/local.yaml on free ports; started with real `ray start`, always stopped by pid
-    (and, should this test process be killed outright, by the kernel's parent-death signal)."""
-    tmp = tmp_path_factory.mktemp("cluster")
-
+def _loopback_cluster(tmp: Path) -> cl.Cluster:
+    """cluster/local.yaml with its own free ports, token file, state, storage and temp dir in `tmp`."""
     def edit(raw):
         hpo = _hpo(raw)
         hpo["jobs_address"] = f"http://127.0.0.1:{cl.free_port()}"
@@ -155,7 +151,15 @@ def local_cluster(tmp_path_factory):
         hpo["local"].update(gcs_port=cl.free_port(), state_dir=str(tmp / "state"),
                             temp_dir=f"/tmp/hpo-test-{secrets.token_hex(3)}")  # short: socket paths
 
-    c = cl.load(_cluster_file(tmp, edit))
+    return cl.load(_cluster_file(tmp, edit))
+
+
+@pytest.fixture(scope="module")
+def local_cluster(tmp_path_factory):
+    """cluster/local.yaml on free ports; started with real `ray start`, always stopped by pid
+    (and, should this test process be killed outright, by the kernel's parent-death signal)."""
+    tmp = tmp_path_factory.mktemp("cluster")
+    c = _loopback_cluster(tmp)
     old = os.environ.get("HPO_TEST_SECRET")
     os.environ["HPO_TEST_SECRET"] = CANARY  # the nodes, hence every job, inherit it
     try:
@@ -546,3 +550,44 @@ def test_a_killed_worker_node_is_retried_named_refused_and_restarted(local_clust
         restarted = localcluster.up(c, log=lambda m: None, die_with_parent=True)
     assert len(alive_nodes()) == 2 and restarted.nodes[1].pid != state.nodes[1].pid
     assert localcluster.running(c) == restarted and localcluster.dead_nodes(restarted) == []
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_a_worker_whose_ray_start_exits_before_it_registers_is_started_again(tmp_path, monkeypatch):
+    """Ray gives a joining raylet a fixed 30 s to register and then exits `ray start` (CI saw it
+    once on a loaded machine, failing every cluster test). Here the worker's first `ray start` is
+    killed outright once it has spawned its raylet; `up` kills what it left and starts it again."""
+    psutil = localcluster._psutil()
+    c = _loopback_cluster(tmp_path)
+    real_start, first = localcluster._start, {}
+
+    def start_then_kill_the_first_worker(cluster, t, *args, **kw):
+        n = real_start(cluster, t, *args, **kw)
+        if not n.head and not first:
+            root = psutil.Process(n.pid)
+            deadline = time.monotonic() + 60
+            while not [p for p in root.children(recursive=True) if p.name() == "raylet"]:
+                assert time.monotonic() < deadline, "the worker's raylet never started"
+                time.sleep(0.2)
+            first.update(node=n, left=root.children(recursive=True))
+            root.kill()
+        return n
+
+    monkeypatch.setattr(localcluster, "_start", start_then_kill_the_first_worker)
+    lines = []
+    try:
+        state = localcluster.up(c, log=lines.append, die_with_parent=True)
+        worker = next(n for n in state.nodes if not n.head)
+        assert worker.pid != first["node"].pid and localcluster.healthy(worker)
+        assert [n for n in localcluster.LocalState.read(localcluster.state_path(c)).nodes if not n.head] == [worker]
+        assert lines == ["node gpu_worker-0 (gpu_worker): `ray start` exited before the node registered; "
+                         "starting it again"]
+        assert not [p for p in first["left"] if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        import requests
+        rows = requests.get(f"{c.hpo.jobs_address}/api/v0/nodes", headers=c.headers(),
+                            timeout=10).json()["data"]["result"]["result"]
+        assert sum(r["state"] == "ALIVE" for r in rows) == 2
+    finally:
+        localcluster.down(c, grace_s=20)
+        localcluster.remove_temp_dir(c)

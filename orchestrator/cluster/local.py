@@ -35,6 +35,7 @@ from orchestrator.cluster.spec import Cluster, ClusterError, NodeType, free_port
 from orchestrator.results import rundir
 
 STATE_FILE = "nodes.json"
+JOIN_ATTEMPTS = 3  # `ray start` per worker before `up` gives up (see _rejoin)
 # Variables a node must not inherit: they would point it at another cluster or another token.
 _DROP_ENV = ("RAY_ADDRESS", auth.TOKEN_VAR)
 
@@ -141,7 +142,8 @@ def up(cluster: Cluster, *, timeout_s: float = 120.0, log=print, die_with_parent
         workers = [t for t in cluster.node_types.values() if not t.head for _ in range(t.min_workers)]
         for i, t in enumerate(workers):
             nodes.append(_start(cluster, t, [f"--address={gcs}"], env, f"{t.name}-{i}", die_with_parent))
-        _wait_nodes(cluster, nodes, 1 + len(workers), started + timeout_s)
+        _wait_nodes(cluster, nodes, 1 + len(workers), started + timeout_s,
+                    rejoin=lambda n: _rejoin(cluster, n, gcs, env, die_with_parent, log))
     except BaseException:
         _stop(nodes, grace_s=10)
         raise
@@ -165,16 +167,57 @@ def _restart(cluster: Cluster, state: LocalState, dead: list[NodeProcess], timeo
     started = time.monotonic()
     nodes, old = list(state.nodes), list(state.nodes)
     for n in dead:
-        label = Path(n.log).stem
-        log(f"node {label} ({n.node_type}, pid {n.pid}) is dead; starting it again")
-        new = _start(cluster, cluster.node_types[n.node_type], [f"--address={state.gcs_address}"], env, label,
-                     die_with_parent)
-        nodes[nodes.index(n)] = new
+        log(f"node {_label(n)} ({n.node_type}, pid {n.pid}) is dead; starting it again")
+        nodes[nodes.index(n)] = _start(cluster, cluster.node_types[n.node_type], [f"--address={state.gcs_address}"],
+                                       env, _label(n), die_with_parent)
     state = LocalState(state.cluster_name, state.jobs_address, state.gcs_address, state.temp_dir, nodes,
                        round(time.monotonic() - started, 2))
     _save(cluster, state)  # before waiting: `down` must find the new processes whatever happens next
-    _wait_nodes(cluster, nodes, len(nodes), started + timeout_s, fresh=[n for n in nodes if n not in old])
+
+    def rejoin(n: NodeProcess) -> NodeProcess:
+        new = _rejoin(cluster, n, state.gcs_address, env, die_with_parent, log)
+        _save(cluster, state)  # `nodes` now holds `new`
+        return new
+
+    _wait_nodes(cluster, nodes, len(nodes), started + timeout_s, fresh=[n for n in nodes if n not in old],
+                rejoin=rejoin)
     return state
+
+
+def _label(n: NodeProcess) -> str:
+    """The node's name in this cluster (`head`, `gpu_worker-0`): its log's and its temp dir's name."""
+    return Path(n.log).stem
+
+
+def _rejoin(cluster: Cluster, n: NodeProcess, gcs: str, env: dict[str, str], die_with_parent: bool,
+            log) -> NodeProcess:
+    """A worker whose `ray start` exited before its node registered, started again on fresh ports.
+
+    Ray gives a joining raylet a fixed 30 s to register with the GCS and then exits `ray start`
+    ("The current node timed out during startup", ray#47087); on a loaded 2-core machine that
+    happens now and then while the head is still busy starting. What the failed start left
+    behind (a raylet or agent that may still register late) is killed first.
+    """
+    log(f"node {_label(n)} ({n.node_type}): `ray start` exited before the node registered; starting it again")
+    _kill_leftovers(cluster.temp_dir / _label(n))
+    return _start(cluster, cluster.node_types[n.node_type], [f"--address={gcs}"], env, _label(n), die_with_parent,
+                  append_log=True)
+
+
+def _kill_leftovers(temp_dir: Path) -> None:
+    """Every process of a node whose `ray start` is gone, found by the node's own temp dir in its
+    command line (its raylet, agents and workers all name their session folder there)."""
+    psutil = _psutil()
+    mark = f"{temp_dir}/"
+    left = []
+    for p in psutil.process_iter(["cmdline"]):
+        if any(mark in arg for arg in p.info["cmdline"] or ()):
+            left.append(p)
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+    psutil.wait_procs(left, timeout=5)
 
 
 def down(cluster: Cluster, *, grace_s: float = 30.0) -> LocalState | None:
@@ -225,7 +268,7 @@ def _psutil():
 
 
 def _start(cluster: Cluster, t: NodeType, args: list[str], env: dict[str, str], label: str,
-           die_with_parent: bool = False) -> NodeProcess:
+           die_with_parent: bool = False, append_log: bool = False) -> NodeProcess:
     psutil = _psutil()
 
     ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
@@ -236,7 +279,7 @@ def _start(cluster: Cluster, t: NodeType, args: list[str], env: dict[str, str], 
     cmd = [*_ray_command(), "start", "--block", *args, *_resource_args(t), *ports, f"--temp-dir={temp_dir}",
            "--disable-usage-stats"]
     log_path = cluster.state_dir / f"{label}.log"
-    with open(log_path, "w") as log:
+    with open(log_path, "a" if append_log else "w") as log:
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True,  # a Ctrl-C in this terminal must not reach the nodes
                                 preexec_fn=_sigterm_on_parent_death if die_with_parent else None)
@@ -271,18 +314,30 @@ def _wait_head(cluster: Cluster, head: NodeProcess, deadline: float) -> None:
 
 
 def _wait_nodes(cluster: Cluster, nodes: list[NodeProcess], expected: int, deadline: float,
-                fresh: list[NodeProcess] = ()) -> None:
+                fresh: list[NodeProcess] = (), rejoin=None) -> None:
     """Until `expected` nodes are ALIVE, each of `fresh` among them (restarted nodes: counting
-    alone could be fooled by a killed node Ray has not marked DEAD yet)."""
+    alone could be fooled by a killed node Ray has not marked DEAD yet).
+
+    A worker whose `ray start` exits meanwhile is started again by `rejoin` (it replaces the
+    node in `nodes`), at most JOIN_ATTEMPTS times in all; the head, or a worker out of
+    attempts, ends the wait with its log's last lines.
+    """
     import requests
 
+    fresh = list(fresh)
     since_ms = min((n.create_time for n in fresh), default=0) * 1000 - 1000
+    attempts = dict.fromkeys(map(_label, nodes), 1)
 
     headers = cluster.headers()
     alive = 0
     while True:
-        for n in nodes:
-            _check_alive(n)
+        for i, n in enumerate(nodes):
+            if n.head or rejoin is None or attempts[_label(n)] >= JOIN_ATTEMPTS or _alive(n):
+                _check_alive(n)
+                continue
+            attempts[_label(n)] += 1
+            nodes[i] = rejoin(n)
+            fresh = [nodes[i] if f is n else f for f in fresh]
         try:
             r = requests.get(f"{cluster.hpo.jobs_address}/api/v0/nodes",  # detail: start_time_ms
                              params={"limit": 1000, **({"detail": "true"} if fresh else {})},
