@@ -17,7 +17,8 @@ Some things only Ray's private modules do. Each is imported here and nowhere els
   reuses actors (`quiet_worker_exits`);
 - Tune's usage tag of a run's callbacks, counted without importing every integration
   (`count_callbacks_without_imports`);
-- a search ended with its running trials left to finish (`finish_in_flight_when_asked`).
+- a search ended with its running trials left to finish (`finish_in_flight_when_asked`);
+- the local head's autoscaler monitor, ended before Ray's shutdown stops the GCS (`stop_autoscaler_monitor`).
 
 Driver-side Ray Tune (the Tuner, searchers, schedulers, callbacks) is public API and stays with
 the modules that build it: runner.py, searchers.py, schedulers.py, ray_schedulers.py, space.py,
@@ -83,6 +84,8 @@ PRIVATE_APIS: tuple[tuple[str, str, str], ...] = (
     ("ray.tune.execution.tune_controller", "TuneController._schedule_trial_stop",
      "stopping: a trial waiting to start dropped when the search ends with in_flight finish"),
     ("ray.tune.stopper", "CombinedStopper._stoppers", "stopping: the run's stopper beside the time budget's"),
+    ("ray._private.worker", "_global_node", "ray_local: the local head whose autoscaler monitor is ended first"),
+    ("ray._private.node", "Node._kill_process_type", "ray_local: end the autoscaler monitor before the GCS"),
 )
 
 
@@ -333,6 +336,22 @@ def finish_in_flight_when_asked() -> None:
 
     stop_experiment_if_needed._hpo_finishing = True
     TuneController._stop_experiment_if_needed = stop_experiment_if_needed
+
+
+def stop_autoscaler_monitor() -> None:
+    """Ends (SIGKILL) the autoscaler monitor of the Ray this process started, before `ray.shutdown()`.
+
+    Ray's shutdown stops the GCS and then the monitor; the monitor's SIGTERM handler reports its
+    exit to the GCS, which is gone, so Ray waits out its 1 s grace and kills it anyway: 1.0 of the
+    1.45 s a local shutdown took here (benchmark in docs/performance.md). A local Ray does not
+    autoscale, and the monitor holds nothing a run needs. Nothing for a joined Ray (no processes
+    of its own here)."""
+    from ray._private import ray_constants, worker
+
+    node = worker._global_node
+    if node is not None and ray_constants.PROCESS_TYPE_MONITOR in node.all_processes:
+        node._kill_process_type(ray_constants.PROCESS_TYPE_MONITOR, allow_graceful=False, check_alive=False,
+                                wait=True)
 
 
 def quiet_worker_exits() -> None:

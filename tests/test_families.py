@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -478,10 +482,26 @@ def test_example_spec_runs_to_the_end_at_smoke_size(name, ray_local, tmp_path):
 
 @pytest.mark.slow
 def test_hpo_run_completes_an_example_and_prints_the_test_score(tmp_path):
-    """The CLI end to end, in its own process with its own local Ray."""
-    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(EXPERIMENTS / "sklearn_iris.yaml"),
-                          "--output", str(tmp_path / "run"), "--quiet", "--set", "budget.trials=2"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "test test_log_loss=" in out.stdout and "refitted on train+valid" in out.stdout
-    assert Path(tmp_path / "run" / "experiment.json").exists()
+    """The CLI end to end, in its own process with its own local Ray, which is gone when it exits
+    (its autoscaler monitor is killed before the GCS: orchestrator.ray_api.stop_autoscaler_monitor)."""
+    import psutil
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="hpo-t-", dir="/tmp"))  # short: Ray's socket paths
+    try:
+        out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(EXPERIMENTS / "sklearn_iris.yaml"),
+                              "--output", str(tmp_path / "run"), "--quiet", "--set", "budget.trials=2"],
+                             capture_output=True, text=True, cwd=ROOT, timeout=300,
+                             env={**os.environ, "RAY_TMPDIR": str(ray_tmp)})
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "test test_log_loss=" in out.stdout and "refitted on train+valid" in out.stdout
+        assert Path(tmp_path / "run" / "experiment.json").exists()
+        def left():  # GCS, raylet, monitor, agents, workers: any process of the run's Ray
+            return [p.info for p in psutil.process_iter(["pid", "name", "cmdline"])
+                    if any(str(ray_tmp) in arg for arg in p.info["cmdline"] or ())]
+
+        deadline = time.monotonic() + 10  # an agent notices its raylet is gone within a second or so
+        while left() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert left() == []
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
