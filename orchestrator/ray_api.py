@@ -18,7 +18,9 @@ Some things only Ray's private modules do. Each is imported here and nowhere els
 - Tune's usage tag of a run's callbacks, counted without importing every integration
   (`count_callbacks_without_imports`);
 - a search ended with its running trials left to finish (`finish_in_flight_when_asked`);
-- the local head's autoscaler monitor, ended before Ray's shutdown stops the GCS (`stop_autoscaler_monitor`).
+- the local head's autoscaler monitor, ended before Ray's shutdown stops the GCS (`stop_autoscaler_monitor`);
+- a local Ray started without the dashboard process Ray 2.60 starts even without the dashboard
+  (`without_dashboard_process`).
 
 Driver-side Ray Tune (the Tuner, searchers, schedulers, callbacks) is public API and stays with
 the modules that build it: runner.py, searchers.py, schedulers.py, ray_schedulers.py, space.py,
@@ -86,6 +88,7 @@ PRIVATE_APIS: tuple[tuple[str, str, str], ...] = (
     ("ray.tune.stopper", "CombinedStopper._stoppers", "stopping: the run's stopper beside the time budget's"),
     ("ray._private.worker", "_global_node", "ray_local: the local head whose autoscaler monitor is ended first"),
     ("ray._private.node", "Node._kill_process_type", "ray_local: end the autoscaler monitor before the GCS"),
+    ("ray._private.node", "Node.start_api_server", "ray_local: a local Ray without a dashboard process"),
 )
 
 
@@ -336,6 +339,32 @@ def finish_in_flight_when_asked() -> None:
 
     stop_experiment_if_needed._hpo_finishing = True
     TuneController._stop_experiment_if_needed = stop_experiment_if_needed
+
+
+@contextlib.contextmanager
+def without_dashboard_process() -> Iterator[None]:
+    """While `ray.init(include_dashboard=False)` starts a local Ray in this block: no dashboard process.
+
+    Ray 2.60 starts its dashboard head even then, with only its usage-stats module loaded (Ray's own
+    TODO there: the job and state APIs are not), and `ray.init` imports the dashboard's
+    dependencies and waits for that process to publish its address: 1.0 s of a 4.6 s start here
+    (docs/performance.md), and a Python process idle for the whole run. A run reads nodes from the
+    GCS (`ray.nodes()`), never from that process; usage stats go unreported, as they do without a
+    network. A start that asks for the dashboard gets it as usual."""
+    from ray._private.node import Node
+
+    start_api_server = Node.start_api_server
+
+    def only_with_the_dashboard(self, *, include_dashboard, raise_on_failure):
+        if include_dashboard:
+            return start_api_server(self, include_dashboard=include_dashboard, raise_on_failure=raise_on_failure)
+        self._webui_url = None
+
+    Node.start_api_server = only_with_the_dashboard
+    try:
+        yield
+    finally:
+        Node.start_api_server = start_api_server
 
 
 def stop_autoscaler_monitor() -> None:
