@@ -136,3 +136,14 @@ def test_actor_reuse_only_for_classes_that_can_reset(write_spec, tmp_path, reset
                                "space: {x: {uniform: [0, 1]}}\n"))
     cfg, _ = build_tune_config(exp)
     assert cfg.reuse_actors is reuse
+
+
+def test_a_local_ray_starts_without_a_dashboard_process(ray_local):
+    """Ray 2.60 starts its dashboard head even with include_dashboard=False, and ray.init waits
+    for it (~1 s); a local Ray of ours has none (orchestrator.ray_api.without_dashboard_process),
+    but still the raylet's own agents, which a run's trials need."""
+    import psutil
+
+    commands = [" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)]
+    assert any("raylet" in c for c in commands) and any("dashboard/agent.py" in c for c in commands)
+    assert not [c for c in commands if "dashboard/dashboard.py" in c]
