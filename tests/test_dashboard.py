@@ -378,7 +378,8 @@ def wait_for_study(path: Path, proc: subprocess.Popen, trials: int = 0, limit_s:
 def live(tmp_path_factory):
     """A real `hpo run --dashboard` (4 trials of 8 x 0.4 s, two at a time) and the real `hpo dashboard`
     on it, started as soon as the journal is there; the study read through the dashboard's own HTTP
-    API every 0.2 s until the run ends."""
+    API every 0.2 s until the run ends, then until it shows no trial running (the dashboard reads the
+    journal's last lines a moment after `hpo` exited; at most 10 s)."""
     run_dir = tmp_path_factory.mktemp("live") / "run"
     run = hpo("run", EXAMPLE, "--output", run_dir, "--quiet", *SMOKE)
     wait_for_study(run_dir / "optuna.journal", run)
@@ -387,12 +388,14 @@ def live(tmp_path_factory):
         url = served(board)
         study_id = url.rsplit("/", 1)[1]
         seen = []  # (run still going, trials, running trials, intermediate values)
+        ended = None
         while True:
             going = run.poll() is None
             trials = api(url, f"/api/studies/{study_id}")["trials"]
             seen.append((going, len(trials), sum(t["state"] == "Running" for t in trials),
                          sum(len(t["intermediate_values"]) for t in trials)))
-            if not going:
+            ended = ended or (None if going else time.monotonic())
+            if ended and (seen[-1][2] == 0 or time.monotonic() > ended + 10):
                 break
             time.sleep(0.2)
         out, err = finish(run)
