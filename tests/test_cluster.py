@@ -20,6 +20,7 @@ import stat
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -514,12 +515,31 @@ def test_a_killed_worker_node_is_retried_named_refused_and_restarted(local_clust
         time.sleep(0.5)  # the earlier tests' jobs are over; Ray frees their actors' CPUs in a moment
     assert not held, held  # the head's one CPU must be free for the trial the test puts there
     head_id = next(i for i, r in alive_nodes().items() if r["is_head_node"])
-    sub = jobs.submit(c, spec, [], tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        while len(list(marks.iterdir())) < 3 and time.monotonic() < deadline:
-            time.sleep(0.2)  # all three trials run: 1 on the head's CPU, 2 on the worker's
-        started = {p.name.split("-")[0] for p in marks.iterdir()}
+        for attempt in (1, 2):
+            sub = jobs.submit(c, spec, [], tmp_path)
+            deadline = time.monotonic() + 120
+            while len(list(marks.iterdir())) < 3 and time.monotonic() < deadline:
+                time.sleep(0.2)  # all three trials run: 1 on the head's CPU, 2 on the worker's
+            started = {p.name.split("-")[0] for p in marks.iterdir()}
+            if (len(started) == 2 and head_id in started) or attempt == 2:
+                break
+            # Seen in 2 of ~6 full suites (CI at stop 28, a clone at stop 30), cause not found: the
+            # third trial's placement group stays pending although nothing held the head before the
+            # submit. Said, with Ray's own view of what is used and pending, and submitted once more.
+            try:
+                report = requests.get(f"{c.hpo.jobs_address}/api/cluster_status", params={"format": "1"},
+                                      headers=c.headers(), timeout=10).text
+            except requests.RequestException as exc:
+                report = repr(exc)
+            warnings.warn(f"the third trial never reached the head ({holding()}); Ray: {report[-1500:]}; "
+                          f"submitting again", stacklevel=1)
+            jobs.stop(c, sub.job_id)
+            for mark in marks.iterdir():
+                mark.unlink()
+            deadline = time.monotonic() + 60
+            while holding() and time.monotonic() < deadline:
+                time.sleep(0.5)
         assert len(started) == 2 and head_id in started, (jobs.logs(c, sub.job_id), holding())
         worker_id = (started - {head_id}).pop()
         _worker_raylet(state).kill()
