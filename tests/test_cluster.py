@@ -179,6 +179,14 @@ def local_cluster(tmp_path_factory):
         localcluster.remove_temp_dir(c)
 
 
+def _state_rows(c: cl.Cluster, kind: str) -> list[dict]:
+    """Ray's state API over the Jobs API's HTTP, as a user reaches it: nodes, actors, placement_groups."""
+    import requests
+
+    return requests.get(f"{c.hpo.jobs_address}/api/v0/{kind}", params={"limit": 1000}, headers=c.headers(),
+                        timeout=10).json()["data"]["result"]["result"]
+
+
 def _run(c: cl.Cluster, spec: Path, wd: Path, overrides=()) -> tuple[jobs.Submission, str, str, Path]:
     """Submits, follows the logs to the end, fetches: (submission, final status, logs, fetched dir)."""
     sub = jobs.submit(c, spec, list(overrides), wd)
@@ -497,22 +505,22 @@ def test_a_killed_worker_node_is_retried_named_refused_and_restarted(local_clust
         "space": {"marks": str(marks), "release": str(release), "x": {"uniform": [0, 1]}},
         "budget": {"trials": 3, "concurrent": 3}, "resources": {"cpu": 1, "gpu": 0}}))
 
-    def state_rows(kind):  # Ray's state API: nodes, actors, placement_groups
-        return requests.get(f"{c.hpo.jobs_address}/api/v0/{kind}", params={"limit": 1000}, headers=c.headers(),
-                            timeout=10).json()["data"]["result"]["result"]
-
     def alive_nodes():
-        return {r["node_id"]: r for r in state_rows("nodes") if r["state"] == "ALIVE"}
+        return {r["node_id"]: r for r in _state_rows(c, "nodes") if r["state"] == "ALIVE"}
 
     def holding():
-        """What still holds a node's resources: live actors and placement groups (an earlier test's)."""
+        """What still holds a node's resources: live actors and placement groups (an earlier job's)."""
         return [f"{kind[:-1]} {r.get('class_name') or r.get('placement_group_id')} ({r.get('job_id')})"
                 for kind, live in (("actors", "ALIVE"), ("placement_groups", "CREATED"))
-                for r in state_rows(kind) if r["state"] == live]
+                for r in _state_rows(c, kind) if r["state"] == live]
 
-    deadline = time.monotonic() + 60
-    while (held := holding()) and time.monotonic() < deadline:
-        time.sleep(0.5)  # the earlier tests' jobs are over; Ray frees their actors' CPUs in a moment
+    def until_nothing_holds() -> list[str]:
+        deadline = time.monotonic() + 60
+        while (held := holding()) and time.monotonic() < deadline:
+            time.sleep(0.5)  # the jobs are over; Ray frees their actors' CPUs in a moment
+        return held
+
+    held = until_nothing_holds()
     assert not held, held  # the head's one CPU must be free for the trial the test puts there
     head_id = next(i for i, r in alive_nodes().items() if r["is_head_node"])
     try:
@@ -537,9 +545,7 @@ def test_a_killed_worker_node_is_retried_named_refused_and_restarted(local_clust
             jobs.stop(c, sub.job_id)
             for mark in marks.iterdir():
                 mark.unlink()
-            deadline = time.monotonic() + 60
-            while holding() and time.monotonic() < deadline:
-                time.sleep(0.5)
+            until_nothing_holds()
         assert len(started) == 2 and head_id in started, (jobs.logs(c, sub.job_id), holding())
         worker_id = (started - {head_id}).pop()
         _worker_raylet(state).kill()
@@ -604,10 +610,7 @@ def test_a_worker_whose_ray_start_exits_before_it_registers_is_started_again(tmp
         assert lines == ["node gpu_worker-0 (gpu_worker): `ray start` exited before the node registered; "
                          "starting it again"]
         assert not [p for p in first["left"] if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        import requests
-        rows = requests.get(f"{c.hpo.jobs_address}/api/v0/nodes", headers=c.headers(),
-                            timeout=10).json()["data"]["result"]["result"]
-        assert sum(r["state"] == "ALIVE" for r in rows) == 2
+        assert sum(r["state"] == "ALIVE" for r in _state_rows(c, "nodes")) == 2
     finally:
         localcluster.down(c, grace_s=20)
         localcluster.remove_temp_dir(c)
