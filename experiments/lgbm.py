@@ -90,4 +90,4 @@ def train(config, data, trial):
 
 
 FAMILY = Family(name="lightgbm", train=train, default_space=DEFAULT_SPACE, iterations_param="n_estimators",
-                checkpoints=True, model_format="lightgbm")
+                checkpoints=True, model_format="lightgbm", library="lightgbm")

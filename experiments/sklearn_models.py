@@ -163,7 +163,8 @@ def train_estimator(config, data, trial):
 # Each keeps its fitted estimator, which orchestrator.model.formats ("sklearn") predicts with `_predictions`' rule.
 RANDOM_FOREST = Family(name="random_forest", train=train_forest, default_space=RF_SPACE,
                        iterations_param="n_estimators", checkpoints=True, costs=("predict_ms", "model_size"),
-                       model_format="sklearn")
-SVM = Family(name="svm", train=train_svm, default_space=SVM_SPACE, costs=("predict_ms",), model_format="sklearn")
+                       model_format="sklearn", library="sklearn.ensemble")
+SVM = Family(name="svm", train=train_svm, default_space=SVM_SPACE, costs=("predict_ms",), model_format="sklearn",
+             library="sklearn.svm")
 ESTIMATOR = Family(name="sklearn", train=train_estimator, default_space={}, costs=("predict_ms",),
                    model_format="sklearn")

@@ -356,7 +356,7 @@ def train_cnn(config, data, trial):
 # params: beyond the default space, train() reads only the per-layer sizes; any other name is a typo.
 MLP = Family(name="torch_mlp", train=train_mlp, default_space=MLP_SPACE, iterations_param="epochs", checkpoints=True,
              params=LAYER_WIDTHS, check_space=per_layer_rule("depth", LAYER_WIDTHS, default_count=2),
-             model_format="torch")
+             model_format="torch", library="torch")
 CNN = Family(name="torch_cnn", train=train_cnn, default_space=CNN_SPACE, iterations_param="epochs", checkpoints=True,
              params=LAYER_FILTERS, check_space=per_layer_rule("conv_layers", LAYER_FILTERS, default_count=2),
-             model_format="torch")
+             model_format="torch", library="torch")

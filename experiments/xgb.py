@@ -87,4 +87,5 @@ def _costs(booster, data, trial) -> dict[str, float]:
 
 
 FAMILY = Family(name="xgboost", train=train, default_space=DEFAULT_SPACE, iterations_param="n_estimators",
-                checkpoints=True, params=PARAMS, costs=("predict_ms", "model_size"), model_format="xgboost")
+                checkpoints=True, params=PARAMS, costs=("predict_ms", "model_size"), model_format="xgboost",
+                library="xgboost")

@@ -19,8 +19,8 @@ Some things only Ray's private modules do. Each is imported here and nowhere els
   (`count_callbacks_without_imports`);
 - a search ended with its running trials left to finish (`finish_in_flight_when_asked`);
 - the local head's autoscaler monitor, ended before Ray's shutdown stops the GCS (`stop_autoscaler_monitor`);
-- a local Ray started without the dashboard process Ray 2.60 starts even without the dashboard
-  (`without_dashboard_process`).
+- a local Ray started without the dashboard process Ray 2.60 starts even without the dashboard,
+  and without importing the dashboard's dependencies in the driver (`without_dashboard_process`).
 
 Driver-side Ray Tune (the Tuner, searchers, schedulers, callbacks) is public API and stays with
 the modules that build it: runner.py, searchers.py, schedulers.py, ray_schedulers.py, space.py,
@@ -89,7 +89,13 @@ PRIVATE_APIS: tuple[tuple[str, str, str], ...] = (
     ("ray._private.worker", "_global_node", "ray_local: the local head whose autoscaler monitor is ended first"),
     ("ray._private.node", "Node._kill_process_type", "ray_local: end the autoscaler monitor before the GCS"),
     ("ray._private.node", "Node.start_api_server", "ray_local: a local Ray without a dashboard process"),
+    ("ray._private.utils", "get_dashboard_dependency_error",
+     "ray_local: the dashboard agent's dependencies found without importing them in the driver"),
 )
+
+# What `ray.dashboard.optional_deps` imports, by top-level package (Ray 2.60).
+DASHBOARD_DEPENDENCIES = ("aiohttp", "aiohttp_cors", "grpc", "opencensus", "opentelemetry", "prometheus_client",
+                          "pydantic")
 
 
 def missing_private_apis() -> list[str]:
@@ -350,10 +356,25 @@ def without_dashboard_process() -> Iterator[None]:
     dependencies and waits for that process to publish its address: 1.0 s of a 4.6 s start here
     (docs/performance.md), and a Python process idle for the whole run. A run reads nodes from the
     GCS (`ray.nodes()`), never from that process; usage stats go unreported, as they do without a
-    network. A start that asks for the dashboard gets it as usual."""
+    network. A start that asks for the dashboard gets it as usual.
+
+    Also: Ray decides whether the raylet's dashboard agent runs `--minimal` by importing every
+    dependency of the dashboard in the driver (aiohttp, grpc, opentelemetry, ...: 0.4 s here, and a
+    driver that never uses them). In this block they are looked up (`importlib.util.find_spec`)
+    instead; only if one is missing does Ray's own import check run, so its answer and error are
+    Ray's."""
+    import importlib.util
+
+    from ray._private import utils
     from ray._private.node import Node
 
     start_api_server = Node.start_api_server
+    dependency_error = utils.get_dashboard_dependency_error
+
+    def dependency_error_without_imports():
+        if all(importlib.util.find_spec(name) for name in DASHBOARD_DEPENDENCIES):
+            return None
+        return dependency_error()
 
     def only_with_the_dashboard(self, *, include_dashboard, raise_on_failure):
         if include_dashboard:
@@ -361,10 +382,12 @@ def without_dashboard_process() -> Iterator[None]:
         self._webui_url = None
 
     Node.start_api_server = only_with_the_dashboard
+    utils.get_dashboard_dependency_error = dependency_error_without_imports
     try:
         yield
     finally:
         Node.start_api_server = start_api_server
+        utils.get_dashboard_dependency_error = dependency_error
 
 
 def stop_autoscaler_monitor() -> None:

@@ -147,3 +147,45 @@ def test_a_local_ray_starts_without_a_dashboard_process(ray_local):
     commands = [" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)]
     assert any("raylet" in c for c in commands) and any("dashboard/agent.py" in c for c in commands)
     assert not [c for c in commands if "dashboard/dashboard.py" in c]
+
+
+def test_ray_start_finds_the_dashboard_dependencies_without_importing_them():
+    """Ray imports aiohttp, grpc, opentelemetry... in the driver only to choose the agent's
+    `--minimal` flag (0.4 s); in our local start they are looked up instead, and a missing one
+    still gets Ray's own import check and its error."""
+    code = (
+        "import sys\n"
+        "from ray._private import utils\n"
+        "from orchestrator import ray_api\n"
+        "with ray_api.without_dashboard_process():\n"
+        "    found = utils.get_dashboard_dependency_error()\n"
+        "print(found is None, 'aiohttp' in sys.modules, 'grpc' in sys.modules)\n"
+        "ray_api.DASHBOARD_DEPENDENCIES = ('hpo_no_such_package',)\n"
+        "with ray_api.without_dashboard_process():\n"
+        "    found = utils.get_dashboard_dependency_error()\n"
+        "print(found is None, 'aiohttp' in sys.modules, utils.get_dashboard_dependency_error.__module__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    looked_up, fell_back = out.stdout.split("\n")[:2]
+    assert looked_up == "True False False"
+    assert fell_back == "True True ray._private.utils"  # Ray's check ran (and imported), then was put back
+
+
+def test_what_the_driver_imports_while_ray_starts(write_spec, tmp_path):
+    """Ray Tune always; the family's library only where the refit trains in this process (no GPU),
+    and none for a user's trainable, whose imports are its own."""
+    from orchestrator.run.lifecycle import imports_after_start
+    from orchestrator.run.ray_local import imported_meanwhile
+
+    xgb = load_spec(write_spec(SMALL_XGB))
+    assert imports_after_start(xgb) == ("orchestrator.run.callbacks", "xgboost")
+    on_gpu = load_spec(write_spec(SMALL_XGB), ["resources.gpu=1"])
+    assert imports_after_start(on_gpu) == ("orchestrator.run.callbacks",)
+    (tmp_path / "fn.py").write_text("from ray import tune\n\ndef f(config):\n    tune.report({'loss': config['x']})\n")
+    user = load_spec(write_spec("name: u\nfamily: fn.py:f\nmetric: {name: loss, mode: min}\n"
+                                "space: {x: {uniform: [0, 1]}}\n"))
+    assert imports_after_start(user) == ("orchestrator.run.callbacks",)
+
+    sys.modules.pop("email.mime.audio", None)
+    with imported_meanwhile(("hpo_no_such_module", "email.mime.audio")):
+        pass  # a failed import is left for the caller's own import to raise
+    assert "email.mime.audio" in sys.modules

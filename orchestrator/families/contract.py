@@ -50,6 +50,9 @@ class Family:
         model_format: the entry of `orchestrator.model.formats.FORMATS` that saves what `train` hands
             to `trial.keep(...)` (its docstring says what object it takes); None: the family keeps no
             model, and nothing is saved after the refit.
+        library: the module `train` imports (inside `train`, so that validating a spec does not);
+            where the refit will train in the driver, the driver imports it while Ray starts
+            (orchestrator.run.lifecycle), not after the search.
     """
 
     name: str
@@ -64,6 +67,7 @@ class Family:
     costs: tuple[str, ...] = ()
     optima: Mapping[str, float] | None = None
     model_format: str | None = None
+    library: str | None = None
 
     def known_params(self) -> list[str] | None:
         """Every hyperparameter name this family understands, or None if it does not say."""

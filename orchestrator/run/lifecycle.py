@@ -60,7 +60,7 @@ def drive(exp: Experiment, run_dir: Path, data: Any, begin: Begin, make_tuner: T
     """The lifecycle `hpo run` and `hpo resume` share, once the folder is claimed. A refusal before
     `begin` wrote experiment.json (pre-flight, Ray not reachable) leaves the folder unclaimed."""
     try:
-        with ray_local.connected(ray_address), signals.handling_signals():
+        with ray_local.connected(ray_address, meanwhile=imports_after_start(exp)), signals.handling_signals():
             ray_local.preflight(exp)
             meta, recorder = begin()
             tracking = _open_tracking(exp, run_dir, meta)
@@ -82,6 +82,14 @@ def drive(exp: Experiment, run_dir: Path, data: Any, begin: Begin, make_tuner: T
         if not (run_dir / EXPERIMENT).exists():  # refused before anything ran: the folder stays free
             (run_dir / OWNER).unlink(missing_ok=True)
         raise
+
+
+def imports_after_start(exp: Experiment) -> tuple[str, ...]:
+    """What this process imports once Ray is up, imported while a local Ray starts instead
+    (orchestrator.run.ray_local.imported_meanwhile): Ray Tune, with the run's callbacks, and the
+    family's library where the refit will train here (a local run without GPUs, orchestrator.run.refit)."""
+    library = getattr(exp.family, "library", None)
+    return ("orchestrator.run.callbacks",) + ((library,) if library and exp.spec.resources.gpu == 0 else ())
 
 
 def _watch(exp: Experiment, meta: dict[str, Any], recorder: Recorder, quiet: bool,

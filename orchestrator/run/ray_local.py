@@ -47,13 +47,16 @@ def apply_fast_env() -> None:
     os.environ.update(OWNED_ENV)
 
 
-def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None, address: str | None = None) -> bool:
+def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None, address: str | None = None,
+                    meanwhile: tuple[str, ...] = ()) -> bool:
     """Starts an embedded Ray unless one is already up in this process. Returns True if started.
 
     With `address` ("auto" or host:port of a running Ray's GCS) it joins that Ray instead, which
     skips Ray's start-up (seconds; see docs/performance.md); so does RAY_ADDRESS, which Ray sets
     inside a job submitted to a cluster. Joined, not started, but still shut down (disconnected)
     after the run. Raises InputError when there is nothing to join.
+
+    `meanwhile`: modules the caller imports next, imported while a local Ray starts (`imported_meanwhile`).
     """
     import ray
 
@@ -74,12 +77,39 @@ def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None, ad
     else:
         # address="local": a new Ray of our own, even where `ray start` left a cluster (or its address
         # file) behind, which a bare ray.init() would silently join.
-        with ray_api.without_dashboard_process():  # ~1 s off the start (orchestrator.ray_api)
+        with ray_api.without_dashboard_process(), imported_meanwhile(meanwhile):  # orchestrator.ray_api
             ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                      _node_ip_address="127.0.0.1", **quiet)
         _started[:] = [True]
     quiet_driver_logs()
     return True
+
+
+@contextlib.contextmanager
+def imported_meanwhile(modules: tuple[str, ...]) -> Iterator[None]:
+    """Imports `modules` on a thread while the block runs, and waits for them at its end.
+
+    A local Ray's start keeps this process waiting on Ray's own processes for seconds, while the
+    imports that follow it (Ray Tune, a family's library for a refit here) are seconds of this
+    process's own work (docs/performance.md). Safe beside that start: Ray's processes are forked by
+    the calling thread, so their parent-death signal (which follows the forking thread) still fires
+    only when this process ends, and Python takes its import lock around each fork. An import that
+    fails here is left for the caller's own import to raise, in its place."""
+    import importlib
+
+    def import_all():
+        for name in modules:
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
+
+    thread = threading.Thread(target=import_all, name="hpo-imports", daemon=True) if modules else None
+    if thread:
+        thread.start()
+    try:
+        yield
+    finally:
+        if thread:
+            thread.join()
 
 
 def quiet_driver_logs() -> None:
@@ -96,12 +126,13 @@ _closing: list[threading.Thread] = []  # release_early()'s shutdown, joined when
 
 
 @contextlib.contextmanager
-def connected(address: str | None = None) -> Iterator[None]:
+def connected(address: str | None = None, meanwhile: tuple[str, ...] = ()) -> Iterator[None]:
     """Ray for the duration of a run: the one this process is connected to, else the one at
-    `address`, else a local one; shut down afterwards if this call started (or joined) it."""
+    `address`, else a local one (importing `meanwhile` as it starts); shut down afterwards if this
+    call started (or joined) it."""
     started = False
     try:
-        started = start_local_ray(address=address)
+        started = start_local_ray(address=address, meanwhile=meanwhile)
         if started:
             _held[:] = [True]
         quiet_driver_logs()
