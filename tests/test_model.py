@@ -238,6 +238,24 @@ def test_a_text_column_is_one_hot_as_in_training_and_an_unseen_category_is_refus
         model.predict(X.assign(colour="purple"))
 
 
+def test_a_file_table_becomes_the_float32_matrix_of_its_numbers_then_its_one_hot_text(tmp_path):
+    """Filled column by column (orchestrator.spec.data.encode), it is what pandas' own float64
+    matrix rounded to float32 would be: huge integers, NaN, booleans and missing text included."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"big": rng.integers(-2**40, 2**40, 300), "x": np.where(rng.random(300) < 0.1, np.nan,
+                                                                                 rng.normal(size=300) * 1e9),
+                          "flag": rng.random(300) > 0.5, "colour": rng.choice(["red", "blue", None], 300),
+                          "label": rng.integers(0, 2, 300)})
+    frame.to_parquet(tmp_path / "d.parquet")
+    data = load(DataSpec(source="file", path=str(tmp_path / "d.parquet"), target="label", task="classification"))
+    expected = pd.get_dummies(frame.drop(columns="label"), columns=["colour"]).to_numpy(dtype=float)
+    rows = np.concatenate([data.X_train, data.X_valid, data.X_test])
+    assert rows.dtype == np.float32 and all(a.flags.c_contiguous for a in (data.X_train, data.X_valid, data.X_test))
+    assert len(rows) == 300 and data.feature_names == ("big", "x", "flag", "colour")
+    found = {tuple(np.nan_to_num(r, nan=-7.0)) for r in rows}  # the splits shuffle rows; NaN compared as a value
+    assert found == {tuple(np.nan_to_num(r, nan=-7.0)) for r in expected.astype(np.float32)}
+
+
 # --- hpo refit and saving after a run ----------------------------------------------------------------
 
 def test_saving_the_model_never_raises_and_says_why_in_one_line(monkeypatch, tmp_path):

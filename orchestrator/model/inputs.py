@@ -38,7 +38,7 @@ def matrix(frame: Any, card: Card, source: str) -> np.ndarray:
                     for f in card.features)
     frame = frame.assign(**{f.name: pd.to_numeric(frame[f.name]) for f in card.features
                             if f.kind == "number" and not _numeric(frame[f.name])})
-    return np.ascontiguousarray(encode(frame, columns), dtype=np.float32)
+    return encode(frame, columns)  # float32, what the model was trained on
 
 
 def _check_columns(given: list[Any], expected: list[str], source: str) -> None:

@@ -130,13 +130,13 @@ class Dataset:
 
 def load(spec: DataSpec, base_dir: Path | None = None) -> Dataset:
     frame, y = read_frame(spec, base_dir)
-    columns = describe(frame)
+    columns, names = describe(frame), tuple(frame.columns)
     classes, codes = labels(y, spec.resolved_task)
     X = encode(frame, columns)
+    del frame  # the table's memory goes before the splits are copied out of X
     train, valid, test = split_rows(codes, spec)
-    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
-    return Dataset(spec.resolved_task, f32(X[train]), codes[train], f32(X[valid]), codes[valid], f32(X[test]),
-                   codes[test], tuple(frame.columns), columns, str(y.name), classes)
+    return Dataset(spec.resolved_task, X[train], codes[train], X[valid], codes[valid], X[test], codes[test],
+                   names, columns, str(y.name), classes)
 
 
 def heldout_frame(spec: DataSpec, base_dir: Path | None = None):
@@ -223,18 +223,26 @@ def describe(frame) -> tuple[Column, ...]:
 
 
 def encode(frame, columns: tuple[Column, ...]) -> np.ndarray:
-    """The matrix a family trains on: the number columns in order (as floats), then each text
+    """The matrix a family trains on, float32: the number columns in order, then each text
     column's categories as 0/1 columns, in order (pandas' `get_dummies` layout). A value outside
     a column's categories, like a missing one, sets none of them; orchestrator.model refuses it
-    before it gets here."""
-    numbers = [frame[c.name].to_numpy(dtype=float) for c in columns if c.kind == "number"]
-    dummies = []
-    for c in columns:
-        if c.kind == "text":
-            text = frame[c.name].astype(str).where(frame[c.name].notna(), None).to_numpy()
-            dummies += [(text == category).astype(float) for category in c.categories]
-    parts = numbers + dummies
-    return np.column_stack(parts) if parts else np.zeros((len(frame), 0))
+    before it gets here.
+
+    Filled one column at a time (each read as float64, then rounded to float32 as before), so the
+    table is never held a second time as a float64 matrix: that matrix and its column list made
+    the driver's peak while a 1,000,000 x 50 file loaded 5x the array (docs/performance.md)."""
+    numbers = [c for c in columns if c.kind == "number"]
+    texts = [c for c in columns if c.kind == "text"]
+    X = np.empty((len(frame), len(numbers) + sum(len(c.categories) for c in texts)), dtype=np.float32)
+    for j, c in enumerate(numbers):
+        X[:, j] = frame[c.name].to_numpy(dtype=float)
+    j = len(numbers)
+    for c in texts:
+        text = frame[c.name].astype(str).where(frame[c.name].notna(), None).to_numpy()
+        for category in c.categories:
+            X[:, j] = text == category
+            j += 1
+    return X
 
 
 def split_rows(y: np.ndarray, spec: DataSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
