@@ -213,6 +213,44 @@ def test_boosting_scores_each_round_as_a_full_prediction_with_that_rounds_model(
             assert report[metric] == pytest.approx(value, rel=1e-6, abs=1e-9, nan_ok=True), metric
 
 
+def test_a_reused_xgboost_worker_keeps_its_matrices_for_the_same_shared_data_only(monkeypatch, datasets):
+    """The object store's read-only data, seen again by a reused worker, is not quantised again
+    (the same trial scores as built afresh, the per-round prediction cache included); arrays a
+    process owns (a refit's, a fold's) and other bins are built every time."""
+    import dataclasses
+
+    import xgboost
+
+    import experiments.xgb as xgb_family
+
+    built = []
+    real = xgboost.QuantileDMatrix
+
+    def counted(*args, **kwargs):
+        built.append(kwargs.get("max_bin"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(xgboost, "QuantileDMatrix", counted)
+    monkeypatch.setattr(xgb_family, "_kept", {})
+
+    def read_only(a):
+        a = a.copy()
+        a.flags.writeable = False
+        return a
+
+    data = datasets["digits"]
+    shared = dataclasses.replace(data, **{f: read_only(getattr(data, f)) for f in ("X_train", "y_train", "X_valid",
+                                                                                   "y_valid")})
+    config = dict(config_for("xgboost", data.task), n_estimators=5)
+    runs = []
+    for dataset, extra in ((shared, {}), (shared, {}), (shared, {"max_bin": 32}), (data, {}), (data, {})):
+        probe = Probe()
+        xgb_family.train({**config, **extra}, dataset, probe)
+        runs.append(probe.reports)
+    assert built == [256, 256, 32, 32, 256, 256, 256, 256]  # train + valid per build: 1st, 3rd, 4th, 5th runs
+    assert runs[1] == runs[0] == runs[3]  # kept matrices score as fresh ones
+
+
 def test_gradient_boosting_restore_is_exact_in_the_model_but_not_the_row_sampling(datasets):
     """Documented limit: XGBoost and LightGBM do not expose their row-sampling generator, so with
     subsample/bagging < 1 the rounds after a restore draw different rows than an uninterrupted run."""
