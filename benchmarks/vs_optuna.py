@@ -51,6 +51,10 @@ COMMON = {
 CASES = {
     "xgboost": {"family": "xgboost", "space": {"n_estimators": 60}},
     "lightgbm": {"family": "lightgbm", "space": {"n_estimators": 60}},
+    # The medium case: trials of 1-2 s (run it with --trials 60).
+    "xgboost_medium": {"family": "xgboost", "space": {"n_estimators": 150},
+                       "data": {"source": "synthetic", "task": "classification", "n_samples": 20000, "n_features": 40,
+                                "test_size": 0.2, "valid_size": 0.2, "seed": 0}},
     "torch_mlp": {"family": "torch_mlp", "space": {"epochs": 20, "optimizer": "adam", "lr_schedule": "constant",
                                                    "grad_clip": 0.0, "activation": "relu"}},
 }
