@@ -87,9 +87,9 @@ def drive(exp: Experiment, run_dir: Path, data: Any, begin: Begin, make_tuner: T
 def imports_after_start(exp: Experiment) -> tuple[str, ...]:
     """What this process imports once Ray is up, imported while a local Ray starts instead
     (orchestrator.run.ray_local.imported_meanwhile): Ray Tune, with the run's callbacks, and the
-    family's library where the refit will train here (a local run without GPUs, orchestrator.run.refit)."""
+    family's library where the refit will train here (orchestrator.run.refit.here_after_a_local_ray)."""
     library = getattr(exp.family, "library", None)
-    return ("orchestrator.run.callbacks",) + ((library,) if library and exp.spec.resources.gpu == 0 else ())
+    return ("orchestrator.run.callbacks",) + ((library,) if library and refit.here_after_a_local_ray(exp) else ())
 
 
 def _watch(exp: Experiment, meta: dict[str, Any], recorder: Recorder, quiet: bool,

@@ -192,7 +192,14 @@ def in_this_process(exp: Experiment) -> bool:
     """Whether a refit trains in this process rather than as a Ray task (`run_refit`)."""
     import ray
 
-    return not ray.is_initialized() or (exp.spec.resources.gpu == 0 and ray_local.started_here())
+    return not ray.is_initialized() or (here_after_a_local_ray(exp) and ray_local.started_here())
+
+
+def here_after_a_local_ray(exp: Experiment) -> bool:
+    """Whether, after a search on a Ray this process started, the refit trains in this process: on
+    CPUs only; a GPU is Ray's to grant, so that refit stays a Ray task. Known before Ray starts
+    (orchestrator.run.lifecycle imports the family's library meanwhile)."""
+    return exp.spec.resources.gpu == 0
 
 
 def needs_ray(exp: Experiment) -> bool:
