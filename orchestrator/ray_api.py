@@ -20,7 +20,8 @@ Some things only Ray's private modules do. Each is imported here and nowhere els
 - a search ended with its running trials left to finish (`finish_in_flight_when_asked`);
 - the local head's autoscaler monitor, ended before Ray's shutdown stops the GCS (`stop_autoscaler_monitor`);
 - a local Ray started without the dashboard process Ray 2.60 starts even without the dashboard,
-  and without importing the dashboard's dependencies in the driver (`without_dashboard_process`).
+  and without importing the dashboard's dependencies in the driver (`without_dashboard_process`);
+- Tune's snapshot copied into a local run folder file by file, each whole (`snapshots_written_whole`).
 
 Driver-side Ray Tune (the Tuner, searchers, schedulers, callbacks) is public API and stays with
 the modules that build it: runner.py, searchers.py, schedulers.py, ray_schedulers.py, space.py,
@@ -91,6 +92,8 @@ PRIVATE_APIS: tuple[tuple[str, str, str], ...] = (
     ("ray._private.node", "Node.start_api_server", "ray_local: a local Ray without a dashboard process"),
     ("ray._private.utils", "get_dashboard_dependency_error",
      "ray_local: the dashboard agent's dependencies found without importing them in the driver"),
+    ("ray.train._internal.storage", "_upload_to_fs_path",
+     "lifecycle: Tune's snapshot copied into a local run folder a whole file at a time"),
 )
 
 # What `ray.dashboard.optional_deps` imports, by top-level package (Ray 2.60).
@@ -196,9 +199,15 @@ def set_time_budget(tuner, seconds: float) -> None:
     tuner._local_tuner._tune_config.time_budget_s = seconds
 
 
+class TornSnapshot(ValueError):
+    """Tune's newest experiment snapshot is not whole JSON: its driver was killed while Ray copied
+    it into the run folder (before `snapshots_written_whole`, or on storage that is not local)."""
+
+
 def snapshot_trials(tune_dir: Path) -> tuple[Path | None, dict[str, dict[str, Any]]]:
     """Tune's newest experiment snapshot (what `Tuner.restore` brings back): its file, and each of
-    its trials' `status` (PENDING, RUNNING, PAUSED, TERMINATED, ERROR) and `last_result`."""
+    its trials' `status` (PENDING, RUNNING, PAUSED, TERMINATED, ERROR) and `last_result`.
+    Raises `TornSnapshot` where the file is not whole."""
     import json
 
     from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
@@ -206,7 +215,10 @@ def snapshot_trials(tune_dir: Path) -> tuple[Path | None, dict[str, dict[str, An
     newest = _find_newest_experiment_checkpoint(str(tune_dir))
     if newest is None:
         return None, {}
-    state = json.loads(Path(newest).read_text())
+    try:
+        state = json.loads(Path(newest).read_text())
+    except ValueError as exc:  # an empty or cut-off file (UnicodeDecodeError is one too)
+        raise TornSnapshot(f"{Path(newest).name} is not whole ({exc})") from None
     trials = {}
     for entry in state.get("trial_data", []):
         trial, runtime = json.loads(entry[0]), json.loads(entry[1])
@@ -404,6 +416,55 @@ def stop_autoscaler_monitor() -> None:
     if node is not None and ray_constants.PROCESS_TYPE_MONITOR in node.all_processes:
         node._kill_process_type(ray_constants.PROCESS_TYPE_MONITOR, allow_graceful=False, check_alive=False,
                                 wait=True)
+
+
+def snapshots_written_whole() -> None:
+    """Tune's experiment snapshot reaches a local run folder one whole file at a time.
+
+    Tune writes its snapshot (trials, the searcher's state) into a staging folder of the driver's
+    Ray session and then copies that folder into the run's `tune/` with pyarrow's `copy_files`,
+    which truncates each file and writes it in place. A driver killed during that copy (kill -9,
+    the OOM killer) left an empty `experiment_state-*.json`, which neither `Tuner.restore` nor
+    `hpo resume` can read (CI, 2026-12-07). For a local folder (a local run, and a job's folder
+    on its head) each file is now copied beside its place first, and then all are renamed over
+    theirs, Tune's index of the snapshot (`experiment_state-*`) last: a kill leaves every file whole,
+    the old snapshot or the new. Only a kill between two renames (microseconds, against the
+    milliseconds of a copy) can leave files of two snapshots; Tune's own copy could do that too.
+    Cloud storage gets Ray's own upload. Idempotent.
+    Test: tests/test_resume.py::test_a_snapshot_copy_cut_short_leaves_the_last_snapshot_whole."""
+    from ray.train._internal import storage
+
+    upload = storage._upload_to_fs_path
+    if getattr(upload, "_hpo_whole", False):
+        return
+
+    def upload_whole(local_path: str, fs, fs_path: str, exclude: list[str] | None = None) -> None:
+        import pyarrow.fs
+
+        if exclude or not isinstance(fs, pyarrow.fs.LocalFileSystem):
+            return upload(local_path=local_path, fs=fs, fs_path=fs_path, exclude=exclude)
+        copy_whole(Path(local_path), Path(fs_path))
+
+    upload_whole._hpo_whole = True
+    storage._upload_to_fs_path = upload_whole
+
+
+def copy_whole(source: Path, dest: Path) -> None:
+    """Copies the file or folder `source` to `dest`: every file to a hidden name beside its place,
+    then renamed over it, files named `experiment_state-*` last (`snapshots_written_whole`)."""
+    import os
+    import shutil
+
+    pairs = [(source, dest)] if source.is_file() else \
+        [(f, dest / f.relative_to(source)) for f in sorted(source.rglob("*")) if f.is_file()]
+    staged = []
+    for src, target in pairs:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.hpo-part")  # a dot name: no Tune pattern matches it
+        shutil.copyfile(src, tmp)
+        staged.append((tmp, target))
+    for tmp, target in sorted(staged, key=lambda s: s[1].name.startswith("experiment_state-")):
+        os.replace(tmp, target)
 
 
 def quiet_worker_exits() -> None:

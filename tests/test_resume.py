@@ -137,6 +137,75 @@ def test_resume_refuses_what_it_cannot_resume(tmp_path):
         resume(tmp_path)
 
 
+def test_a_run_whose_snapshot_was_cut_off_is_refused_in_one_line_before_ray_starts(tmp_path):
+    """A run folder Ray left with an empty `experiment_state-*.json` (its driver killed mid-copy,
+    before `snapshots_written_whole`): refused with what happened and what to do, not a traceback."""
+    import yaml
+
+    exp = validate(yaml.safe_load(SPEC))
+    rundir.write_json(tmp_path / EXPERIMENT, {"status": "running", "spec": exp.resolved(),
+                                              "started_at": "2026-12-07T03:14:47+00:00"})
+    (tmp_path / "tune").mkdir()
+    (tmp_path / "tune" / "tuner.pkl").write_bytes(b"")  # what Tune's `can_restore` looks for
+    (tmp_path / "tune" / "experiment_state-2026-12-07_03-14-47.json").write_text("")
+    with pytest.raises(InputError, match=r"snapshot of the run cannot be read \(experiment_state-2026-12-07_03-14-47"
+                                         r"\.json is not whole .*killed while Tune wrote it\); run the spec again"):
+        resume(tmp_path)
+    assert not (tmp_path / "owner.json").exists()  # refused before the folder was claimed
+
+
+def test_a_snapshot_copy_cut_short_leaves_the_last_snapshot_whole(tmp_path, monkeypatch):
+    """Ray's copy of Tune's snapshot into a local run folder (`_upload_to_fs_path`, patched by
+    `ray_api.snapshots_written_whole`): a copy that dies halfway through a file leaves the file
+    the last copy wrote, whole; one that finishes leaves the new files, Tune's index last."""
+    import pyarrow.fs
+    from ray.train._internal import storage
+
+    from orchestrator import ray_api
+
+    ray_api.snapshots_written_whole()
+    ray_api.snapshots_written_whole()  # idempotent: wraps Ray's upload once
+    staging, dest = tmp_path / "staging", tmp_path / "tune"
+    (staging / "sub").mkdir(parents=True)
+    index = "experiment_state-2026-12-07_03-14-47.json"
+
+    def snapshot(n: int) -> None:
+        (staging / index).write_text(json.dumps({"trial_data": [], "n": n}))
+        (staging / "searcher-state-2026-12-07_03-14-47.pkl").write_bytes(bytes([n]) * 1000)
+        (staging / "sub" / "f.txt").write_text(str(n))
+
+    def upload() -> None:
+        storage._upload_to_fs_path(str(staging), pyarrow.fs.LocalFileSystem(), str(dest))
+
+    snapshot(1)
+    upload()
+    assert json.loads((dest / index).read_text())["n"] == 1 and (dest / "sub" / "f.txt").read_text() == "1"
+    renamed = []
+    monkeypatch.setattr(os, "replace", lambda a, b: (renamed.append(Path(b).name), os.rename(a, b)))
+    snapshot(2)
+    upload()
+    assert renamed[-1] == index and json.loads((dest / index).read_text())["n"] == 2
+    monkeypatch.undo()
+
+    copy = shutil.copyfile
+
+    def dies_halfway(src, dst):
+        if Path(src).name == index:
+            Path(dst).write_bytes(Path(src).read_bytes()[:5])
+            raise SystemExit("killed")  # as a kill -9 mid-copy leaves it
+        return copy(src, dst)
+
+    monkeypatch.setattr(shutil, "copyfile", dies_halfway)
+    snapshot(3)
+    with pytest.raises(SystemExit):
+        upload()
+    assert json.loads((dest / index).read_text())["n"] == 2  # the last whole snapshot
+    assert ray_api.snapshot_trials(dest)[0] == dest / index
+    (dest / index).write_text('{"trial_data": [')  # what Ray's own copy could leave
+    with pytest.raises(ray_api.TornSnapshot, match="is not whole"):
+        ray_api.snapshot_trials(dest)
+
+
 SPEC = """
 name: resume-me
 family: synthetic

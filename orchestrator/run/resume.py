@@ -73,6 +73,11 @@ def resume(run_dir: str | Path, *, quiet: bool = False, ray_address: str | None 
     if not can_restore(run_dir):
         raise InputError(f"{run_dir} has no Ray Tune state to resume from (the run ended before Tune's "
                          f"first snapshot); run the spec again")
+    try:
+        ray_api.snapshot_trials((run_dir / TUNE_DIR).resolve())
+    except ray_api.TornSnapshot as exc:
+        raise InputError(f"{run_dir}: Ray Tune's last snapshot of the run cannot be read ({exc}: the run was "
+                         f"killed while Tune wrote it); run the spec again") from None
     dataset = load_data(exp)
     try:
         claim = rundir.take_over(run_dir)
