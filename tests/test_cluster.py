@@ -425,6 +425,33 @@ def train(config):
 '''
 
 
+def _keep_evidence(c: cl.Cluster, folder: Path) -> Path:
+    """What Ray says while a trial waits (every actor, placement group, unfinished task, node, and the
+    autoscaler's report of what is used and pending) and each node's Ray logs, kept in `folder`
+    (pytest keeps the last runs' folders): the node-loss test's rare wait, for the next look."""
+    import shutil
+
+    import requests
+
+    folder.mkdir(parents=True, exist_ok=True)
+    said = {}
+    for kind in ("actors", "placement_groups", "tasks", "nodes"):
+        try:
+            rows = _state_rows(c, kind)
+            said[kind] = [r for r in rows if r.get("state") != "FINISHED"] if kind == "tasks" else rows
+        except (requests.RequestException, KeyError, ValueError) as exc:
+            said[kind] = repr(exc)
+    try:
+        said["cluster_status"] = requests.get(f"{c.hpo.jobs_address}/api/cluster_status", params={"format": "1"},
+                                              headers=c.headers(), timeout=10).text
+    except requests.RequestException as exc:
+        said["cluster_status"] = repr(exc)
+    (folder / "ray_state.json").write_text(json.dumps(said, indent=1, default=str))
+    for logs in c.temp_dir.glob("*/session_latest/logs"):
+        shutil.copytree(logs, folder / logs.parts[-3], ignore=shutil.ignore_patterns("*.sock"), dirs_exist_ok=True)
+    return folder
+
+
 def _worker_raylet(state: localcluster.LocalState):
     psutil = localcluster._psutil()
     worker = next(n for n in state.nodes if not n.head)
@@ -493,7 +520,6 @@ def test_a_killed_worker_node_is_retried_named_refused_and_restarted(local_clust
     head (budget.max_failures, default 1) and the job succeeds; each retried trial's `error` names
     the lost node; a `gpu: 1` submit is then refused against the live nodes (the cluster file
     still lists the GPU worker); `hpo cluster up` notices the dead worker and starts it again."""
-    import requests
 
     c, state = local_cluster
     marks, release = tmp_path / "marks", tmp_path / "release"
@@ -532,21 +558,18 @@ def test_a_killed_worker_node_is_retried_named_refused_and_restarted(local_clust
             started = {p.name.split("-")[0] for p in marks.iterdir()}
             if (len(started) == 2 and head_id in started) or attempt == 2:
                 break
-            # Seen in 2 of ~6 full suites (CI at stop 28, a clone at stop 30), cause not found: the
-            # third trial's placement group stays pending although nothing held the head before the
-            # submit. Said, with Ray's own view of what is used and pending, and submitted once more.
-            try:
-                report = requests.get(f"{c.hpo.jobs_address}/api/cluster_status", params={"format": "1"},
-                                      headers=c.headers(), timeout=10).text
-            except requests.RequestException as exc:
-                report = repr(exc)
-            warnings.warn(f"the third trial never reached the head ({holding()}); Ray: {report[-1500:]}; "
-                          f"submitting again", stacklevel=1)
+            # Seen in 3 of ~8 full suites (CI at stops 28 and 31, a clone at stop 30), never in this
+            # module alone, cause not found: the third trial stays pending although nothing held the
+            # head before the submit. Said, with Ray's own view and logs kept for the next look
+            # (`_keep_evidence`), and submitted once more.
+            warnings.warn(f"the third trial never reached the head; evidence in "
+                          f"{_keep_evidence(c, tmp_path / f'evidence-{attempt}')}; submitting again", stacklevel=1)
             jobs.stop(c, sub.job_id)
             for mark in marks.iterdir():
                 mark.unlink()
             until_nothing_holds()
-        assert len(started) == 2 and head_id in started, (jobs.logs(c, sub.job_id), holding())
+        assert len(started) == 2 and head_id in started, \
+            (f"evidence in {_keep_evidence(c, tmp_path / 'evidence-2')}", jobs.logs(c, sub.job_id)[-3000:])
         worker_id = (started - {head_id}).pop()
         _worker_raylet(state).kill()
         while jobs.logs(c, sub.job_id).count("retrying, ") < 2 and time.monotonic() < deadline:
