@@ -351,11 +351,18 @@ EXAMPLE = ROOT / "experiments" / "synthetic_dashboard.yaml"
 
 
 def finish(proc: subprocess.Popen, limit_s: float = 240) -> tuple[str, str]:
+    """Its output once it exits; if it has not within `limit_s`, where each of its threads is
+    (py-spy, in the lock), for the failure to say: once in ~7 runs `hpo dashboard` outlived a
+    Ctrl-C by 30 s, and nothing showed why."""
     try:
         return proc.communicate(timeout=limit_s)
     except subprocess.TimeoutExpired:
+        stacks = subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--locals", "--pid",
+                                 str(proc.pid)], capture_output=True, text=True, timeout=60)
         os.killpg(proc.pid, signal.SIGKILL)
-        raise
+        out, err = proc.communicate()
+        raise AssertionError(f"{proc.args[2:]} still running {limit_s} s on; its threads:\n{stacks.stdout}"
+                             f"{stacks.stderr}\nits stderr: {err[-3000:]}") from None
 
 
 def wait_for_study(path: Path, proc: subprocess.Popen, trials: int = 0, limit_s: float = 120) -> None:
