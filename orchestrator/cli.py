@@ -398,18 +398,24 @@ def cmd_dashboard(args) -> int:
     journal = dashboard.journal_of(run_dir)
     try:
         server, url = dashboard.open_server(journal, args.host, args.port)
-        what = (f"live journal {journal.path}" if journal.live else
-                f"a snapshot exported from {run_dir}'s results: it has no live journal (run with --dashboard, or "
-                f"`dashboard: true`, to follow one as it runs)")
-        print(f"study {journal.study_name!r}, {journal.trials} trials so far; {what}", file=sys.stderr)
-        if args.host and not dashboard.is_loopback(args.host):
-            print(f"warning: serving on {args.host}, not this machine alone: optuna-dashboard has no authentication, "
-                  f"and anyone who can reach it can read the study and change it (notes, deleting it)", file=sys.stderr)
-        print(url, flush=True)  # alone on stdout
-        print("Ctrl-C stops it", file=sys.stderr, flush=True)
         # SIGTERM stops it as Ctrl-C does, so an exported snapshot's folder is removed either way.
         signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+        # And Ctrl-C does whatever the parent left: a shell starts a background command (`&` in a
+        # script) with SIGINT ignored, and Python then never raises KeyboardInterrupt; `kill -INT`
+        # did nothing (`hpo run` installs its own handler too: orchestrator.run.signals). Both are
+        # set before the URL is printed: whoever reads it can stop the server.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
+            what = (f"live journal {journal.path}" if journal.live else
+                    f"a snapshot exported from {run_dir}'s results: it has no live journal (run with --dashboard, "
+                    f"or `dashboard: true`, to follow one as it runs)")
+            print(f"study {journal.study_name!r}, {journal.trials} trials so far; {what}", file=sys.stderr)
+            if args.host and not dashboard.is_loopback(args.host):
+                print(f"warning: serving on {args.host}, not this machine alone: optuna-dashboard has no "
+                      f"authentication, and anyone who can reach it can read the study and change it (notes, "
+                      f"deleting it)", file=sys.stderr)
+            print(url, flush=True)  # alone on stdout
+            print("Ctrl-C stops it", file=sys.stderr, flush=True)
             server.serve_forever()
         except KeyboardInterrupt:
             pass

@@ -336,6 +336,28 @@ def test_a_run_without_a_journal_is_served_as_an_exported_snapshot_and_another_h
     assert not (run / "optuna.journal").exists()  # and the run folder is left as it was
 
 
+def test_ctrl_c_stops_the_dashboard_even_when_started_with_sigint_ignored(tmp_path):
+    """As a shell starts a background command (`hpo dashboard RUN &` in a script): SIGINT ignored,
+    inherited through exec. Python then installs no handler of its own, and the dashboard served on
+    after every Ctrl-C (the live tests below hung on it whenever pytest itself was started so)."""
+    ignoring = ["bash", "-c", 'trap "" INT; exec "$@"', "bash", sys.executable]
+    premise = subprocess.run([*ignoring, "-c", "import signal; print(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)"],
+                             capture_output=True, text=True, check=True).stdout
+    assert premise.strip() == "True"
+    run = finished_run(tmp_path)
+    proc = subprocess.Popen([*ignoring, "-m", "orchestrator.cli", "dashboard", str(run), "--port", str(free_port())],
+                            cwd=ROOT, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        served(proc)  # its handlers are set before it prints the URL
+        proc.send_signal(signal.SIGINT)
+        out, err = finish(proc, 30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err
+
+
 def test_nothing_imports_optuna_dashboard_unless_asked():
     code = ("import sys, orchestrator.cli, orchestrator.run.lifecycle, orchestrator.tracking.journal, "
             "orchestrator.analysis.dashboard; orchestrator.cli._parser(); "
