@@ -179,12 +179,12 @@ def local_cluster(tmp_path_factory):
         localcluster.remove_temp_dir(c)
 
 
-def _state_rows(c: cl.Cluster, kind: str) -> list[dict]:
+def _state_rows(c: cl.Cluster, kind: str, detail: bool = False) -> list[dict]:
     """Ray's state API over the Jobs API's HTTP, as a user reaches it: nodes, actors, placement_groups."""
     import requests
 
-    return requests.get(f"{c.hpo.jobs_address}/api/v0/{kind}", params={"limit": 1000}, headers=c.headers(),
-                        timeout=10).json()["data"]["result"]["result"]
+    return requests.get(f"{c.hpo.jobs_address}/api/v0/{kind}", params={"limit": 1000, "detail": str(detail).lower()},
+                        headers=c.headers(), timeout=10).json()["data"]["result"]["result"]
 
 
 def _run(c: cl.Cluster, spec: Path, wd: Path, overrides=()) -> tuple[jobs.Submission, str, str, Path]:
@@ -428,7 +428,10 @@ def train(config):
 def _keep_evidence(c: cl.Cluster, folder: Path) -> Path:
     """What Ray says while a trial waits (every actor, placement group, unfinished task, node, and the
     autoscaler's report of what is used and pending) and each node's Ray logs, kept in `folder`
-    (pytest keeps the last runs' folders): the node-loss test's rare wait, for the next look."""
+    (pytest keeps the last runs' folders): the node-loss test's rare wait, for the next look.
+    One suspect: the GCS placing the pending group on the worker again and again from a stale view
+    of its free CPUs (ray-project/ray#62858); its scheduling attempts and prepare failures would show
+    in the group's stats, and gcs_server.out in the head's logs."""
     import shutil
 
     import requests
@@ -437,7 +440,7 @@ def _keep_evidence(c: cl.Cluster, folder: Path) -> Path:
     said = {}
     for kind in ("actors", "placement_groups", "tasks", "nodes"):
         try:
-            rows = _state_rows(c, kind)
+            rows = _state_rows(c, kind, detail=True)  # a placement group's scheduling stats too
             said[kind] = [r for r in rows if r.get("state") != "FINISHED"] if kind == "tasks" else rows
         except (requests.RequestException, KeyError, ValueError) as exc:
             said[kind] = repr(exc)
