@@ -73,8 +73,8 @@ def resume(run_dir: str | Path, *, quiet: bool = False, ray_address: str | None 
     if not can_restore(run_dir):
         raise InputError(f"{run_dir} has no Ray Tune state to resume from (the run ended before Tune's "
                          f"first snapshot); run the spec again")
-    try:
-        ray_api.snapshot_trials((run_dir / TUNE_DIR).resolve())
+    try:  # read once, here: a snapshot that cannot be read is refused before the claim and Ray's start
+        snapshot, known = ray_api.snapshot_trials((run_dir / TUNE_DIR).resolve())
     except ray_api.TornSnapshot as exc:
         raise InputError(f"{run_dir}: Ray Tune's last snapshot of the run cannot be read ({exc}: the run was "
                          f"killed while Tune wrote it); run the spec again") from None
@@ -93,7 +93,6 @@ def resume(run_dir: str | Path, *, quiet: bool = False, ray_address: str | None 
         recorder = Recorder.reopen(run_dir, exp.metric, exp.mode, max_t=exp.max_t,
                                    on_flush=lambda _: claim.beat(), objectives=exp.objectives,
                                    constraints=exp.constraints)
-        snapshot, known = ray_api.snapshot_trials((run_dir / TUNE_DIR).resolve())
         told_before = {t for r in meta.get("resumes", []) for t in r.get("told_searcher", [])}
         plan = reconcile(recorder, known, exp, history, told_before)
         if snapshot is not None and plan.finished_in_record:
