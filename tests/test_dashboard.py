@@ -374,8 +374,8 @@ EXAMPLE = ROOT / "experiments" / "synthetic_dashboard.yaml"
 
 def finish(proc: subprocess.Popen, limit_s: float = 240) -> tuple[str, str]:
     """Its output once it exits; if it has not within `limit_s`, where each of its threads is
-    (py-spy, in the lock), for the failure to say: once in ~7 runs `hpo dashboard` outlived a
-    Ctrl-C by 30 s, and nothing showed why."""
+    (py-spy, in the lock), for the failure to say. That dump is how `hpo dashboard` ignoring a
+    Ctrl-C it was started without was found (test_ctrl_c_stops_the_dashboard_even_when_...)."""
     try:
         return proc.communicate(timeout=limit_s)
     except subprocess.TimeoutExpired:
