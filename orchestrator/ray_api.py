@@ -21,7 +21,9 @@ Some things only Ray's private modules do. Each is imported here and nowhere els
 - the local head's autoscaler monitor, ended before Ray's shutdown stops the GCS (`stop_autoscaler_monitor`);
 - a local Ray started without the dashboard process Ray 2.60 starts even without the dashboard,
   and without importing the dashboard's dependencies in the driver (`without_dashboard_process`);
-- Tune's snapshot copied into a local run folder file by file, each whole (`snapshots_written_whole`).
+- Tune's snapshot copied into a local run folder file by file, each whole (`snapshots_written_whole`);
+- trial actors of a local Ray created without the runtime env Tune gives them where it changes
+  nothing, so the workers Ray prestarted serve them (`trial_actors_on_prestarted_workers`).
 
 Driver-side Ray Tune (the Tuner, searchers, schedulers, callbacks) is public API and stays with
 the modules that build it: runner.py, searchers.py, schedulers.py, ray_schedulers.py, space.py,
@@ -32,7 +34,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Iterator, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +97,10 @@ PRIVATE_APIS: tuple[tuple[str, str, str], ...] = (
      "ray_local: the dashboard agent's dependencies found without importing them in the driver"),
     ("ray.train._internal.storage", "_upload_to_fs_path",
      "lifecycle: Tune's snapshot copied into a local run folder a whole file at a time"),
+    ("ray.tune.execution.class_cache", "_ActorClassCache.get",
+     "ray_local: a trial actor of a local Ray without Tune's env-var runtime env, on a prestarted worker"),
+    ("ray.tune.execution.class_cache", "DEFAULT_ENV_VARS", "ray_local: the variables Tune sets in a trial"),
+    ("ray.tune.execution.class_cache", "ENV_VARS_TO_PROPAGATE", "ray_local: the driver's variables Tune copies"),
 )
 
 # What `ray.dashboard.optional_deps` imports, by top-level package (Ray 2.60).
@@ -400,6 +407,44 @@ def without_dashboard_process() -> Iterator[None]:
     finally:
         Node.start_api_server = start_api_server
         utils.get_dashboard_dependency_error = dependency_error
+
+
+def trial_actors_on_prestarted_workers(inherited: Callable[[], Mapping[str, str] | None]) -> None:
+    """Tune's trial actors created without the runtime env Tune gives them, where it changes nothing.
+
+    Ray Tune creates every trainable actor with `runtime_env={"env_vars": ...}`: PL_DISABLE_FORK=1
+    and the driver's values of a few Tune, Train and AWS variables (`ray.tune.execution.class_cache`).
+    A Ray worker serves only tasks and actors of its own runtime env, so the idle workers Ray
+    prestarts as it starts (one per CPU, with none) never serve a trial: Ray starts new ones when
+    Tune asks for its actors, each a Python process importing Ray (1-2 s, on the cores the run
+    needs), after the driver's set-up instead of during it, and the prestarted ones idle.
+
+    `inherited()` is the environment the running Ray's workers inherit, or None where that is
+    not known (a joined Ray, a cluster): the driver's own at the moment it started a local Ray.
+    Where each variable Tune would set already has that value there, the runtime env would change
+    nothing in the trial, and its actor is created without it; otherwise Tune's own. Idempotent.
+    Tests: tests/test_run_local.py (test_trial_actors_of_a_local_ray_go_without_tune_s_runtime_env...)
+    and tests/test_families.py (test_hpo_run_completes_an_example_and_prints_the_test_score)."""
+    import ray
+    from ray.tune.execution import class_cache
+
+    current = class_cache._ActorClassCache.get
+    if getattr(current, "_hpo_prestarted", False):
+        return
+
+    def get(self, trainable_cls):
+        env = inherited()
+        tune_sets = {**class_cache.DEFAULT_ENV_VARS,
+                     **{k: os.environ[k] for k in class_cache.ENV_VARS_TO_PROPAGATE if k in os.environ}}
+        if env is None or any(env.get(k) != v for k, v in tune_sets.items()):
+            return current(self, trainable_cls)
+        key = ("hpo-inherited-env", trainable_cls)  # beside Tune's own entry for the same class
+        if key not in self._cache:
+            self._cache[key] = ray.remote(trainable_cls)
+        return self._cache[key]
+
+    get._hpo_prestarted = True
+    class_cache._ActorClassCache.get = get
 
 
 def stop_autoscaler_monitor() -> None:

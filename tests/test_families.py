@@ -533,6 +533,10 @@ def test_hpo_run_completes_an_example_and_prints_the_test_score(tmp_path):
         assert out.returncode == 0, out.stderr[-3000:]
         assert "test test_log_loss=" in out.stdout and "refitted on train+valid" in out.stdout
         assert Path(tmp_path / "run" / "experiment.json").exists()
+        # Its trials ran on the workers Ray prestarted as it started (job id ffffffff in their log's name):
+        # none was started for the run's job (orchestrator.ray_api.trial_actors_on_prestarted_workers).
+        workers = [p.name for p in ray_tmp.glob("**/logs/worker-*.out")]
+        assert workers and all(name.split("-")[-2] == "ffffffff" for name in workers), workers
         def left():  # GCS, raylet, monitor, agents, workers: any process of the run's Ray
             return [p.info for p in psutil.process_iter(["pid", "name", "cmdline"])
                     if any(str(ray_tmp) in arg for arg in p.info["cmdline"] or ())]

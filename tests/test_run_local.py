@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -147,6 +148,24 @@ def test_a_local_ray_starts_without_a_dashboard_process(ray_local):
     commands = [" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)]
     assert any("raylet" in c for c in commands) and any("dashboard/agent.py" in c for c in commands)
     assert not [c for c in commands if "dashboard/dashboard.py" in c]
+
+
+def test_trial_actors_of_a_local_ray_go_without_tune_s_runtime_env_only_where_it_changes_nothing(
+        ray_local, monkeypatch):
+    """Tune gives each trial actor an env-var runtime env, so the workers Ray prestarted (none) could
+    not serve it; a local Ray's workers already inherit those values, so ours goes without one. A
+    variable Tune copies from the driver that the workers did not inherit keeps Tune's own."""
+    from ray.train.constants import ENABLE_V2_MIGRATION_WARNINGS_ENV_VAR
+    from ray.tune.execution.class_cache import _ActorClassCache
+
+    class Trainable:
+        pass
+
+    assert os.environ["PL_DISABLE_FORK"] == "1"  # what Tune sets, in the environment Ray inherited
+    assert "runtime_env" not in _ActorClassCache().get(Trainable)._default_options
+    monkeypatch.setenv(ENABLE_V2_MIGRATION_WARNINGS_ENV_VAR, "0")  # set after Ray started: not inherited
+    env_vars = _ActorClassCache().get(Trainable)._default_options["runtime_env"]["env_vars"]
+    assert env_vars[ENABLE_V2_MIGRATION_WARNINGS_ENV_VAR] == "0" and env_vars["PL_DISABLE_FORK"] == "1"
 
 
 def test_ray_start_finds_the_dashboard_dependencies_without_importing_them():
