@@ -23,7 +23,9 @@ Some things only Ray's private modules do. Each is imported here and nowhere els
   and without importing the dashboard's dependencies in the driver (`without_dashboard_process`);
 - Tune's snapshot copied into a local run folder file by file, each whole (`snapshots_written_whole`);
 - trial actors of a local Ray created without the runtime env Tune gives them where it changes
-  nothing, so the workers Ray prestarted serve them (`trial_actors_on_prestarted_workers`).
+  nothing, so the workers Ray prestarted serve them (`trial_actors_on_prestarted_workers`);
+- a trial actor's start without importing IPython only to clear a shell no worker has
+  (`trial_actors_without_ipython`, called in the worker by orchestrator.trial.trainable).
 
 Driver-side Ray Tune (the Tuner, searchers, schedulers, callbacks) is public API and stays with
 the modules that build it: runner.py, searchers.py, schedulers.py, ray_schedulers.py, space.py,
@@ -35,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -101,6 +104,8 @@ PRIVATE_APIS: tuple[tuple[str, str, str], ...] = (
      "ray_local: a trial actor of a local Ray without Tune's env-var runtime env, on a prestarted worker"),
     ("ray.tune.execution.class_cache", "DEFAULT_ENV_VARS", "ray_local: the variables Tune sets in a trial"),
     ("ray.tune.execution.class_cache", "ENV_VARS_TO_PROPAGATE", "ray_local: the driver's variables Tune copies"),
+    ("ray.tune.trainable.trainable", "disable_ipython",
+     "trial.trainable: a trial actor starts without importing IPython where none was imported"),
 )
 
 # What `ray.dashboard.optional_deps` imports, by top-level package (Ray 2.60).
@@ -445,6 +450,29 @@ def trial_actors_on_prestarted_workers(inherited: Callable[[], Mapping[str, str]
 
     get._hpo_prestarted = True
     class_cache._ActorClassCache.get = get
+
+
+def trial_actors_without_ipython() -> None:
+    """Tune's trainable actors start without importing IPython where nothing imported it.
+
+    `Trainable.__init__` calls `disable_ipython()` in every actor, which imports IPython (0.3 s
+    here, on each worker's way to its first trial, with traitlets) only to clear IPython's shell
+    singleton. A shell exists only in a process that imported IPython, so where none did, there is
+    nothing to clear and the import is skipped; elsewhere Tune's own runs. Called in the worker, as
+    the trainable's module is imported there. Idempotent.
+    Test: tests/test_run_local.py::test_a_trial_actor_starts_without_importing_ipython."""
+    from ray.tune.trainable import trainable
+
+    current = trainable.disable_ipython
+    if getattr(current, "_hpo_skipped", False):
+        return
+
+    def disable_ipython() -> None:
+        if "IPython" in sys.modules:
+            current()
+
+    disable_ipython._hpo_skipped = True
+    trainable.disable_ipython = disable_ipython
 
 
 def stop_autoscaler_monitor() -> None:

@@ -168,6 +168,25 @@ def test_trial_actors_of_a_local_ray_go_without_tune_s_runtime_env_only_where_it
     assert env_vars[ENABLE_V2_MIGRATION_WARNINGS_ENV_VAR] == "0" and env_vars["PL_DISABLE_FORK"] == "1"
 
 
+def test_a_trial_actor_starts_without_importing_ipython():
+    """Tune's actor imports IPython (0.3 s) to clear a shell: in a worker, as it imports our trainable
+    module, that is skipped where nothing imported IPython, and still done where something did."""
+    code = """
+import sys
+import orchestrator.trial.trainable
+from ray.tune.trainable import trainable
+trainable.disable_ipython()
+print("IPython" in sys.modules)
+from IPython.core.interactiveshell import InteractiveShell
+InteractiveShell.instance()
+trainable.disable_ipython()
+print(InteractiveShell.initialized())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "False"]  # not imported; then, once imported, the shell cleared
+
+
 def test_ray_start_finds_the_dashboard_dependencies_without_importing_them():
     """Ray imports aiohttp, grpc, opentelemetry... in the driver only to choose the agent's
     `--minimal` flag (0.4 s); in our local start they are looked up instead, and a missing one

@@ -7,10 +7,14 @@ the family itself.
 
 from __future__ import annotations
 
+from orchestrator import ray_api
 from orchestrator.families.registry import resolve
 from orchestrator.trial.context import TrialContext
 from orchestrator.trial.folds import run_trial
 from orchestrator.trial.settings import TrialSettings
+
+# Imported in the worker as Ray loads the trial's actor class, before Tune constructs it.
+ray_api.trial_actors_without_ipython()
 
 
 def run_family_trial(config: dict, *, settings: TrialSettings, data=None) -> None:
