@@ -405,12 +405,16 @@ def wait_for_study(path: Path, proc: subprocess.Popen, trials: int = 0, limit_s:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
-    """A real `hpo run --dashboard` (4 trials of 8 x 0.4 s, two at a time) and the real `hpo dashboard`
+    """A real `hpo run --dashboard` (4 trials of 8 x 0.7 s, two at a time) and the real `hpo dashboard`
     on it, started as soon as the journal is there; the study read through the dashboard's own HTTP
     API every 0.2 s until the run ends, then until it shows no trial running (the dashboard reads the
     journal's last lines a moment after `hpo` exited; at most 10 s)."""
     run_dir = tmp_path_factory.mktemp("live") / "run"
-    run = hpo("run", EXAMPLE, "--output", run_dir, "--quiet", *SMOKE)
+    # Trials of 8 x 0.7 s: optuna-dashboard caches a study's trials for 2 s (optuna_dashboard._storage
+    # .get_trials), and `hpo dashboard` takes ~2.5 s to serve; the run must still go for several of
+    # those 2 s once it does, however soon its first trial starts (0.4 s trials were too short once
+    # trials started ~0.8 s sooner).
+    run = hpo("run", EXAMPLE, "--output", run_dir, "--quiet", *SMOKE, "--set", "space.sleep_s=0.7")
     wait_for_study(run_dir / "optuna.journal", run)
     board = hpo("dashboard", run_dir)
     try:
