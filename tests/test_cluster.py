@@ -415,8 +415,8 @@ from ray import tune
 
 def train(config):
     """Marks which node it runs on, then reports every 0.1 s until the test releases it."""
-    node = ray.get_runtime_context().get_node_id()
-    open(os.path.join(config["marks"], f"{node}-{os.getpid()}"), "w").close()
+    node, trial = ray.get_runtime_context().get_node_id(), tune.get_context().get_trial_id()
+    open(os.path.join(config["marks"], f"{node}-{trial}-{os.getpid()}"), "w").close()
     for i in range(1200):  # 2 min at most: a broken test fails, it cannot hang
         time.sleep(0.1)
         tune.report({"loss": config["x"] + 1 / (i + 1)})
@@ -519,10 +519,17 @@ def test_two_jobs_at_once_on_the_cluster_keep_their_own_budgets(local_cluster, t
 @pytest.mark.cluster
 @pytest.mark.slow
 def test_a_killed_worker_node_is_retried_named_refused_and_restarted(local_cluster, tmp_path):
-    """kill -9 the worker's raylet while 2 of 3 trials run there: those trials are retried on the
-    head (budget.max_failures, default 1) and the job succeeds; each retried trial's `error` names
-    the lost node; a `gpu: 1` submit is then refused against the live nodes (the cluster file
-    still lists the GPU worker); `hpo cluster up` notices the dead worker and starts it again."""
+    """kill -9 the worker's raylet while trials run there and one runs on the head: the worker's
+    trials are retried on the head (budget.max_failures, default 1) and the job succeeds; each
+    retried trial's `error` names the lost node; a `gpu: 1` submit is then refused against the live
+    nodes (the cluster file still lists the GPU worker); `hpo cluster up` notices the dead worker
+    and starts it again.
+
+    Ray is asked for 3 trials of 1 CPU on 3 CPUs (head 1, worker 2) and usually places 2 on the
+    worker. In ~1 of 3 full suites (CI at stops 28, 31 and 33) it leaves one pending for minutes
+    with a CPU free (the GCS's stale view of a node, ray-project/ray#62858, is one suspect; never
+    seen with this module alone). The test needs only one trial on each node, so it goes on
+    with what Ray placed and keeps Ray's evidence of the wait (`_keep_evidence`) when it happens."""
 
     c, state = local_cluster
     marks, release = tmp_path / "marks", tmp_path / "release"
@@ -549,34 +556,32 @@ def test_a_killed_worker_node_is_retried_named_refused_and_restarted(local_clust
             time.sleep(0.5)  # the jobs are over; Ray frees their actors' CPUs in a moment
         return held
 
+    def started() -> dict[str, str]:
+        """trial id -> the node it started on, from the marks the trials leave."""
+        return {mark.name.split("-")[1]: mark.name.split("-")[0] for mark in marks.iterdir()}
+
     held = until_nothing_holds()
     assert not held, held  # the head's one CPU must be free for the trial the test puts there
     head_id = next(i for i, r in alive_nodes().items() if r["is_head_node"])
     try:
-        for attempt in (1, 2):
-            sub = jobs.submit(c, spec, [], tmp_path)
-            deadline = time.monotonic() + 120
-            while len(list(marks.iterdir())) < 3 and time.monotonic() < deadline:
-                time.sleep(0.2)  # all three trials run: 1 on the head's CPU, 2 on the worker's
-            started = {p.name.split("-")[0] for p in marks.iterdir()}
-            if (len(started) == 2 and head_id in started) or attempt == 2:
-                break
-            # Seen in 3 of ~8 full suites (CI at stops 28 and 31, a clone at stop 30), never in this
-            # module alone, cause not found: the third trial stays pending although nothing held the
-            # head before the submit. Said, with Ray's own view and logs kept for the next look
-            # (`_keep_evidence`), and submitted once more.
-            warnings.warn(f"the third trial never reached the head; evidence in "
-                          f"{_keep_evidence(c, tmp_path / f'evidence-{attempt}')}; submitting again", stacklevel=1)
-            jobs.stop(c, sub.job_id)
-            for mark in marks.iterdir():
-                mark.unlink()
-            until_nothing_holds()
-        assert len(started) == 2 and head_id in started, \
-            (f"evidence in {_keep_evidence(c, tmp_path / 'evidence-2')}", jobs.logs(c, sub.job_id)[-3000:])
-        worker_id = (started - {head_id}).pop()
+        sub = jobs.submit(c, spec, [], tmp_path)
+        deadline = time.monotonic() + 120
+        while len(started()) < 3 and time.monotonic() < deadline:
+            if head_id in started().values() and len(set(started().values())) == 2:
+                deadline = min(deadline, time.monotonic() + 30)  # one on each node is enough; the third gets 30 s
+            time.sleep(0.2)
+        on = started()
+        if len(on) < 3:
+            warnings.warn(f"only {len(on)} of 3 trials started; Ray's view of the wait is kept in "
+                          f"{_keep_evidence(c, tmp_path / 'evidence')}", stacklevel=1)
+        assert head_id in on.values() and len(set(on.values())) == 2, \
+            (on, f"evidence in {_keep_evidence(c, tmp_path / 'evidence')}", jobs.logs(c, sub.job_id)[-3000:])
+        worker_id = next(node for node in on.values() if node != head_id)
+        lost = sorted(trial for trial, node in on.items() if node == worker_id)
         _worker_raylet(state).kill()
-        while jobs.logs(c, sub.job_id).count("retrying, ") < 2 and time.monotonic() < deadline:
-            time.sleep(0.5)  # the driver saw both failures (a worker may outlive its raylet a while)
+        deadline = time.monotonic() + 60
+        while jobs.logs(c, sub.job_id).count("retrying, ") < len(lost) and time.monotonic() < deadline:
+            time.sleep(0.5)  # the driver saw every failure (a worker may outlive its raylet a while)
         release.touch()
         out = io.StringIO()
         status = jobs.follow(c, sub.job_id, out)
@@ -585,12 +590,13 @@ def test_a_killed_worker_node_is_retried_named_refused_and_restarted(local_clust
         t = pd.read_parquet(jobs.fetch(c, sub.job_id, tmp_path / "fetched") / "trials.parquet")
         assert len(t) == 3 and (t["status"] == "completed").all(), t.to_string()
         retried = t[t["retries"] > 0]
-        assert len(retried) == 2 and (retried["retries"] == 1).all(), t.to_string()
-        assert (retried["node_id"] == head_id).all()  # ran again, on the node still alive
+        assert sorted(retried["trial_id"]) == lost and (retried["retries"] == 1).all(), (lost, t.to_string())
+        assert (t["node_id"] == head_id).all()  # the retried trials, and any left pending, ran on the live node
         assert retried["error"].str.startswith(f"its worker on node {retried['node_ip'].iloc[0]} "
                                                f"(id {worker_id[:12]}) was lost: ").all(), t.to_string()
         assert t.loc[t["retries"] == 0, "error"].isna().all()
-        assert logs.count(f"(id {worker_id[:12]}) was lost") == 2 and "retrying, 1 of budget.max_failures=1" in logs
+        assert logs.count(f"(id {worker_id[:12]}) was lost") == len(lost)
+        assert "retrying, 1 of budget.max_failures=1" in logs
 
         deadline = time.monotonic() + 60
         while worker_id in alive_nodes() and time.monotonic() < deadline:
