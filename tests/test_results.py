@@ -219,6 +219,26 @@ def test_a_trial_stopped_while_paused_is_stopped_unless_it_had_reached_max_t(tmp
     assert {t: r.status for t, r in rec.trials.items()} == {"loser": "stopped", "finished": "completed"}
 
 
+def test_a_trial_stopped_while_its_pause_is_saving_is_stopped(tmp_path):
+    """HyperBand pauses a rung's trial; Tune keeps it RUNNING until the pause's save ends. Stopped in
+    that window (another trial's result processes the rung), it waited, as a paused one does."""
+    from ray.tune.experiment import Trial
+
+    from orchestrator.run.callbacks import RecorderCallback
+
+    rec = Recorder(tmp_path, "loss", "min", max_t=9)
+    callback = RecorderCallback(rec)
+    for trial_id, saving in (("pausing", True), ("running", False)):
+        trial = Trial("trainable", config={"x": 1}, trial_id=trial_id, stub=True)
+        trial.set_status(Trial.RUNNING)
+        callback.on_trial_start(0, [trial], trial)
+        for i in range(1, 4):
+            callback.on_trial_result(0, [trial], trial, {"training_iteration": i, "loss": 1 / i})
+        trial.temporary_state.saving_to = object() if saving else None  # Tune's save future, in flight
+        callback.on_trial_complete(0, [trial], trial)
+    assert {t: r.status for t, r in rec.trials.items()} == {"pausing": "stopped", "running": "completed"}
+
+
 def test_a_pbt_schedule_is_written_to_trials_parquet_and_read_back_on_resume(tmp_path):
     """The refit after PBT replays the best trial's schedule: it must survive a crash (`hpo resume`
     rebuilds the Recorder from trials.parquet), not live only in the driver's memory."""

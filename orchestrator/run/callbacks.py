@@ -109,8 +109,10 @@ class RecorderCallback(Callback):
         self._place(trial.trial_id)
         ended_itself = self.stopper is not None and trial.trial_id in self.stopper.ended_itself
         # HyperBand/BOHB stop a trial waiting at a rung (paused) with no result saying so: Tune calls
-        # this while the trial is still PAUSED (or PENDING), which is the only sign of that stop.
-        waiting = trial.status in (trial.PAUSED, trial.PENDING)
+        # this while the trial is still PAUSED (or PENDING), which is the only sign of that stop. A
+        # trial whose pause is still saving its state is RUNNING until the save ends (`is_saving`):
+        # one stopped then, by another trial's result at the rung, waited too (once in a full suite).
+        waiting = trial.status in (trial.PAUSED, trial.PENDING) or trial.is_saving
         self.recorder.complete(trial.trial_id, ended_itself=ended_itself, stopped_waiting=waiting)
 
     def on_trial_error(self, iteration, trials, trial, **info):
