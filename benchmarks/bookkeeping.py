@@ -41,6 +41,7 @@ so the numbers are an upper bound on the driver's cost on a 16-core node.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -212,12 +213,14 @@ def start_head(cpus: int) -> tuple[subprocess.Popen, str, dict]:
             time.sleep(3)  # let the head settle before timing anything
             return head, address, env
         time.sleep(2)
-    stop_head(head)
+    stop_head(head, str(port))
     sys.exit("ray start --head did not answer `ray status` within 120 s")
 
 
-def stop_head(head: subprocess.Popen) -> None:
-    """Terminates the --block process (it stops the head's processes), then kills any of them left."""
+def stop_head(head: subprocess.Popen, port: str) -> None:
+    """Terminates the --block process (it stops the head's processes), then kills any of them left,
+    and removes the address file `ray start` left in /tmp/ray (`ray stop` would), so that a later
+    plain `ray.init()` on this machine does not try to join the dead head."""
     try:
         children = psutil.Process(head.pid).children(recursive=True)
     except psutil.Error:
@@ -231,6 +234,10 @@ def stop_head(head: subprocess.Popen) -> None:
     _, alive = psutil.wait_procs(children, timeout=10)
     for p in alive:
         p.kill()
+    current = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    with contextlib.suppress(OSError):
+        if current.read_text().strip().endswith(f":{port}"):
+            current.unlink()
 
 
 def run_bare(folder: Path, address: str, env: dict, args, tag: str) -> dict:
@@ -315,7 +322,7 @@ def main() -> None:
                     rows.append(run_bare(folder, address, env, args, str(r)))
                 rows.append(run_hpo(folder, address, env, args, str(r)))
         finally:
-            stop_head(head)
+            stop_head(head, address.rpartition(":")[2])
     report(rows, ideal, args.timeout_s)
 
 
