@@ -519,17 +519,19 @@ def test_two_jobs_at_once_on_the_cluster_keep_their_own_budgets(local_cluster, t
 @pytest.mark.cluster
 @pytest.mark.slow
 def test_a_killed_worker_node_is_retried_named_refused_and_restarted(local_cluster, tmp_path):
-    """kill -9 the worker's raylet while trials run there and one runs on the head: the worker's
+    """kill -9 the worker's raylet while trials run there: the worker's
     trials are retried on the head (budget.max_failures, default 1) and the job succeeds; each
     retried trial's `error` names the lost node; a `gpu: 1` submit is then refused against the live
     nodes (the cluster file still lists the GPU worker); `hpo cluster up` notices the dead worker
     and starts it again.
 
-    Ray is asked for 3 trials of 1 CPU on 3 CPUs (head 1, worker 2) and usually places 2 on the
-    worker. In ~1 of 3 full suites (CI at stops 28, 31 and 33) it leaves one pending for minutes
-    with a CPU free (the GCS's stale view of a node, ray-project/ray#62858, is one suspect; never
-    seen with this module alone). The test needs only one trial on each node, so it goes on
-    with what Ray placed and keeps Ray's evidence of the wait (`_keep_evidence`) when it happens."""
+    Trials of half a CPU: the head (1 CPU) can take the retried ones even when Ray counts part of
+    its CPU as used by nothing it lists (seen in a full suite: 2.5 of 3 CPUs used, 2 of them by
+    the trials on the worker). Asked for 3 trials on 3 CPUs, Ray has also left one pending for
+    minutes with a CPU free, in ~1 of 3 full suites (CI at stops 28, 31 and 33; the GCS's stale
+    view of a node, ray-project/ray#62858, is one suspect; never seen with this module alone).
+    The test needs only one trial on the worker, so it goes on with what Ray placed and keeps
+    Ray's evidence of the wait (`_keep_evidence`) when a trial never starts."""
 
     c, state = local_cluster
     marks, release = tmp_path / "marks", tmp_path / "release"
@@ -539,7 +541,7 @@ def test_a_killed_worker_node_is_retried_named_refused_and_restarted(local_clust
     spec.write_text(yaml.safe_dump({
         "name": "node-loss", "family": "node_loss.py:train", "metric": {"name": "loss", "mode": "min"},
         "space": {"marks": str(marks), "release": str(release), "x": {"uniform": [0, 1]}},
-        "budget": {"trials": 3, "concurrent": 3}, "resources": {"cpu": 1, "gpu": 0}}))
+        "budget": {"trials": 3, "concurrent": 3}, "resources": {"cpu": 0.5, "gpu": 0}}))
 
     def alive_nodes():
         return {r["node_id"]: r for r in _state_rows(c, "nodes") if r["state"] == "ALIVE"}
@@ -567,14 +569,14 @@ def test_a_killed_worker_node_is_retried_named_refused_and_restarted(local_clust
         sub = jobs.submit(c, spec, [], tmp_path)
         deadline = time.monotonic() + 120
         while len(started()) < 3 and time.monotonic() < deadline:
-            if head_id in started().values() and len(set(started().values())) == 2:
-                deadline = min(deadline, time.monotonic() + 30)  # one on each node is enough; the third gets 30 s
+            if set(started().values()) - {head_id}:
+                deadline = min(deadline, time.monotonic() + 30)  # one on the worker is enough; the rest get 30 s
             time.sleep(0.2)
         on = started()
         if len(on) < 3:
             warnings.warn(f"only {len(on)} of 3 trials started; Ray's view of the wait is kept in "
                           f"{_keep_evidence(c, tmp_path / 'evidence')}", stacklevel=1)
-        assert head_id in on.values() and len(set(on.values())) == 2, \
+        assert set(on.values()) - {head_id}, \
             (on, f"evidence in {_keep_evidence(c, tmp_path / 'evidence')}", jobs.logs(c, sub.job_id)[-3000:])
         worker_id = next(node for node in on.values() if node != head_id)
         lost = sorted(trial for trial, node in on.items() if node == worker_id)
