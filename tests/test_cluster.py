@@ -563,16 +563,16 @@ def test_a_killed_worker_node_is_retried_named_refused_and_restarted(local_clust
         return {mark.name.split("-")[1]: mark.name.split("-")[0] for mark in marks.iterdir()}
 
     held = until_nothing_holds()
-    assert not held, held  # the head's one CPU must be free for the trial the test puts there
+    assert not held, held  # the head's CPU must be free for the trials retried there
     head_id = next(i for i, r in alive_nodes().items() if r["is_head_node"])
     try:
         sub = jobs.submit(c, spec, [], tmp_path)
         deadline = time.monotonic() + 120
-        while len(started()) < 3 and time.monotonic() < deadline:
-            if set(started().values()) - {head_id}:
+        while len(on := started()) < 3 and time.monotonic() < deadline:
+            if set(on.values()) - {head_id}:
                 deadline = min(deadline, time.monotonic() + 30)  # one on the worker is enough; the rest get 30 s
             time.sleep(0.2)
-        on = started()
+        on = started()  # a trial may have started during the last sleep
         if len(on) < 3:
             warnings.warn(f"only {len(on)} of 3 trials started; Ray's view of the wait is kept in "
                           f"{_keep_evidence(c, tmp_path / 'evidence')}", stacklevel=1)
