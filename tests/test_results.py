@@ -90,6 +90,29 @@ def test_flush_counters_grow_with_each_flush_and_the_merge(tmp_path):
     assert rec.flushes == 3 and rec.flush_s > second
 
 
+def test_an_ended_trials_row_is_kept_until_the_record_changes(tmp_path, monkeypatch):
+    """trials.parquet is rewritten at every flush: an ended trial's row is built once, and any
+    change to its record (hpo resume rewrites statuses and scores) is in the next row."""
+    import orchestrator.results.writer as writer
+
+    rec = Recorder(tmp_path, "loss", "min")
+    feed(rec, "a", {"x": 1}, [0.5, 0.4])
+    rec.start("b", {"x": 2})
+    first = rec.trials["a"].row()
+    first["status"] = "scribbled"  # the caller's own copy
+    stamps = []
+    monkeypatch.setattr(writer, "_ts", lambda t: stamps.append(t) or t)
+    assert rec.trials["a"].row()["status"] == "completed" and stamps == []
+    for _ in range(2):
+        rec.trials["b"].row()
+    assert len(stamps) == 4  # a running trial's row is built each time: its wall_s grows
+    rec.trials["a"].status, rec.trials["a"].score = "errored", 0.1
+    row = rec.trials["a"].row()
+    assert (row["status"], row["score"]) == ("errored", 0.1) and len(stamps) == 6
+    rec.close()
+    assert load(tmp_path)[0].set_index("trial_id").loc["a", "status"] == "errored"
+
+
 def test_close_marks_unfinished_trials_stopped_at_the_end_of_the_time_budget(tmp_path):
     rec = Recorder(tmp_path, "loss", "min")
     rec.start("a", {"x": 1})

@@ -81,6 +81,15 @@ class TrialRecord:
     # (orchestrator.results.constraints.judge); None without constraints.
     constraints: dict[str, float | None] | None = None
     feasible: bool | None = None
+    # row()'s last answer for an ended trial, dropped by any assignment to the record (__setattr__):
+    # trials.parquet is rewritten at every flush, and rebuilding 10,000 unchanged rows each time made
+    # Parquet 2.9% of a 10,000-trial run (docs/performance.md, "Bookkeeping at scale").
+    _row: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name != "_row":
+            object.__setattr__(self, "_row", None)
 
     @property
     def eligible(self) -> bool:
@@ -89,8 +98,12 @@ class TrialRecord:
         return self.status in ELIGIBLE and _finite(self.score) and (self.constraints is None or self.feasible is True)
 
     def row(self) -> dict[str, Any]:
+        """Its trials.parquet row (a new dict each call). A running trial's `wall_s` grows with the
+        clock, so only an ended trial's row is kept."""
+        if self._row is not None:
+            return dict(self._row)
         end = self.ended_at or time.time()
-        return {
+        row = {
             "trial_id": self.trial_id,
             "status": self.status,
             "iterations": self.iterations,
@@ -113,6 +126,10 @@ class TrialRecord:
             FEASIBLE: self.feasible,
             **{f"{CONSTRAINT_PREFIX}{k}": v for k, v in (self.constraints or {}).items()},
         }
+        if self.ended_at is not None:
+            object.__setattr__(self, "_row", row)
+            return dict(row)
+        return row
 
 
 def trial_from_row(row: Mapping[str, Any]) -> TrialRecord:
