@@ -22,8 +22,9 @@ Some things only Ray's private modules do. Each is imported here and nowhere els
 - a local Ray started without the dashboard process Ray 2.60 starts even without the dashboard,
   and without importing the dashboard's dependencies in the driver (`without_dashboard_process`);
 - Tune's snapshot copied into a local run folder file by file, each whole (`snapshots_written_whole`);
-- trial actors of a local Ray created without the runtime env Tune gives them where it changes
-  nothing, so the workers Ray prestarted serve them (`trial_actors_on_prestarted_workers`);
+- trial actors created without the runtime env Tune gives them where it changes nothing or the
+  actor can set its variables itself, so the workers Ray prestarted serve them
+  (`trial_actors_on_prestarted_workers`);
 - a trial actor's start without importing IPython only to clear a shell no worker has
   (`trial_actors_without_ipython`, called in the worker by orchestrator.trial.trainable);
 - a finished trial's actor kept for the next trial instead of replacing an actor Ray is
@@ -425,20 +426,26 @@ def without_dashboard_process() -> Iterator[None]:
 
 
 def trial_actors_on_prestarted_workers(inherited: Callable[[], Mapping[str, str] | None]) -> None:
-    """Tune's trial actors created without the runtime env Tune gives them, where it changes nothing.
+    """Tune's trial actors created without the runtime env Tune gives them, where it can go.
 
     Ray Tune creates every trainable actor with `runtime_env={"env_vars": ...}`: PL_DISABLE_FORK=1
     and the driver's values of a few Tune, Train and AWS variables (`ray.tune.execution.class_cache`).
     A Ray worker serves only tasks and actors of its own runtime env, so the idle workers Ray
-    prestarts as it starts (one per CPU, with none) never serve a trial: Ray starts new ones when
-    Tune asks for its actors, each a Python process importing Ray (1-2 s, on the cores the run
-    needs), after the driver's set-up instead of during it, and the prestarted ones idle.
+    prestarts (one per CPU, as a local Ray starts or as the first driver joins a `ray start` head)
+    never serve a trial: Ray starts new ones when Tune asks for its actors, each a Python process
+    importing Ray (1-2 s, on the cores the run needs), and the prestarted ones idle.
 
-    `inherited()` is the environment the running Ray's workers inherit, or None where that is
-    not known (a joined Ray, a cluster): the driver's own at the moment it started a local Ray.
-    Where each variable Tune would set already has that value there, the runtime env would change
-    nothing in the trial, and its actor is created without it; otherwise Tune's own. Idempotent.
-    Tests: tests/test_run_local.py (test_trial_actors_of_a_local_ray_go_without_tune_s_runtime_env...)
+    `inherited()` is the environment the running Ray's workers inherit, or None where that is not
+    known (a joined Ray, a cluster): the driver's own at the moment it started a local Ray.
+    - Where each variable Tune would set already has that value there, the runtime env changes
+      nothing in the trial: its actor is created without it.
+    - Else, where Tune would set only its defaults (the driver sets none of the variables Tune
+      copies), the actor sets them in its own environment as it is created (`_setting_env`),
+      before Tune's trainable and the user's code run: Lightning reads PL_DISABLE_FORK when it
+      forks, not as it is imported.
+    - Otherwise Tune's own runtime env: a Train variable may be read as Ray Train is imported,
+      which a worker does before the actor exists.
+    Idempotent. Tests: tests/test_run_local.py (test_trial_actors_go_without_tune_s_runtime_env...)
     and tests/test_families.py (test_hpo_run_completes_an_example_and_prints_the_test_score)."""
     import ray
     from ray.tune.execution import class_cache
@@ -451,15 +458,29 @@ def trial_actors_on_prestarted_workers(inherited: Callable[[], Mapping[str, str]
         env = inherited()
         tune_sets = {**class_cache.DEFAULT_ENV_VARS,
                      **{k: os.environ[k] for k in class_cache.ENV_VARS_TO_PROPAGATE if k in os.environ}}
-        if env is None or any(env.get(k) != v for k, v in tune_sets.items()):
+        if env is not None and all(env.get(k) == v for k, v in tune_sets.items()):
+            key, make = ("hpo-inherited-env", trainable_cls), lambda: trainable_cls
+        elif tune_sets == class_cache.DEFAULT_ENV_VARS:
+            key, make = ("hpo-env-in-actor", trainable_cls), lambda: _setting_env(trainable_cls, tune_sets)
+        else:
             return current(self, trainable_cls)
-        key = ("hpo-inherited-env", trainable_cls)  # beside Tune's own entry for the same class
-        if key not in self._cache:
-            self._cache[key] = ray.remote(trainable_cls)
+        if key not in self._cache:  # beside Tune's own entry for the same class
+            self._cache[key] = ray.remote(make())
         return self._cache[key]
 
     get._hpo_prestarted = True
     class_cache._ActorClassCache.get = get
+
+
+def _setting_env(cls: type, env: Mapping[str, str]) -> type:
+    """`cls` (a Tune trainable) as a subclass of the same name that sets `env` in its process first."""
+    env = dict(env)
+
+    def __init__(self, *args, **kwargs):
+        os.environ.update(env)
+        cls.__init__(self, *args, **kwargs)
+
+    return type(cls.__name__, (cls,), {"__init__": __init__, "__doc__": cls.__doc__})
 
 
 def trial_actors_without_ipython() -> None:

@@ -150,22 +150,38 @@ def test_a_local_ray_starts_without_a_dashboard_process(ray_local):
     assert not [c for c in commands if "dashboard/dashboard.py" in c]
 
 
-def test_trial_actors_of_a_local_ray_go_without_tune_s_runtime_env_only_where_it_changes_nothing(
+def test_trial_actors_go_without_tune_s_runtime_env_where_it_changes_nothing_or_they_set_it(
         ray_local, monkeypatch):
     """Tune gives each trial actor an env-var runtime env, so the workers Ray prestarted (none) could
-    not serve it; a local Ray's workers already inherit those values, so ours goes without one. A
-    variable Tune copies from the driver that the workers did not inherit keeps Tune's own."""
+    not serve it. A local Ray's workers already inherit those values: no runtime env. Where they
+    do not (a value the workers did not inherit, as on a joined Ray), the actor sets Tune's default
+    itself as it is created. A variable Tune copies from the driver keeps Tune's own runtime env."""
+    import ray
     from ray.train.constants import ENABLE_V2_MIGRATION_WARNINGS_ENV_VAR
-    from ray.tune.execution.class_cache import _ActorClassCache
+    from ray.tune.execution import class_cache
 
     class Trainable:
         pass
 
     assert os.environ["PL_DISABLE_FORK"] == "1"  # what Tune sets, in the environment Ray inherited
-    assert "runtime_env" not in _ActorClassCache().get(Trainable)._default_options
+    assert "runtime_env" not in class_cache._ActorClassCache().get(Trainable)._default_options
+
+    class Probe:
+        def env(self):
+            return os.environ.get("PL_DISABLE_FORK")
+
+    monkeypatch.setitem(class_cache.DEFAULT_ENV_VARS, "PL_DISABLE_FORK", "2")  # not what the workers inherited
+    remote = class_cache._ActorClassCache().get(Probe)
+    assert "runtime_env" not in remote._default_options
+    actor = remote.options(num_cpus=0).remote()
+    try:
+        assert ray.get(actor.env.remote(), timeout=120) == "2"
+    finally:
+        ray.kill(actor)
+
     monkeypatch.setenv(ENABLE_V2_MIGRATION_WARNINGS_ENV_VAR, "0")  # set after Ray started: not inherited
-    env_vars = _ActorClassCache().get(Trainable)._default_options["runtime_env"]["env_vars"]
-    assert env_vars[ENABLE_V2_MIGRATION_WARNINGS_ENV_VAR] == "0" and env_vars["PL_DISABLE_FORK"] == "1"
+    env_vars = class_cache._ActorClassCache().get(Trainable)._default_options["runtime_env"]["env_vars"]
+    assert env_vars[ENABLE_V2_MIGRATION_WARNINGS_ENV_VAR] == "0" and env_vars["PL_DISABLE_FORK"] == "2"
 
 
 INSTANT = """
