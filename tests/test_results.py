@@ -278,3 +278,28 @@ def test_a_pbt_schedule_is_written_to_trials_parquet_and_read_back_on_resume(tmp
     assert json.loads(by_id.loc["a", "schedule"]) == schedule and pd.isna(by_id.loc["b", "schedule"])
     again = Recorder.reopen(tmp_path, "loss", "min")
     assert again.trials["a"].schedule == schedule and again.trials["b"].schedule is None
+
+
+def test_pending_trials_are_looked_for_at_most_once_a_second(tmp_path, monkeypatch):
+    """The look walks every trial Tune has, at a step of its loop: once a second, not at each step,
+    and the note why trials wait still comes."""
+    from types import SimpleNamespace
+
+    from orchestrator.run import callbacks
+
+    looks, notes, clock = [], [], [100.0]
+
+    class Watch:
+        def update(self, pending):
+            looks.append(list(pending))
+            return "1 trial pending for 61 s: every live node that fits a trial (cpu=1, gpu=0) is busy"
+
+    callback = callbacks.RecorderCallback(Recorder(tmp_path, "loss", "min"), on_note=notes.append, pending=Watch())
+    trials = [SimpleNamespace(trial_id="a", status="PENDING"), SimpleNamespace(trial_id="b", status="RUNNING")]
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: clock[0])
+    for _ in range(50):
+        callback.on_step_end(0, trials)
+    assert looks == [["a"]] and len(notes) == 1
+    clock[0] += callbacks.RecorderCallback.PENDING_EVERY_S
+    callback.on_step_end(0, trials)
+    assert looks == [["a"], ["a"]] and len(notes) == 2

@@ -84,12 +84,17 @@ class RecorderCallback(Callback):
     of the driver's time on 2,000 tiny trials.
     """
 
+    # How often a step of Tune's loop looks for pending trials (`pending`): the look walks every trial
+    # Tune has, so at each step it grew with the run (10,000 trials), for a note due after 60 s.
+    PENDING_EVERY_S = 1.0
+
     def __init__(self, recorder: Recorder, on_step: Callable[[], None] | None = None,
                  placement_key: str | None = None, stopper: RunStopper | None = None,
                  on_note: Callable[[str], None] | None = None, pending: nodes.PendingWatch | None = None):
         self.recorder, self.on_step, self.placement_key = recorder, on_step, placement_key
         self.stopper = stopper  # knows which trials ended themselves
         self.on_note, self.pending = on_note, pending  # a line for the log; why trials wait
+        self._looked = float("-inf")  # when a step last looked for pending trials
 
     def _place(self, trial_id: str) -> None:
         rec = self.recorder.trials.get(trial_id)
@@ -147,9 +152,10 @@ class RecorderCallback(Callback):
 
     def on_step_end(self, iteration, trials, **info):
         self.recorder.maybe_flush()
-        if self.pending and self.on_note and (note := self.pending.update(
-                t.trial_id for t in trials if t.status == "PENDING")):
-            self.on_note(note)
+        if self.pending and self.on_note and time.monotonic() - self._looked >= self.PENDING_EVERY_S:
+            self._looked = time.monotonic()
+            if note := self.pending.update(t.trial_id for t in trials if t.status == "PENDING"):
+                self.on_note(note)
         if self.on_step:
             self.on_step()
 
