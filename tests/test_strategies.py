@@ -72,7 +72,7 @@ EXPECTED_CLASSES = {
     "smac": ("SMACSearch", None),
     "ax": ("AxSearch", None),
 }
-EXPECTED_SCHEDULERS = {"fifo": "FIFOScheduler", "asha": "AsyncHyperBandScheduler", "hyperband": "FinishingHyperBand",
+EXPECTED_SCHEDULERS = {"fifo": "PickingFIFOScheduler", "asha": "PickingASHAScheduler", "hyperband": "FinishingHyperBand",
                        "bohb-hyperband": "FinishingHyperBandForBOHB",
                        "pbt": "PopulationBasedTraining", "pb2": "PB2", "median-stopping": "ContinuingMedianStoppingRule"}
 
@@ -92,6 +92,56 @@ def test_valid_pairs_build_the_right_ray_objects(searcher, scheduler):
         assert alg.max_concurrent == 2
     else:
         assert cfg.search_alg.searcher.max_concurrent == 2
+
+
+def test_the_fifo_pick_among_live_trials_is_ray_s_own():
+    """Trials added, started, paused, ended and retried (Tune moves a retried trial to the end of
+    its list) at random, the way Tune's controller keeps its list and its live set: at every step
+    our pick among the live trials is the trial Ray's FIFO walk over the whole list picks."""
+    import random
+
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import FIFOScheduler
+
+    from orchestrator.search.ray_schedulers import PickingFIFOScheduler
+
+    class Stub:
+        def __init__(self):
+            self.status = Trial.PENDING
+
+    class Controller:
+        def __init__(self):
+            self.trials, self.live = [], set()
+
+        def get_trials(self):
+            return self.trials
+
+        def get_live_trials(self):
+            return self.live
+
+    rng, ctl, ours, picks = random.Random(7), Controller(), PickingFIFOScheduler(), set()
+    for _ in range(3000):
+        op, live = rng.random(), sorted(ctl.live, key=ctl.trials.index)
+        if op < 0.3 or not live:
+            trial = Stub()
+            ctl.trials.append(trial)
+            ctl.live.add(trial)
+        elif op < 0.8:
+            trial = rng.choice(live)
+            trial.status = rng.choice([Trial.RUNNING, Trial.PAUSED, Trial.TERMINATED, Trial.ERROR])
+            if trial.status in (Trial.TERMINATED, Trial.ERROR):
+                ctl.live.discard(trial)
+        else:  # a retried trial: PENDING again, at the end of the list
+            trial = rng.choice(live)
+            trial.status = Trial.PENDING
+            ctl.trials.append(ctl.trials.pop(ctl.trials.index(trial)))
+        expected = FIFOScheduler.choose_trial_to_run(ours, ctl)
+        assert ours.choose_trial_to_run(ctl) is expected
+        picks.add(expected.status)
+    assert picks == {Trial.PENDING, Trial.PAUSED}  # each branch of the pick was taken
+    for trial in ctl.live:
+        trial.status = Trial.RUNNING
+    assert ours.choose_trial_to_run(ctl) is None is FIFOScheduler.choose_trial_to_run(ours, ctl)
 
 
 def test_registries_cover_the_mission():

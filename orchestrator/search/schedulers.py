@@ -192,15 +192,15 @@ def asha_rungs(opts: ASHAOptions) -> frozenset[int]:
 
 
 def _build_fifo(opts: FIFOOptions, params=None):
-    from ray.tune.schedulers import FIFOScheduler
+    from orchestrator.search.ray_schedulers import PickingFIFOScheduler
 
-    return FIFOScheduler()
+    return PickingFIFOScheduler()
 
 
 def _build_asha(opts: ASHAOptions, params=None):
-    from ray.tune.schedulers import ASHAScheduler
+    from orchestrator.search.ray_schedulers import PickingASHAScheduler
 
-    return ASHAScheduler(
+    return PickingASHAScheduler(
         time_attr="training_iteration",
         max_t=opts.max_t,
         grace_period=opts.grace_period,
