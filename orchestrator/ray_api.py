@@ -105,9 +105,9 @@ PRIVATE_APIS: tuple[tuple[str, str, str], ...] = (
     ("ray.train._internal.storage", "_upload_to_fs_path",
      "lifecycle: Tune's snapshot copied into a local run folder a whole file at a time"),
     ("ray.tune.execution.class_cache", "_ActorClassCache.get",
-     "ray_local: a trial actor of a local Ray without Tune's env-var runtime env, on a prestarted worker"),
-    ("ray.tune.execution.class_cache", "DEFAULT_ENV_VARS", "ray_local: the variables Tune sets in a trial"),
-    ("ray.tune.execution.class_cache", "ENV_VARS_TO_PROPAGATE", "ray_local: the driver's variables Tune copies"),
+     "lifecycle: a trial actor without Tune's env-var runtime env, on a prestarted worker"),
+    ("ray.tune.execution.class_cache", "DEFAULT_ENV_VARS", "lifecycle: the variables Tune sets in a trial"),
+    ("ray.tune.execution.class_cache", "ENV_VARS_TO_PROPAGATE", "lifecycle: the driver's variables Tune copies"),
     ("ray.tune.trainable.trainable", "disable_ipython",
      "trial.trainable: a trial actor starts without importing IPython where none was imported"),
     ("ray.tune.execution.tune_controller", "TuneController._maybe_reuse_cached_actor",
@@ -436,7 +436,8 @@ def trial_actors_on_prestarted_workers(inherited: Callable[[], Mapping[str, str]
     importing Ray (1-2 s, on the cores the run needs), and the prestarted ones idle.
 
     `inherited()` is the environment the running Ray's workers inherit, or None where that is not
-    known (a joined Ray, a cluster): the driver's own at the moment it started a local Ray.
+    known (a joined Ray, a cluster, a Ray the user's own `ray.init()` started): the driver's own at
+    the moment it started a local Ray.
     - Where each variable Tune would set already has that value there, the runtime env changes
       nothing in the trial: its actor is created without it.
     - Else, where Tune would set only its defaults (the driver sets none of the variables Tune
@@ -468,7 +469,7 @@ def trial_actors_on_prestarted_workers(inherited: Callable[[], Mapping[str, str]
             self._cache[key] = ray.remote(make())
         return self._cache[key]
 
-    get._hpo_prestarted = True
+    get._hpo_prestarted, get.__wrapped__ = True, current
     class_cache._ActorClassCache.get = get
 
 

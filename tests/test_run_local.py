@@ -160,6 +160,11 @@ def test_trial_actors_go_without_tune_s_runtime_env_where_it_changes_nothing_or_
     from ray.train.constants import ENABLE_V2_MIGRATION_WARNINGS_ENV_VAR
     from ray.tune.execution import class_cache
 
+    from orchestrator import ray_api
+    from orchestrator.run import ray_local
+
+    ray_api.trial_actors_on_prestarted_workers(ray_local.inherited_env)  # as every fit installs it
+
     class Trainable:
         pass
 
@@ -182,6 +187,61 @@ def test_trial_actors_go_without_tune_s_runtime_env_where_it_changes_nothing_or_
     monkeypatch.setenv(ENABLE_V2_MIGRATION_WARNINGS_ENV_VAR, "0")  # set after Ray started: not inherited
     env_vars = class_cache._ActorClassCache().get(Trainable)._default_options["runtime_env"]["env_vars"]
     assert env_vars[ENABLE_V2_MIGRATION_WARNINGS_ENV_VAR] == "0" and env_vars["PL_DISABLE_FORK"] == "2"
+
+
+TELLS_ITS_RUNTIME_ENV = """
+import json
+import os
+
+import ray
+from ray import tune
+
+
+def train(config):
+    seen = {"runtime_env": ray.get_runtime_context().runtime_env, "PL_DISABLE_FORK": os.environ.get("PL_DISABLE_FORK")}
+    with open(os.path.join(config["marks"], str(os.getpid())), "w") as f:
+        json.dump(seen, f)
+    tune.report({"loss": config["x"]})
+"""
+
+
+def _marking_spec(write_spec, tmp_path, code: str, budget: str):
+    """A spec of the function trainable `code`, whose trials each leave a file in the folder `marks`
+    (in the space): returns the spec's path and that folder."""
+    (tmp_path / "marking.py").write_text(code)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    return write_spec(f"""
+name: marking
+family: {tmp_path / "marking.py"}:train
+metric: {{name: loss, mode: min}}
+space: {{marks: {str(marks)!r}, x: {{uniform: [0, 1]}}}}
+{budget}
+"""), marks
+
+
+@pytest.mark.slow
+def test_a_run_on_a_ray_it_did_not_start_puts_its_trials_on_prestarted_workers(ray_local, write_spec, tmp_path,
+                                                                              monkeypatch):
+    """A notebook's own `ray.init()`: the run neither started nor joined that Ray, so nothing of
+    ours saw it come up, and what its workers inherited is not known. The rule is installed as the
+    run fits (orchestrator.run.lifecycle.fit): its trial actors come without Tune's runtime env,
+    which would keep them off the workers Ray prestarted, and set Tune's value themselves."""
+    import ray
+    from ray.tune.execution import class_cache
+
+    from orchestrator.run import ray_local as local
+
+    get = class_cache._ActorClassCache.get
+    monkeypatch.setattr(class_cache._ActorClassCache, "get", getattr(get, "__wrapped__", get))  # Tune's own
+    monkeypatch.setattr(local, "_started", [])  # this process did not start the Ray it is connected to
+    assert ray.is_initialized() and local.inherited_env() is None
+    spec, marks = _marking_spec(write_spec, tmp_path, TELLS_ITS_RUNTIME_ENV, "budget: {trials: 2, concurrent: 2}")
+    summary = run(load_spec(spec), tmp_path / "run", quiet=True)
+    assert summary.status == "finished"
+    seen = [json.loads(p.read_text()) for p in marks.iterdir()]
+    assert seen and all(s["PL_DISABLE_FORK"] == "1" for s in seen)
+    assert not [s for s in seen if "env_vars" in s["runtime_env"]], seen  # none came with Tune's runtime env
 
 
 INSTANT = """
@@ -232,17 +292,7 @@ def test_a_kept_actor_never_replaces_one_ray_is_creating(ray_local, write_spec, 
     monkeypatch.setattr(TuneController, "_maybe_reuse_cached_actor", spy_reuse)
     monkeypatch.setattr(TuneController, "_remove_actor", spy_remove)
 
-    (tmp_path / "instant.py").write_text(INSTANT)
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    spec = write_spec(f"""
-name: instant
-family: {tmp_path / "instant.py"}:train
-metric: {{name: loss, mode: min}}
-space: {{marks: {str(marks)!r}, x: {{uniform: [0, 1]}}}}
-budget: {{trials: 24, concurrent: 4}}
-resources: {{cpu: 0.5}}
-""")
+    spec, marks = _marking_spec(write_spec, tmp_path, INSTANT, "budget: {trials: 24, concurrent: 4}\nresources: {cpu: 0.5}")
     said: list[str] = []
 
     class Said(logging.Handler):

@@ -92,7 +92,6 @@ def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None, ad
             ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                      _node_ip_address="127.0.0.1", **quiet)
         _started[:] = [True]
-    ray_api.trial_actors_on_prestarted_workers(inherited_env)  # trials start sooner (docs/performance.md)
     quiet_driver_logs()
     return True
 
