@@ -26,7 +26,7 @@ class _PicksAmongLiveTrials:
     again only when Tune moved a trial to the end (a retried one), the one change it makes but
     appending. Test: tests/test_strategies.py::test_the_fifo_pick_among_live_trials_is_ray_s_own."""
 
-    _places: tuple[list, int, Trial | None, dict[Trial, int]] | None = None
+    _places: dict[Trial, int] | None = None  # each trial's place in Tune's list, as last read
 
     def choose_trial_to_run(self, tune_controller) -> Trial | None:
         place = self._place_of(tune_controller.get_trials())
@@ -38,14 +38,12 @@ class _PicksAmongLiveTrials:
         return None
 
     def _place_of(self, trials: list[Trial]) -> dict[Trial, int]:
-        kept = self._places
-        if kept is not None and kept[0] is trials and len(trials) >= kept[1] and \
-                (kept[1] == 0 or trials[kept[1] - 1] is kept[2]):  # only appended to since
-            place = kept[3]
-            place.update((trial, i) for i, trial in enumerate(trials[kept[1]:], kept[1]))
-        else:
-            place = {trial: i for i, trial in enumerate(trials)}
-        self._places = (trials, len(trials), trials[-1] if trials else None, place)
+        place = self._places or {}
+        seen = len(place)  # the list's first `seen` trials, where they were
+        if seen > len(trials) or (seen and place.get(trials[seen - 1]) != seen - 1):  # a trial was moved
+            place, seen = {}, 0
+        place.update((trial, i) for i, trial in enumerate(trials[seen:], seen))
+        self._places = place
         return place
 
 
