@@ -26,7 +26,8 @@ Some things only Ray's private modules do. Each is imported here and nowhere els
   actor can set its variables itself, so the workers Ray prestarted serve them
   (`trial_actors_on_prestarted_workers`);
 - a trial actor's start without importing IPython only to clear a shell no worker has
-  (`trial_actors_without_ipython`, called in the worker by orchestrator.trial.trainable);
+  (`trial_actors_without_ipython`, called in the worker by orchestrator.trial.trainable, and by
+  orchestrator.trial.placement for every trainable, a user's too, where `in_ray_worker`);
 - a finished trial's actor kept for the next trial instead of replacing an actor Ray is
   already creating (`reused_actors_never_replace_one_starting`).
 
@@ -110,6 +111,8 @@ PRIVATE_APIS: tuple[tuple[str, str, str], ...] = (
     ("ray.tune.execution.class_cache", "ENV_VARS_TO_PROPAGATE", "lifecycle: the driver's variables Tune copies"),
     ("ray.tune.trainable.trainable", "disable_ipython",
      "trial.trainable: a trial actor starts without importing IPython where none was imported"),
+    ("ray._private.worker", "global_worker", "trial.placement: whether this process is a Ray worker"),
+    ("ray._private.worker", "WORKER_MODE", "trial.placement: whether this process is a Ray worker"),
     ("ray.tune.execution.tune_controller", "TuneController._maybe_reuse_cached_actor",
      "lifecycle: a finished trial's actor goes to a trial with no actor on its way"),
     ("ray.tune.execution.tune_controller", "TuneController._trial_to_actor", "lifecycle: a trial's own actor"),
@@ -482,6 +485,12 @@ def _setting_env(cls: type, env: Mapping[str, str]) -> type:
         cls.__init__(self, *args, **kwargs)
 
     return type(cls.__name__, (cls,), {"__init__": __init__, "__doc__": cls.__doc__})
+
+
+def in_ray_worker() -> bool:
+    """Whether this process is a Ray worker: not a driver, nor a process that has not imported Ray."""
+    worker = sys.modules.get("ray._private.worker")
+    return worker is not None and worker.global_worker.mode == worker.WORKER_MODE
 
 
 def trial_actors_without_ipython() -> None:

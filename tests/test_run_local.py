@@ -334,6 +334,27 @@ print(InteractiveShell.initialized())
     assert out.stdout.split() == ["False", "False"]  # not imported; then, once imported, the shell cleared
 
 
+def test_a_user_trainable_s_actor_starts_without_importing_ipython_too():
+    """A user's trainable never imports our trainable module; every trainable is wrapped by
+    orchestrator.trial.placement.recording, so importing that module in a worker skips the import too.
+    In the driver, which imports it before Ray starts, it imports no Ray at all."""
+    code = """
+import sys
+import orchestrator.trial.placement
+print("ray" in sys.modules)
+del sys.modules["orchestrator.trial.placement"]
+import ray._private.worker as worker
+worker.global_worker.mode = worker.WORKER_MODE
+import orchestrator.trial.placement
+from ray.tune.trainable import trainable
+trainable.disable_ipython()
+print("IPython" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "False"]
+
+
 def test_ray_start_finds_the_dashboard_dependencies_without_importing_them():
     """Ray imports aiohttp, grpc, opentelemetry... in the driver only to choose the agent's
     `--minimal` flag (0.4 s); in our local start they are looked up instead, and a missing one

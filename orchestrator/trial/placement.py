@@ -28,6 +28,11 @@ from orchestrator import ray_api
 
 NAMESPACE = "hpo"
 
+# Every trainable is wrapped by `recording`, so a worker imports this module as Ray loads a trial's
+# actor class, before Tune constructs it (the driver imports it too, where this does nothing).
+if ray_api.in_ray_worker():
+    ray_api.trial_actors_without_ipython()
+
 
 def new_key(run_id: str) -> str:
     """A key prefix unique to one run (two runs of the same spec in one second still differ)."""
