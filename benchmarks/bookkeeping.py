@@ -16,6 +16,11 @@ after the other on that head, each as a whole process timed from launch to exit:
 
 Columns:
 - wall, ideal (N x 1 s / 16) and wall / ideal.
+- where the wall went: launch -> the first trial's start, the trials' span (first start -> last end)
+  against the ideal, and last end -> exit. Most of the start is the trial workers': a head from
+  `ray start` starts its workers only when a driver connects, two at a time, 16 here, and each imports
+  Ray Tune for its trial actor; on 2 real cores that is ~10 s (on a node with 16 cores, about one
+  worker's time). The span is what the driver's bookkeeping adds to the trials.
 - driver ms/trial per quarter of the trials (by start order): (the quarter's span from its first start
   to its last end x 16 - the sum of its trials' wall_s) / its trials: slot-time no trial was running,
   per trial. A driver whose bookkeeping grows with the trials it has seen shows a rising row; with 2,000
@@ -186,6 +191,13 @@ def driver_cost_ms(starts: pd.Series, ends: pd.Series, cpus: int) -> list[tuple[
     return out
 
 
+def phases(starts: pd.Series, ends: pd.Series, launched: float, wall: float) -> tuple[float, float, float]:
+    """(launch -> first trial's start, first start -> last end, last end -> exit), in seconds: the
+    start is where a 2-core machine pays for its 16 trial workers (see the docstring)."""
+    first, last = float(starts.min()), float(ends.max())
+    return first - launched, last - first, launched + wall - last
+
+
 def seconds(column: pd.Series) -> pd.Series:
     return column.map(lambda t: t.timestamp() if pd.notna(t) else np.nan)
 
@@ -245,11 +257,12 @@ def run_bare(folder: Path, address: str, env: dict, args, tag: str) -> dict:
     script = folder / f"bare-{tag}.py"
     script.write_text(BARE.format(folder=str(folder), address=address, sleep_s=args.sleep_s, trials=args.trials,
                                   cpus=args.cpus, storage=str(storage), times_csv=str(times_csv)))
-    _, wall, peak = timed([sys.executable, str(script)], folder, env, folder / f"bare-{tag}.log", args.timeout_s)
+    launched, wall, peak = timed([sys.executable, str(script)], folder, env, folder / f"bare-{tag}.log", args.timeout_s)
     row = {"name": "bare Ray Tune", "wall": wall, "rss": peak[0], "trace": peak[1], "flush_s": None, "quarters": []}
     if wall is not None:
         times = pd.read_csv(times_csv, names=["trial_id", "start", "end"])
         row["quarters"] = driver_cost_ms(times["start"], times["end"], args.cpus)
+        row["phases"] = phases(times["start"], times["end"], launched, wall)
     return row
 
 
@@ -259,7 +272,8 @@ def run_hpo(folder: Path, address: str, env: dict, args, tag: str) -> dict:
     out = folder / "runs" / tag
     cmd = [sys.executable, "-m", "orchestrator.cli", "run", str(path), "--ray", address, "--quiet",
            "--output", str(out)]
-    _, wall, peak = timed(cmd, folder, {**env, "PYTHONPATH": str(ROOT)}, folder / f"hpo-{tag}.log", args.timeout_s)
+    launched, wall, peak = timed(cmd, folder, {**env, "PYTHONPATH": str(ROOT)}, folder / f"hpo-{tag}.log",
+                                 args.timeout_s)
     row = {"name": "hpo run --ray (user fn)", "wall": wall, "rss": peak[0], "trace": peak[1], "flush_s": None,
            "quarters": []}
     if (out / "trials.parquet").exists():  # killed at the limit: the trials its last flush wrote
@@ -267,6 +281,7 @@ def run_hpo(folder: Path, address: str, env: dict, args, tag: str) -> dict:
         row["quarters"] = driver_cost_ms(seconds(trials["started_at"]), seconds(trials["ended_at"]), args.cpus)
         row["ended"] = int(trials["ended_at"].notna().sum())
     if wall is not None:
+        row["phases"] = phases(seconds(trials["started_at"]), seconds(trials["ended_at"]), launched, wall)
         meta = json.loads((out / "experiment.json").read_text())
         row["flush_s"] = (meta.get("recorder") or {}).get("flush_s")
     return row
@@ -281,6 +296,11 @@ def report(rows: list[dict], ideal: float, limit: float) -> None:
         ratio = f"{row['wall'] / ideal:7.2f}x" if row["wall"] is not None else f"{'':8s}"
         share = f"{row['flush_s'] / row['wall']:8.2%}" if row["flush_s"] is not None else f"{'n/a':>8s}"
         print(f"{row['name']:26s} {wall} {ideal:8.1f} {ratio} {row['rss'] / 2**20:7.0f} {share}")
+    print("\nwhere the wall went, s: launch -> first trial, the trials' span (x ideal), last trial's end -> exit")
+    for row in rows:
+        if row.get("phases"):
+            start, span, tail = row["phases"]
+            print(f"{row['name']:26s} {start:8.1f} {span:8.1f} ({span / ideal:.2f}x) {tail:8.1f}")
     print(f"\ndriver ms per trial (idle slot-time / trial), by start order:\n{'':26s} "
           + " ".join(f"{label:>10s}" for label in labels))
     for row in rows:
