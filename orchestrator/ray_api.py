@@ -490,7 +490,10 @@ def _setting_env(cls: type, env: Mapping[str, str]) -> type:
 def in_ray_worker() -> bool:
     """Whether this process is a Ray worker: not a driver, nor a process that has not imported Ray."""
     worker = sys.modules.get("ray._private.worker")
-    return worker is not None and worker.global_worker.mode == worker.WORKER_MODE
+    try:
+        return worker.global_worker.mode == worker.WORKER_MODE
+    except AttributeError:  # no Ray in this process, or a thread of it still importing Ray
+        return False
 
 
 def trial_actors_without_ipython() -> None:
