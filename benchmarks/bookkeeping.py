@@ -278,10 +278,12 @@ def run_hpo(folder: Path, address: str, env: dict, args, tag: str) -> dict:
            "quarters": []}
     if (out / "trials.parquet").exists():  # killed at the limit: the trials its last flush wrote
         trials = pd.read_parquet(out / "trials.parquet")
-        row["quarters"] = driver_cost_ms(seconds(trials["started_at"]), seconds(trials["ended_at"]), args.cpus)
+        starts, ends = seconds(trials["started_at"]), seconds(trials["ended_at"])
+        row["quarters"] = driver_cost_ms(starts, ends, args.cpus)
         row["ended"] = int(trials["ended_at"].notna().sum())
+        if wall is not None:
+            row["phases"] = phases(starts, ends, launched, wall)
     if wall is not None:
-        row["phases"] = phases(seconds(trials["started_at"]), seconds(trials["ended_at"]), launched, wall)
         meta = json.loads((out / "experiment.json").read_text())
         row["flush_s"] = (meta.get("recorder") or {}).get("flush_s")
     return row
