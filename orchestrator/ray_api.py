@@ -152,6 +152,15 @@ def missing_private_apis() -> list[str]:
 
 # --- inside a trial -----------------------------------------------------------------------------
 
+def resolved(value: Any) -> Any:
+    """`value`, or the object it refers to where it is an object store reference (the run's data,
+    put there once by the driver: orchestrator.run.run_data); numpy arrays come back as read-only
+    views of the store's shared memory, not copies."""
+    import ray
+
+    return ray.get(value) if isinstance(value, ray.ObjectRef) else value
+
+
 def report(metrics: Mapping[str, Any], checkpoint_dir: str | Path | None = None) -> None:
     """One result of the running trial, with a checkpoint made from a directory's files."""
     from ray import tune

@@ -139,6 +139,38 @@ def test_actor_reuse_only_for_classes_that_can_reset(write_spec, tmp_path, reset
     assert cfg.reuse_actors is reuse
 
 
+def test_the_driver_holds_the_run_s_data_only_in_the_store_while_trials_search(ray_local):
+    """orchestrator.run.run_data: the driver puts the Dataset in Ray's object store once and lets
+    its own arrays go (they were a second copy of a 1M-row file for the whole search); after the
+    search it copies them back, writable and its own, before Ray can shut down."""
+    import gc
+    import weakref
+
+    import numpy as np
+    import ray
+
+    from orchestrator.run.run_data import RunData
+    from orchestrator.spec.data import DataSpec, load
+
+    dataset = load(DataSpec(name="digits"))
+    expected = {f: getattr(dataset, f).copy() for f in ("X_train", "y_train", "X_valid", "X_test", "y_test")}
+    own = weakref.ref(dataset)
+    data = RunData(dataset, reload=lambda: pytest.fail("the object store still held the data"))
+    del dataset
+    ref = data.for_trials()
+    gc.collect()
+    assert isinstance(ref, ray.ObjectRef) and own() is None
+    views = ray.get(ref)  # what a trial gets: read-only views of the store's one copy
+    assert not views.X_train.flags.writeable
+    back = data.after_search()
+    for name, array in expected.items():
+        got = getattr(back, name)
+        assert got.flags.writeable and not np.shares_memory(got, getattr(views, name))
+        assert got.dtype == array.dtype and np.array_equal(got, array)
+    assert back.feature_names == views.feature_names and data.after_search() is back
+    assert RunData(None, reload=lambda: None).for_trials() is None  # a family without data
+
+
 def test_a_local_ray_starts_without_a_dashboard_process(ray_local):
     """Ray 2.60 starts its dashboard head even with include_dashboard=False, and ray.init waits
     for it (~1 s); a local Ray of ours has none (orchestrator.ray_api.without_dashboard_process),

@@ -21,6 +21,7 @@ from orchestrator.results.contract import EXPERIMENT, SCHEMA_KEY, SCHEMA_VERSION
 from orchestrator.results.writer import Recorder
 from orchestrator.run import lifecycle
 from orchestrator.run.ray_local import apply_fast_env
+from orchestrator.run.run_data import RunData
 from orchestrator.run.summary import RunSummary
 from orchestrator.run.tuner import build_tuner
 from orchestrator.spec import data as data_mod
@@ -71,8 +72,13 @@ def claim_folder(run_dir: Path) -> rundir.Claim:
                          f"on a writable disk with free space") from None
 
 
-def load_data(exp: Experiment):
-    """The experiment's dataset, or None for a family without data; a bad file is the user's to fix."""
+def load_data(exp: Experiment) -> RunData:
+    """The experiment's dataset (None for a family without data), held for the run
+    (orchestrator.run.run_data); a bad file is the user's to fix."""
+    return RunData(_dataset(exp), reload=lambda: _dataset(exp))
+
+
+def _dataset(exp: Experiment):
     if not (isinstance(exp.family, Family) and exp.family.needs_data):
         return None
     try:

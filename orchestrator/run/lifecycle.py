@@ -33,6 +33,7 @@ from orchestrator.results.writer import Recorder
 from orchestrator.run import ray_local, refit, signals, take_home
 from orchestrator.run.outcome import Ended, outcome, pareto_evaluation
 from orchestrator.run.progress import Progress
+from orchestrator.run.run_data import RunData
 from orchestrator.run.stopping import SearchStop
 from orchestrator.run.summary import RunSummary, top_trials
 from orchestrator.run.tuner import TunerFactory, build_tuner
@@ -55,10 +56,11 @@ class Watch:
     pending: PendingWatch | None
 
 
-def drive(exp: Experiment, run_dir: Path, data: Any, begin: Begin, make_tuner: TunerFactory, *, quiet: bool,
+def drive(exp: Experiment, run_dir: Path, data: RunData, begin: Begin, make_tuner: TunerFactory, *, quiet: bool,
           ray_address: str | None) -> RunSummary:
     """The lifecycle `hpo run` and `hpo resume` share, once the folder is claimed. A refusal before
-    `begin` wrote experiment.json (pre-flight, Ray not reachable) leaves the folder unclaimed."""
+    `begin` wrote experiment.json (pre-flight, Ray not reachable) leaves the folder unclaimed.
+    The data is in Ray's object store only while the Tuner fits (orchestrator.run.run_data)."""
     try:
         with ray_local.connected(ray_address, meanwhile=imports_after_start(exp)), signals.handling_signals():
             ray_local.preflight(exp)
@@ -71,13 +73,15 @@ def drive(exp: Experiment, run_dir: Path, data: Any, begin: Begin, make_tuner: T
             search_stop = SearchStop.for_run(exp, recorder.trials, meta)
             try:
                 watch = _watch(exp, meta, recorder, quiet, search_stop)
-                ended = fit(exp, run_dir, data, recorder, make_tuner, watch=watch, search_stop=search_stop)
+                ended = fit(exp, run_dir, data.for_trials(), recorder, make_tuner, watch=watch,
+                            search_stop=search_stop)
+                dataset = data.after_search()  # out of the store before Ray can go
                 if not refit.needs_ray(exp):  # Ray's shutdown overlaps the refit here and the model
                     ray_local.release_early()
             finally:  # every trial's end is queued by now (the Recorder closed): the journal is complete
                 if journal:
                     meta["dashboard"] = journal.close()
-            return conclude(exp, run_dir, meta, recorder, data, ended, tracking)
+            return conclude(exp, run_dir, meta, recorder, dataset, ended, tracking)
     except BaseException:
         if not (run_dir / EXPERIMENT).exists():  # refused before anything ran: the folder stays free
             (run_dir / OWNER).unlink(missing_ok=True)

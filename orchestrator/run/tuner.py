@@ -111,7 +111,9 @@ def measured(exp: Experiment) -> tuple[str, ...]:
 
 
 def build_trainable(exp: Experiment, data: Any = None, placement_key: str | None = None):
-    """The Ray trainable with its resources; `data` goes through the object store once.
+    """The Ray trainable with its resources; `data` goes through the object store once: the
+    run's own as a reference to what the driver put there (orchestrator.run.run_data), an outer
+    fold's as a Dataset that `tune.with_parameters` puts there.
 
     With `placement_key`, every trial records where it ran (orchestrator.trial.placement).
     """

@@ -1,8 +1,10 @@
 """The Ray trainable every built-in family runs as: find the family in the worker, then train.
 
-The driver hands it to Ray Tune (with `tune.with_parameters`, so the data crosses the object
-store once); everything else arrives as one `TrialSettings`, so a worker on another node imports
-the family itself.
+The driver hands it to Ray Tune with `tune.with_parameters`: the data as the object store's
+reference to the one copy the driver put there (orchestrator.run.run_data; an outer fold's data
+is put there by `with_parameters` itself), which a trial reads as read-only views, never a copy;
+everything else arrives as one `TrialSettings`, so a worker on another node imports the family
+itself.
 """
 
 from __future__ import annotations
@@ -21,5 +23,5 @@ def run_family_trial(config: dict, *, settings: TrialSettings, data=None) -> Non
     family = resolve(settings.family_ref, settings.base_path)
     trial = TrialContext.current(settings, config=dict(config))
     # The evaluation protocol (holdout, k-fold) decides what data each `train` call sees.
-    run_trial(family, dict(config), data, trial, settings.evaluation)
+    run_trial(family, dict(config), ray_api.resolved(data), trial, settings.evaluation)
     trial.flush()  # the iterations held back since the last report (see orchestrator.trial.context)
