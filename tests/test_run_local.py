@@ -171,6 +171,33 @@ def test_the_driver_holds_the_run_s_data_only_in_the_store_while_trials_search(r
     assert RunData(None, reload=lambda: None).for_trials() is None  # a family without data
 
 
+def test_run_data_ray_cannot_give_back_is_read_again_or_skips_the_refit_only(ray_local, capsys):
+    """Where the store cannot give the data back after the search (a Ray lost mid-run), it is read
+    from its source again for the refit; if that fails too, the run still concludes (its record is
+    written), with no refit."""
+    import numpy as np
+    import ray
+
+    from orchestrator.run.run_data import RunData
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def lost():
+        raise ConnectionError("the node holding it is gone")
+
+    ref = lost.remote()  # a reference `ray.get` raises for, as for an object lost with its node
+    again = RunData(np.arange(2.0), reload=lambda: "read again")
+    again._ref, again._data = ref, None
+    assert again.after_search() == "read again"
+
+    def unreadable():
+        raise OSError("no such file")
+
+    gone = RunData(np.arange(2.0), reload=unreadable)
+    gone._ref, gone._data = ref, None
+    assert gone.after_search() is None
+    assert "cannot be read again (no such file): no refit" in capsys.readouterr().err
+
+
 def test_a_local_ray_starts_without_a_dashboard_process(ray_local):
     """Ray 2.60 starts its dashboard head even with include_dashboard=False, and ray.init waits
     for it (~1 s); a local Ray of ours has none (orchestrator.ray_api.without_dashboard_process),

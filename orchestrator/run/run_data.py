@@ -14,6 +14,7 @@ shuts down, since the refit, the model and the test score outlive Ray's shared m
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -51,7 +52,11 @@ def _copied_back(ref, reload: Callable[[], Any]) -> Any:
     try:
         views = ray.get(ref, timeout=60)
     except Exception:  # the store went with a lost Ray: read from the source again
-        return reload()
+        try:
+            return reload()
+        except Exception as exc:  # the run's record still gets written; only the refit has nothing to train on
+            print(f"the run's data is gone with Ray and cannot be read again ({exc}): no refit", file=sys.stderr)
+            return None
     return dataclasses.replace(views, **{f.name: np.array(getattr(views, f.name))
                                          for f in dataclasses.fields(views)
                                          if isinstance(getattr(views, f.name), np.ndarray)})
