@@ -238,9 +238,16 @@ def test_a_text_column_is_one_hot_as_in_training_and_an_unseen_category_is_refus
         model.predict(X.assign(colour="purple"))
 
 
-def test_a_file_table_becomes_the_float32_matrix_of_its_numbers_then_its_one_hot_text(tmp_path):
-    """Filled column by column (orchestrator.spec.data.encode), it is what pandas' own float64
-    matrix rounded to float32 would be: huge integers, NaN, booleans and missing text included."""
+@pytest.mark.parametrize("rows_at_once", [7, None])  # blocks of 7 rows, the last one short; one block
+def test_a_file_table_becomes_the_float32_matrix_of_its_numbers_then_its_one_hot_text(tmp_path, monkeypatch,
+                                                                                      rows_at_once):
+    """Filled column by column, a block of rows at a time (orchestrator.spec.data.encode), it is what
+    pandas' own float64 matrix rounded to float32 would be: huge integers, NaN, booleans and
+    missing text included."""
+    from orchestrator.spec import data as data_module
+
+    if rows_at_once:
+        monkeypatch.setattr(data_module, "ROWS_AT_ONCE", rows_at_once)
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"big": rng.integers(-2**40, 2**40, 300), "x": np.where(rng.random(300) < 0.1, np.nan,
                                                                                  rng.normal(size=300) * 1e9),

@@ -244,6 +244,9 @@ def describe(frame) -> tuple[Column, ...]:
     return tuple(out)
 
 
+ROWS_AT_ONCE = 131_072  # `encode`'s block of rows: fastest of 32k-256k rows on a 1,000,000 x 50 file
+
+
 def encode(frame, columns: tuple[Column, ...]) -> np.ndarray:
     """The matrix a family trains on, float32: the number columns in order, then each text
     column's categories as 0/1 columns, in order (pandas' `get_dummies` layout). A value outside
@@ -252,12 +255,16 @@ def encode(frame, columns: tuple[Column, ...]) -> np.ndarray:
 
     Filled one column at a time (each read as float64, then rounded to float32 as before), so the
     table is never held a second time as a float64 matrix: that matrix and its column list made
-    the driver's peak while a 1,000,000 x 50 file loaded 5x the array (docs/performance.md)."""
+    the driver's peak while a 1,000,000 x 50 file loaded 5x the array (docs/performance.md). The
+    number columns go in `ROWS_AT_ONCE` rows at a time: written whole, each column's values land
+    one per matrix row, a row's width apart, across all of X (0.8 s for that file; 0.33 s this way)."""
     numbers = [c for c in columns if c.kind == "number"]
     texts = [c for c in columns if c.kind == "text"]
     X = np.empty((len(frame), len(numbers) + sum(len(c.categories) for c in texts)), dtype=np.float32)
-    for j, c in enumerate(numbers):
-        X[:, j] = frame[c.name].to_numpy(dtype=float)
+    for start in range(0, len(frame), ROWS_AT_ONCE):
+        rows = slice(start, start + ROWS_AT_ONCE)
+        for j, c in enumerate(numbers):
+            X[rows, j] = frame[c.name].iloc[rows].to_numpy(dtype=float)
     j = len(numbers)
     for c in texts:
         text = frame[c.name].astype(str).where(frame[c.name].notna(), None).to_numpy()
