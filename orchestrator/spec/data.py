@@ -1,7 +1,7 @@
 """Data: the `data:` spec, and one loader that turns it into train/valid/test arrays.
 
 Data is loaded once in the driver and shared with every trial through Ray's object store
-(`tune.with_parameters`), never re-read per trial. Only offline sources exist: scikit-learn's
+(orchestrator.run.run_data), never re-read per trial. Only offline sources exist: scikit-learn's
 bundled datasets (no `fetch_*`, which download), generated data, and local files.
 
 Every source is first a table (`read_frame`: feature columns and a target column, as a user would
