@@ -17,8 +17,9 @@ runs, a thread sums over the hpo process and all its descendants (Ray's GCS, ray
 - PSS (proportional set size): shared pages split between the processes that map them, so the sum
   is the memory the run really holds;
 - USS: pages only one process holds (the sum leaves shared pages out altogether).
-Each is printed as a multiple of the file's array (rows x cols x 8 bytes), with the processes
-holding the most at the moment of the PSS peak. Also: launch to the first trial's start, the
+Each is printed as a multiple of the file's array (rows x cols x 8 bytes): its peak up to the first
+trial's start (the driver's load and Ray's start-up), up to the last trial's end, and over the whole
+run, with the processes holding the most at the moment of the PSS peak. Also: launch to the first trial's start, the
 search (launch to the last trial's end), and the whole run (the refit of the best config and the
 saved model come after the search).
 
@@ -256,18 +257,20 @@ def main() -> None:
         print(f"{label:30s} " + " ".join(f"{c:>22s}" if key == "statuses" else f"{c:22.1f}" for c in cells))
 
     print(f"\npeak, summed over hpo's process tree, MB (x the {size / MB:.0f} MB array):")
-    print(f"{'':30s} {'search':>16s} {'whole run':>16s}" + (f" {'floor':>8s} {'above floor':>16s}" if floor else ""))
+    print(f"{'':30s} {'to first trial':>16s} {'search':>16s} {'whole run':>16s}"
+          + (f" {'floor':>8s} {'above floor':>16s}" if floor else ""))
     whole_peaks, search_peaks = r["memory"].peaks(), r["memory"].peaks(r["last"])
+    start_peaks = r["memory"].peaks(r["launched"] + r["first"])  # the load, Ray's start: before any trial
     floor_peaks = floor["memory"].peaks() if floor else (0, 0, 0)
     for i, label in enumerate(("sum of RSS", "sum of PSS", "sum of USS")):
         line = f"{label:30s} " + " ".join(f"{v / MB:7.0f} ({v / size:5.2f}x)"
-                                          for v in (search_peaks[i], whole_peaks[i]))
+                                          for v in (start_peaks[i], search_peaks[i], whole_peaks[i]))
         if floor:
             above = whole_peaks[i] - floor_peaks[i]
             line += f" {floor_peaks[i] / MB:8.0f} {above / MB:7.0f} ({above / size:5.2f}x)"
         print(line)
     used = r["used_peak"]
-    line = f"{'machine used memory, delta':30s} {'':16s} {used / MB:7.0f} ({used / size:5.2f}x)"
+    line = f"{'machine used memory, delta':30s} {'':16s} {'':16s} {used / MB:7.0f} ({used / size:5.2f}x)"
     if floor:
         line += f" {floor['used_peak'] / MB:8.0f} {(used - floor['used_peak']) / MB:7.0f} " \
                 f"({(used - floor['used_peak']) / size:5.2f}x)"
